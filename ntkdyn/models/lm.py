@@ -1,0 +1,137 @@
+"""The LM facade: config, params {"backbone", "head"}, pure jit-compiled logits/features, sampler, load/save."""
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import hf
+from .config import CheckpointError, ModelConfig, read_config
+from .sampling import Generation, sample
+from .transformer import apply_head, features, graphdef_for, init_params
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def _features(graphdef, cfg, params, ids):
+    return features(graphdef, cfg, params, ids)[0]
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def _logits(graphdef, cfg, params, ids):
+    return apply_head(params["head"], features(graphdef, cfg, params, ids)[0])
+
+
+class LM:
+    """A causal LM: `lm.logits(ids, params=None)` (B,T,V) and `lm.features(ids, params=None)` (B,T,d) are pure
+    functions of `params` (jax.grad / jacrev / jvp work through them); `lm.params` = {"backbone", "head"}."""
+
+    def __init__(self, config: ModelConfig, params, tokenizer=None, graphdef=None):
+        self.config = config
+        self.params = params
+        self.tokenizer = tokenizer
+        self.graphdef = graphdef if graphdef is not None else graphdef_for(config)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def init(cls, config: ModelConfig, seed: int = 0, tokenizer=None) -> "LM":
+        graphdef, params = init_params(config, seed)
+        return cls(config, params, tokenizer, graphdef)
+
+    def replace(self, params) -> "LM":
+        """The same model with other parameters (shares config, graphdef, tokenizer)."""
+        return LM(self.config, params, self.tokenizer, self.graphdef)
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(x.size for x in jax.tree.leaves(self.params)))
+
+    # ------------------------------------------------------------------ pure functions
+    def check_ids(self, ids):
+        """Validate token ids (int, 2-D, inside the vocabulary and the position range) when they are concrete."""
+        if isinstance(ids, jax.core.Tracer):
+            return ids
+        a = np.asarray(ids)
+        if a.ndim != 2:
+            raise ValueError(f"ids must be 2-D (batch, time); got shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"ids must be integers; got dtype {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= self.config.vocab_size):
+            bad = a[(a < 0) | (a >= self.config.vocab_size)]
+            raise ValueError(f"token id(s) {sorted(set(bad.tolist()))[:5]} out of vocabulary "
+                             f"[0, {self.config.vocab_size})")
+        if a.shape[1] > self.config.max_positions:
+            raise ValueError(f"context of {a.shape[1]} tokens is longer than the model's "
+                             f"max_positions={self.config.max_positions}")
+        return jnp.asarray(a, jnp.int32)
+
+    def logits(self, ids, params=None):
+        """z = W h + b for every position: (B, T, V) float32."""
+        return _logits(self.graphdef, self.config, self.params if params is None else params, self.check_ids(ids))
+
+    def features(self, ids, params=None):
+        """h: the output of the final norm, what the head reads: (B, T, d)."""
+        return _features(self.graphdef, self.config, self.params if params is None else params, self.check_ids(ids))
+
+    def head(self, h, params=None):
+        """Apply the head (W, b) to features h (..., d)."""
+        return apply_head((self.params if params is None else params)["head"], h)
+
+    # ------------------------------------------------------------------ sampling
+    def generate(self, prompt_ids, max_new_tokens: int, *, prompt_mask=None, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float = 1.0, stop_token: int | None = None, seed: int = 0,
+                 key=None, params=None) -> Generation:
+        """Sample continuations with a KV cache. `prompt_ids`: (B, Tp) left-padded array (with `prompt_mask`, 1 on
+        real tokens) or a list of token lists of different lengths (left-padded here). temperature=0 is greedy.
+        stop_token defaults to the config's eos_token_id. Returns Generation(tokens, logp, logp_model, mask)."""
+        ids, mask = pad_left(prompt_ids, self.config.pad_token_id or 0) if prompt_mask is None else (
+            np.asarray(prompt_ids), np.asarray(prompt_mask))
+        self.check_ids(ids)
+        if ids.shape[1] + max_new_tokens > self.config.max_positions:
+            raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
+                             f"max_positions={self.config.max_positions}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+        if stop_token is None:
+            stop_token = self.config.eos_token_id if self.config.eos_token_id is not None else -1
+        key = jax.random.key(seed) if key is None else key
+        return sample(self.graphdef, self.config, self.params if params is None else params, jnp.asarray(ids),
+                      jnp.asarray(mask), key, max_new_tokens=int(max_new_tokens),
+                      temperature=float(temperature), top_k=top_k, top_p=float(top_p), stop_token=int(stop_token),
+                      pad_id=int(self.config.pad_token_id or 0), greedy=temperature == 0)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str, params=None) -> str:
+        """Hugging Face layout (config.json + model.safetensors [+ tokenizer]), written atomically."""
+        return hf.write_model_dir(path, self.config, self.params if params is None else params, self.tokenizer)
+
+
+def pad_left(seqs, pad_id: int = 0):
+    """Left-pad a list of token lists to (B, T) int32 ids and a 0/1 mask."""
+    if isinstance(seqs, (np.ndarray, jax.Array)):
+        a = np.asarray(seqs)
+        return a, np.ones(a.shape, np.int32)
+    T = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), T), pad_id, np.int32)
+    mask = np.zeros((len(seqs), T), np.int32)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, T - len(s):] = s
+            mask[i, T - len(s):] = 1
+    return ids, mask
+
+
+def load(path: str, dtype=jnp.float32, tokenizer: bool = True) -> LM:
+    """Open a Hugging Face model directory (config.json + safetensors [+ tokenizer.json]).
+    Weights stored in bf16/fp16 are computed in `dtype` (float32 by default)."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: not a directory; expected a Hugging Face model directory")
+    cfg = read_config(path)
+    params = hf.from_hf_state(cfg, hf.read_weights(path), source=path, dtype=dtype)
+    tok = None
+    if tokenizer:
+        from ..tasks.tokenizer import load_tokenizer
+        tok = load_tokenizer(path)
+    return LM(cfg, params, tok)

@@ -1,0 +1,75 @@
+"""A jit-compiled KV-cache sampler: prefill once, then one lax.scan step per new token (no Python per token).
+
+Prompts are left-padded (B, Tp) with a 0/1 mask; each row's positions count its real tokens only, so a row's
+continuation does not depend on how much padding it got.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .transformer import apply_head, features
+
+
+class Generation(NamedTuple):
+    tokens: jax.Array  # (B, N) int32 sampled tokens (pad_id after the stop token)
+    logp: jax.Array  # (B, N) log-prob of each token under the sampling distribution (temperature, top-k/p)
+    logp_model: jax.Array  # (B, N) log-prob under the model itself (temperature 1, no truncation)
+    mask: jax.Array  # (B, N) 1 for generated tokens up to and including the stop token
+
+
+def process_logits(z, temperature, top_k, top_p):
+    """Logits of the sampling distribution: temperature, then top-k, then nucleus (top-p) truncation."""
+    z = z.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+    neg = jnp.finfo(jnp.float32).min
+    if top_k is not None and top_k > 0:
+        kth = jax.lax.top_k(z, top_k)[0][..., -1:]
+        z = jnp.where(z < kth, neg, z)
+    if top_p is not None and top_p < 1.0:
+        zs = jnp.sort(z, axis=-1)[..., ::-1]
+        ps = jax.nn.softmax(zs, -1)
+        cum = jnp.cumsum(ps, -1)
+        # keep the smallest prefix whose mass reaches top_p (the first token always)
+        keep = (cum - ps) < top_p
+        cutoff = jnp.min(jnp.where(keep, zs, jnp.inf), -1, keepdims=True)
+        z = jnp.where(z < cutoff, neg, z)
+    return z
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "max_new_tokens", "top_k", "top_p", "greedy"))
+def sample(graphdef, cfg, params, prompt_ids, prompt_mask, key, *, max_new_tokens, temperature=1.0, top_k=None,
+           top_p=1.0, stop_token=-1, pad_id=0, greedy=False):
+    B, Tp = prompt_ids.shape
+    S = Tp + max_new_tokens
+    prompt_mask = prompt_mask.astype(bool)
+    valid = jnp.concatenate([prompt_mask, jnp.ones((B, max_new_tokens), bool)], 1)
+    pos_prompt = jnp.maximum(jnp.cumsum(prompt_mask, 1) - 1, 0).astype(jnp.int32)
+    caches = [(jnp.zeros((B, S, cfg.n_kv_heads, cfg.head_dim), jnp.float32),) * 2 for _ in range(cfg.n_layers)]
+    h, caches = features(graphdef, cfg, params, prompt_ids, positions=pos_prompt, key_valid=valid, caches=caches,
+                         start=0)
+    z0 = apply_head(params["head"], h[:, -1])
+    next_pos = pos_prompt[:, -1] + 1
+
+    def step(carry, i):
+        caches, z, pos, done, key = carry
+        key, sub = jax.random.split(key)
+        zp = process_logits(z, temperature, top_k, top_p)
+        tok = jnp.argmax(zp, -1) if greedy else jax.random.categorical(sub, zp, -1)
+        tok = tok.astype(jnp.int32)
+        lp = jnp.take_along_axis(jax.nn.log_softmax(zp, -1), tok[:, None], 1)[:, 0]
+        lpm = jnp.take_along_axis(jax.nn.log_softmax(z.astype(jnp.float32), -1), tok[:, None], 1)[:, 0]
+        live = ~done
+        tok_out = jnp.where(live, tok, pad_id)
+        done = done | (tok == stop_token)
+        h, caches = features(graphdef, cfg, params, tok_out[:, None], positions=pos[:, None], key_valid=valid,
+                             caches=caches, start=Tp + i)
+        znew = apply_head(params["head"], h[:, 0])
+        return (caches, znew, pos + 1, done, key), (tok_out, jnp.where(live, lp, 0.0), jnp.where(live, lpm, 0.0),
+                                                    live.astype(jnp.int32))
+
+    carry = (caches, z0, next_pos, jnp.zeros((B,), bool), key)
+    _, (toks, lp, lpm, mask) = jax.lax.scan(step, carry, jnp.arange(max_new_tokens))
+    return Generation(toks.T, lp.T, lpm.T, mask.T)

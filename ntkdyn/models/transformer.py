@@ -1,0 +1,207 @@
+"""One Flax NNX decoder for the three families (GPT-2, GPT-NeoX/Pythia, Llama/Qwen2), driven by ModelConfig.
+
+The backbone maps token ids to h, the output of the final norm (spec: z = W h + b). The head (W, optional b)
+is not a module: it is the pytree `params["head"]`, applied by `apply_head`. For a tied model (GPT-2) the
+backbone reads its input embedding from the head table, which is passed in explicitly.
+
+Attention is written for one code path that serves both teacher forcing and the KV-cache sampler: queries sit
+at absolute slots `q_slot` of a key buffer; a key slot is visible when it is valid and not in the future.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import ModelConfig
+
+_INIT = jax.nn.initializers.normal(0.02)
+
+
+def _param(rngs, shape, init=_INIT):
+    return nnx.Param(init(rngs.params(), shape, jnp.float32))
+
+
+class Dense(nnx.Module):
+    """x @ kernel (+ bias); kernel stored (in, out)."""
+
+    def __init__(self, d_in, d_out, bias, rngs):
+        self.kernel = _param(rngs, (d_in, d_out))
+        self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if bias else None
+
+    def __call__(self, x):
+        y = x @ self.kernel[...]
+        return y + self.bias[...] if self.bias is not None else y
+
+
+class Norm(nnx.Module):
+    """LayerNorm (scale, bias) or RMSNorm (scale), computed in at least float32 (float64 stays float64)."""
+
+    def __init__(self, d, eps, rms):
+        self.scale = nnx.Param(jnp.ones((d,), jnp.float32))
+        self.bias = None if rms else nnx.Param(jnp.zeros((d,), jnp.float32))
+        self.eps, self.rms = eps, rms
+
+    def __call__(self, x):
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if self.rms:
+            return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps) * self.scale[...]
+        mu = jnp.mean(x, -1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mu), -1, keepdims=True)
+        return (x - mu) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+
+
+def activation(name):
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: jax.nn.gelu(x, approximate=True)
+    if name == "gelu":
+        return lambda x: jax.nn.gelu(x, approximate=False)
+    if name in ("silu", "swish"):
+        return jax.nn.silu
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"unknown activation {name!r}; expected gelu, gelu_new, silu or relu")
+
+
+def rope(x, positions, rotary_dim, theta):
+    """Rotary embedding (rotate-half convention of GPT-NeoX/Llama) on the first `rotary_dim` dims of x (B,T,H,hd)."""
+    if rotary_dim == 0:
+        return x
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=x.dtype) / rotary_dim))
+    ang = positions.astype(x.dtype)[..., None] * inv_freq  # (B, T, rd/2)
+    ang = jnp.concatenate([ang, ang], -1)[:, :, None, :]
+    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    xr, xp = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rot = jnp.concatenate([-xr[..., half:], xr[..., :half]], -1)
+    return jnp.concatenate([xr * cos + rot * sin, xp], -1)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs):
+        d, hd = cfg.d_model, cfg.head_dim
+        self.q = Dense(d, cfg.n_heads * hd, cfg.qkv_bias, rngs)
+        self.k = Dense(d, cfg.n_kv_heads * hd, cfg.qkv_bias, rngs)
+        self.v = Dense(d, cfg.n_kv_heads * hd, cfg.qkv_bias, rngs)
+        self.o = Dense(cfg.n_heads * hd, d, cfg.out_bias, rngs)
+        self.cfg = cfg
+
+    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0):
+        """x (B,T,d); positions (B,T); q_slot (T,) absolute key slots of the queries; key_valid (B,S).
+        cache: (k, v) buffers (B,S,KV,hd) written at `start`, or None (keys are x's own tokens, S = T)."""
+        cfg = self.cfg
+        B, T, _ = x.shape
+        hd, H, KV = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        q = rope(self.q(x).reshape(B, T, H, hd), positions, cfg.rotary_dim, cfg.rope_theta)
+        k = rope(self.k(x).reshape(B, T, KV, hd), positions, cfg.rotary_dim, cfg.rope_theta)
+        v = self.v(x).reshape(B, T, KV, hd)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, start, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, start, 0, 0))
+            cache = (k, v)
+        S = k.shape[1]
+        qg = q.reshape(B, T, KV, H // KV, hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k) / jnp.sqrt(jnp.asarray(hd, q.dtype))
+        visible = (jnp.arange(S)[None, :] <= q_slot[:, None])[None] & key_valid[:, None, :]  # (B,T,S)
+        scores = jnp.where(visible[:, None, None], scores, jnp.finfo(scores.dtype).min)
+        p = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(B, T, H * hd)
+        return self.o(out), cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs):
+        self.gated = cfg.family == "llama"
+        self.up = Dense(cfg.d_model, cfg.d_ff, cfg.out_bias, rngs)
+        self.gate = Dense(cfg.d_model, cfg.d_ff, False, rngs) if self.gated else None
+        self.down = Dense(cfg.d_ff, cfg.d_model, cfg.out_bias, rngs)
+        self.act = activation(cfg.activation)
+
+    def __call__(self, x):
+        if self.gated:  # SwiGLU
+            return self.down(self.act(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.up(x)))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs):
+        rms = cfg.family == "llama"
+        self.ln1 = Norm(cfg.d_model, cfg.norm_eps, rms)
+        self.ln2 = Norm(cfg.d_model, cfg.norm_eps, rms)
+        self.attn = Attention(cfg, rngs)
+        self.mlp = MLP(cfg, rngs)
+        self.parallel = cfg.parallel_residual
+
+    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0):
+        a, cache = self.attn(self.ln1(x), positions, q_slot, key_valid, cache, start)
+        if self.parallel:  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
+            return x + a + self.mlp(self.ln2(x)), cache
+        x = x + a
+        return x + self.mlp(self.ln2(x)), cache
+
+
+class Backbone(nnx.Module):
+    """ψ: everything but the head. __call__ returns h (B,T,d), the output of the final norm."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = None if cfg.tie_word_embeddings else nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs,
+                                                                     embedding_init=_INIT)
+        self.pos = nnx.Embed(cfg.max_positions, cfg.d_model, rngs=rngs, embedding_init=jax.nn.initializers.normal(
+            0.01)) if cfg.family == "gpt2" else None
+        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.ln_f = Norm(cfg.d_model, cfg.norm_eps, cfg.family == "llama")
+
+    def __call__(self, ids, head_table=None, positions=None, q_slot=None, key_valid=None, caches=None, start=0):
+        """ids (B,T). head_table: W, the input table of a tied model. positions default to 0..T-1, q_slot to
+        start..start+T-1, key_valid to all-true. caches: list of per-layer (k, v) or None. Returns (h, caches)."""
+        B, T = ids.shape
+        table = head_table if self.embed is None else self.embed.embedding[...]
+        x = jnp.take(table, ids, axis=0)
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        if q_slot is None:
+            q_slot = start + jnp.arange(T, dtype=jnp.int32)
+        if key_valid is None:
+            S = T if caches is None else caches[0][0].shape[1]
+            key_valid = jnp.ones((B, S), bool)
+        if self.pos is not None:
+            x = x + jnp.take(self.pos.embedding[...], positions, axis=0)
+        new = []
+        for i, layer in enumerate(self.layers):
+            x, c = layer(x, positions, q_slot, key_valid, None if caches is None else caches[i], start)
+            new.append(c)
+        return self.ln_f(x), (new if caches is not None else None)
+
+
+def init_params(cfg: ModelConfig, seed: int = 0):
+    """Random parameters {"backbone", "head"} (normal(0.02) weights, as GPT-2/Pythia initialise) and the graphdef."""
+    backbone = Backbone(cfg, nnx.Rngs(params=seed))
+    graphdef, state = nnx.split(backbone)
+    head = {"W": _INIT(jax.random.fold_in(jax.random.key(seed), 7), (cfg.vocab_size, cfg.d_model), jnp.float32)}
+    return graphdef, {"backbone": nnx.to_pure_dict(state), "head": head}
+
+
+def graphdef_for(cfg: ModelConfig):
+    """The graphdef of the backbone without allocating parameters."""
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Backbone(cfg, nnx.Rngs(params=0))))
+    return graphdef
+
+
+def abstract_params(cfg: ModelConfig):
+    """ShapeDtypeStructs of the parameter pytree, without allocating it."""
+    return jax.eval_shape(lambda: init_params(cfg, 0)[1])
+
+
+def apply_head(head, h):
+    """z = W h + b (spec notation; W is (V, d))."""
+    z = h @ head["W"].T
+    return z + head["b"] if "b" in head else z
+
+
+def features(graphdef, cfg: ModelConfig, params, ids, **kw):
+    """h(c) for every position of ids: the output of the final norm. Pure in params."""
+    backbone = nnx.merge(graphdef, params["backbone"])
+    table = params["head"]["W"] if cfg.tie_word_embeddings else None
+    return backbone(ids, table, **kw)

@@ -1,0 +1,50 @@
+"""Tiny random Hugging Face models built offline with transformers + torch (seeded), saved for nd.load."""
+from __future__ import annotations
+
+import os
+
+import torch
+import transformers
+
+V = 97
+
+SPECS = {
+    "gpt2": ("GPT2Config", dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)),
+    "neox_parallel": ("GPTNeoXConfig", dict(vocab_size=V, hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=4, intermediate_size=64,
+                                            max_position_embeddings=64, rotary_pct=0.25,
+                                            use_parallel_residual=True, tie_word_embeddings=False)),
+    "neox_sequential": ("GPTNeoXConfig", dict(vocab_size=V, hidden_size=32, num_hidden_layers=2,
+                                              num_attention_heads=4, intermediate_size=64,
+                                              max_position_embeddings=64, rotary_pct=0.5,
+                                              use_parallel_residual=False, tie_word_embeddings=False)),
+    "llama_gqa": ("LlamaConfig", dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                                      tie_word_embeddings=False)),
+    "llama_tied": ("LlamaConfig", dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=4, intermediate_size=48, max_position_embeddings=64,
+                                       tie_word_embeddings=True)),
+    "qwen2": ("Qwen2Config", dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                                  tie_word_embeddings=False)),
+}
+ARCH = {"GPT2Config": "GPT2LMHeadModel", "GPTNeoXConfig": "GPTNeoXForCausalLM", "LlamaConfig": "LlamaForCausalLM",
+        "Qwen2Config": "Qwen2ForCausalLM"}
+
+
+def build(name: str, root: str, seed: int = 0):
+    """Build, randomise (larger init so logits are not flat) and save one tiny model; returns (dir, torch model)."""
+    cfg_cls, kw = SPECS[name]
+    cfg = getattr(transformers, cfg_cls)(bos_token_id=1, eos_token_id=2, pad_token_id=0, **kw)
+    torch.manual_seed(seed)
+    model = getattr(transformers, ARCH[cfg_cls])(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.ndim >= 1 and "norm" not in n and "ln" not in n:
+                p.normal_(0.0, 0.15)
+            elif p.ndim == 1:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p) if n.endswith("weight") else 0.1 * torch.randn_like(p))
+    path = os.path.join(root, name)
+    model.save_pretrained(path)
+    return path, model
