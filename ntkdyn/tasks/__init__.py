@@ -1,0 +1,55 @@
+"""Synthetic verifiable-reward tasks and the character tokenizer they share.
+
+Quick start::
+
+    from ntkdyn import tasks
+    task = tasks.get(tasks.DEFAULT_TASK)          # "sum"
+    prompts = task.prompts("train", 8, seed=0)    # e.g. ["sum 47:", ...]
+    task.reward(prompts[0], "12+35")              # 1.0 or 0.0
+    tok = tasks.CharTokenizer()
+    ids, lengths = tasks.encode_batch(tok, prompts)  # left-padded int32
+"""
+
+from .tasks import (
+    DEFAULT_TASK,
+    MAX_COMPLETION_CHARS,
+    SPLITS,
+    MultipleTask,
+    SumTask,
+    Task,
+    WordTask,
+    get,
+    names,
+)
+from .tokenizer import (
+    BOS_TOKEN,
+    CHARSET,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+    CharTokenizer,
+    HFTokenizer,
+    encode_batch,
+    load_tokenizer,
+)
+
+__all__ = [
+    "DEFAULT_TASK",
+    "MAX_COMPLETION_CHARS",
+    "SPLITS",
+    "Task",
+    "SumTask",
+    "MultipleTask",
+    "WordTask",
+    "get",
+    "names",
+    "CHARSET",
+    "SPECIAL_TOKENS",
+    "PAD_TOKEN",
+    "BOS_TOKEN",
+    "EOS_TOKEN",
+    "CharTokenizer",
+    "HFTokenizer",
+    "encode_batch",
+    "load_tokenizer",
+]

@@ -1,0 +1,391 @@
+"""Synthetic tasks with verifiable rewards and many correct answers per prompt.
+
+Each task maps a short prompt (<= 16 characters) to a large, enumerable set of
+short correct answers (<= 8 characters), so that the diversity of a policy's
+answers can be measured exactly. All prompts and answers use only
+:data:`ntkdyn.tasks.tokenizer.CHARSET`.
+
+Conventions shared by every task:
+
+* The answer follows the prompt directly (no separating space): the model sees
+  ``"sum 47:"`` and should generate e.g. ``"12+35"`` then EOS.
+* ``reward(prompt, completion)`` takes the decoded completion (EOS stripped).
+  Trailing whitespace is ignored (``completion.rstrip()``); anything else that
+  does not match the answer format exactly -- leading spaces, leading zeros,
+  signs, non-ASCII digits, extra text, more than 32 characters -- is malformed
+  and scores 0.0. It never raises on any completion string. A malformed
+  *prompt* is a caller bug and raises ``ValueError``.
+* ``prompts(split, n, seed)`` partitions the prompt space deterministically by
+  a CRC32 hash of the prompt text (about 20% of prompts are "test"), so the
+  splits never share a prompt. It returns ``n`` distinct prompts drawn without
+  replacement when the split has at least ``n`` of them, otherwise it samples
+  with replacement. The result depends only on ``(split, n, seed)``.
+
+Use :func:`names` / :func:`get` to access the registry.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import zlib
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = [
+    "Task",
+    "SumTask",
+    "MultipleTask",
+    "WordTask",
+    "DEFAULT_TASK",
+    "SPLITS",
+    "names",
+    "get",
+]
+
+SPLITS = ("train", "test")
+DEFAULT_TASK = "sum"
+
+#: Completions longer than this (after stripping trailing whitespace) score 0.
+MAX_COMPLETION_CHARS = 32
+_TEST_PERCENT = 20  # share of the prompt space in the test split
+_NUMBER = "(0|[1-9][0-9]*)"  # canonical non-negative decimal, ASCII digits only
+
+
+class Task:
+    """Base class: a prompt space, a split rule, a reward and its optimal set.
+
+    Subclasses define ``name``, ``description``, ``binary`` and implement
+    :meth:`parse`, :meth:`reward`, :meth:`correct_answers`, :meth:`sample_answer`
+    and either :meth:`all_prompts` (small prompt spaces) or
+    :meth:`_random_prompt` (large ones).
+    """
+
+    name: str = ""
+    description: str = ""
+    binary: bool = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    # ----- prompt space and splits -------------------------------------------
+    def split_of(self, prompt: str) -> str:
+        """``"train"`` or ``"test"``: the split ``prompt`` belongs to (a fixed
+        function of the prompt text)."""
+        h = zlib.crc32(f"{self.name}|{prompt}".encode()) % 100
+        return "test" if h < _TEST_PERCENT else "train"
+
+    def all_prompts(self) -> list[str] | None:
+        """Every prompt of the task, in a fixed order, or ``None`` when the
+        prompt space is too large to enumerate."""
+        return None
+
+    def _random_prompt(self, rng: np.random.Generator) -> str:
+        """One uniformly random prompt (needed when :meth:`all_prompts` is None)."""
+        raise NotImplementedError
+
+    def split_prompts(self, split: str) -> list[str] | None:
+        """All prompts of ``split`` (``None`` if the space is not enumerable)."""
+        _check_split(split)
+        return _split_pool(self, split)
+
+    def prompts(self, split: str, n: int, seed: int = 0) -> list[str]:
+        """``n`` prompts of ``split`` (``"train"`` or ``"test"``), deterministic
+        in ``seed``.
+
+        Distinct prompts when the split holds at least ``n`` of them; otherwise
+        drawn with replacement (so repeats occur).
+        """
+        _check_split(split)
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        rng = np.random.default_rng(seed)
+        pool = _split_pool_cached(self, split)
+        if pool is not None:
+            idx = rng.choice(len(pool), size=n, replace=n > len(pool))
+            return [pool[i] for i in idx]
+        out, seen = [], set()
+        while len(out) < n:
+            p = self._random_prompt(rng)
+            if p not in seen and self.split_of(p) == split:
+                seen.add(p)
+                out.append(p)
+        return out
+
+    # ----- answers ------------------------------------------------------------
+    def parse(self, prompt: str) -> tuple:
+        """Parameters of ``prompt``; raises ``ValueError`` if it is malformed."""
+        raise NotImplementedError
+
+    def reward(self, prompt: str, completion: str) -> float:
+        """Reward in [0, 1] of ``completion`` for ``prompt`` (never raises on
+        the completion)."""
+        raise NotImplementedError
+
+    def correct_answers(self, prompt: str) -> list[str]:
+        """All answers with reward 1 (binary) / >= 0.9 (graded), in a fixed order."""
+        raise NotImplementedError
+
+    def answer_space_size(self, prompt: str) -> int:
+        """Number of correct (binary) / near-optimal, reward >= 0.9 (graded)
+        answers."""
+        return len(self.correct_answers(prompt))
+
+    def sample_answer(self, prompt: str, rng: np.random.Generator, correct: bool) -> str:
+        """A well-formed answer: uniformly random among the correct ones if
+        ``correct``, else a wrong one (reward 0 for binary tasks, <= 0.5 for
+        graded)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def normalize(completion) -> str | None:
+        """The completion as scored (trailing whitespace removed), or ``None``
+        when it is not a string or is longer than ``MAX_COMPLETION_CHARS``."""
+        if not isinstance(completion, str):
+            return None
+        text = completion.rstrip()
+        return text if len(text) <= MAX_COMPLETION_CHARS else None
+
+
+class SumTask(Task):
+    """Write the target as a sum of two non-negative integers.
+
+    Prompt ``"sum N:"`` with N in 20..99 (80 prompts). Answer ``"a+b"`` with
+    canonical decimals (no sign, no leading zeros, ASCII digits) and a + b = N.
+    Answer space: N + 1 answers (21..100). Verification: regex parse of the
+    completion then integer check of a + b == N; reward is 1.0 or 0.0.
+    """
+
+    name = "sum"
+    description = "sum N: -> a+b with a+b=N (N in 20..99, N+1 answers)"
+    binary = True
+    low, high = 20, 99
+
+    _prompt_re = re.compile(r"sum (0|[1-9][0-9]*):")
+    _answer_re = re.compile(_NUMBER + r"\+" + _NUMBER)
+
+    def all_prompts(self) -> list[str]:
+        return [f"sum {n}:" for n in range(self.low, self.high + 1)]
+
+    def parse(self, prompt: str) -> tuple[int]:
+        m = self._prompt_re.fullmatch(prompt) if isinstance(prompt, str) else None
+        if m is None:
+            raise ValueError(f"malformed {self.name} prompt: {prompt!r}")
+        return (int(m.group(1)),)
+
+    def reward(self, prompt: str, completion: str) -> float:
+        (target,) = self.parse(prompt)
+        text = self.normalize(completion)
+        m = self._answer_re.fullmatch(text) if text is not None else None
+        if m is None:
+            return 0.0
+        return 1.0 if int(m.group(1)) + int(m.group(2)) == target else 0.0
+
+    def correct_answers(self, prompt: str) -> list[str]:
+        (target,) = self.parse(prompt)
+        return [f"{a}+{target - a}" for a in range(target + 1)]
+
+    def answer_space_size(self, prompt: str) -> int:
+        return self.parse(prompt)[0] + 1
+
+    def sample_answer(self, prompt: str, rng: np.random.Generator, correct: bool) -> str:
+        (target,) = self.parse(prompt)
+        a = int(rng.integers(0, target + 1))
+        if correct:
+            return f"{a}+{target - a}"
+        # A near miss: b off by a non-zero delta (kept non-negative).
+        while True:
+            delta = int(rng.integers(-9, 10))
+            b = target - a + delta
+            if delta != 0 and b >= 0:
+                return f"{a}+{b}"
+
+
+class MultipleTask(Task):
+    """Name a multiple of k inside an interval.
+
+    Prompt ``"kx[lo,hi]:"`` with k in 2..9, lo in 10..99 and
+    hi - lo + 1 in 10k..10k+60 (8 * 90 * 61 = 43,920 prompts), e.g.
+    ``"7x[20,90]:"``. Answer: a canonical decimal v with lo <= v <= hi and
+    v % k == 0. Answer space: the multiples of k in [lo, hi], between 10 and
+    40 per prompt (the interval holds at least 10k integers). Verification:
+    regex parse then integer checks; reward is 1.0 or 0.0.
+    """
+
+    name = "multiple"
+    description = "kx[lo,hi]: -> a multiple of k in [lo,hi] (10..40 answers)"
+    binary = True
+    ks = range(2, 10)
+    los = range(10, 100)
+    extra_widths = range(0, 61)
+
+    _prompt_re = re.compile(r"([2-9])x\[" + _NUMBER + "," + _NUMBER + r"\]:")
+    _answer_re = re.compile(_NUMBER)
+
+    def all_prompts(self) -> list[str]:
+        return [
+            f"{k}x[{lo},{lo + 10 * k - 1 + w}]:"
+            for k in self.ks
+            for lo in self.los
+            for w in self.extra_widths
+        ]
+
+    def parse(self, prompt: str) -> tuple[int, int, int]:
+        m = self._prompt_re.fullmatch(prompt) if isinstance(prompt, str) else None
+        if m is None or int(m.group(2)) > int(m.group(3)):
+            raise ValueError(f"malformed {self.name} prompt: {prompt!r}")
+        return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+    def reward(self, prompt: str, completion: str) -> float:
+        k, lo, hi = self.parse(prompt)
+        text = self.normalize(completion)
+        if text is None or self._answer_re.fullmatch(text) is None:
+            return 0.0
+        v = int(text)
+        return 1.0 if lo <= v <= hi and v % k == 0 else 0.0
+
+    def correct_answers(self, prompt: str) -> list[str]:
+        k, lo, hi = self.parse(prompt)
+        first = -(-lo // k) * k
+        return [str(v) for v in range(first, hi + 1, k)]
+
+    def sample_answer(self, prompt: str, rng: np.random.Generator, correct: bool) -> str:
+        k, lo, hi = self.parse(prompt)
+        if correct:
+            answers = self.correct_answers(prompt)
+            return answers[int(rng.integers(len(answers)))]
+        if rng.random() < 0.25:  # a multiple of k just outside the interval
+            below = (lo - 1) // k * k
+            options = [below] if below >= 0 else []
+            options.append(-(-(hi + 1) // k) * k)
+            return str(options[int(rng.integers(len(options)))])
+        while True:  # a non-multiple inside the interval (exists since k >= 2)
+            v = int(rng.integers(lo, hi + 1))
+            if v % k:
+                return str(v)
+
+
+class WordTask(Task):
+    """Graded task (stands in for a learned reward model): build a word.
+
+    Prompt ``"word LETTERS n:"``: 5 or 6 distinct letters (the first one is the
+    required initial, the others are listed in alphabetical order) and a
+    target length n in 3..5, e.g. ``"word qaeit 4:"``.
+    Answer: a string of lowercase letters. Score = mean of four terms:
+
+    * length: 1 if len == n, 0.5 if off by one, else 0;
+    * letters: 1 if every letter is one of LETTERS, else 0;
+    * distinct: 1 if no letter repeats, else 0;
+    * initial: 1 if it starts with the first given letter, else 0.
+
+    Anything that is not 1..32 lowercase ASCII letters (after stripping
+    trailing whitespace) scores 0. Every imperfect answer scores <= 0.875, so
+    the answers with reward >= 0.9 are exactly those with reward 1.0: the
+    first letter followed by n-1 distinct other given letters.
+    Answer space (reward >= 0.9): P(m-1, n-1) answers for m letters -- 12, 24,
+    24 (m=5; n=3,4,5) or 20, 60, 120 (m=6). Prompt space: 26 * (C(25,4) + C(25,5)) * 3 ~ 5.1M prompts.
+    """
+
+    name = "word"
+    description = "word LETTERS n: -> n distinct given letters, starting with the first (graded)"
+    binary = False
+    letter_counts = (5, 6)
+    lengths = (3, 4, 5)
+
+    _prompt_re = re.compile(r"word ([a-z]{5,6}) ([3-5]):")
+    _answer_re = re.compile(r"[a-z]+")
+
+    def _random_prompt(self, rng: np.random.Generator) -> str:
+        m = int(rng.choice(self.letter_counts))
+        n = int(rng.choice(self.lengths))
+        letters = [chr(ord("a") + int(i)) for i in rng.choice(26, size=m, replace=False)]
+        return f"word {letters[0] + ''.join(sorted(letters[1:]))} {n}:"
+
+    def parse(self, prompt: str) -> tuple[str, int]:
+        m = self._prompt_re.fullmatch(prompt) if isinstance(prompt, str) else None
+        if m is None:
+            raise ValueError(f"malformed {self.name} prompt: {prompt!r}")
+        letters = m.group(1)
+        rest = letters[1:]
+        if len(set(letters)) != len(letters) or list(rest) != sorted(rest):
+            raise ValueError(f"malformed {self.name} prompt (letters): {prompt!r}")
+        return letters, int(m.group(2))
+
+    def reward(self, prompt: str, completion: str) -> float:
+        letters, n = self.parse(prompt)
+        text = self.normalize(completion)
+        if text is None or self._answer_re.fullmatch(text) is None:
+            return 0.0
+        diff = abs(len(text) - n)
+        length = 1.0 if diff == 0 else 0.5 if diff == 1 else 0.0
+        allowed = 1.0 if set(text) <= set(letters) else 0.0
+        distinct = 1.0 if len(set(text)) == len(text) else 0.0
+        initial = 1.0 if text[0] == letters[0] else 0.0
+        return (length + allowed + distinct + initial) / 4.0
+
+    def correct_answers(self, prompt: str) -> list[str]:
+        letters, n = self.parse(prompt)
+        return list(_word_answers(letters, n))
+
+    def sample_answer(self, prompt: str, rng: np.random.Generator, correct: bool) -> str:
+        letters, n = self.parse(prompt)
+        if correct:
+            answers = _word_answers(letters, n)
+            return answers[int(rng.integers(len(answers)))]
+        alphabet = "abcdefghijklmnopqrstuvwxyz"
+        for _ in range(100):
+            size = int(rng.integers(max(1, n - 2), n + 3))
+            word = "".join(
+                letters[int(rng.integers(len(letters)))]
+                if rng.random() < 0.5
+                else alphabet[int(rng.integers(26))]
+                for _ in range(size)
+            )
+            if self.reward(prompt, word) <= 0.5:
+                return word
+        outsider = next(c for c in alphabet if c not in letters)
+        return outsider * (n + 2)  # reward 0
+
+
+@lru_cache(maxsize=4096)
+def _word_answers(letters: str, n: int) -> tuple[str, ...]:
+    return tuple(
+        letters[0] + "".join(p) for p in itertools.permutations(sorted(letters[1:]), n - 1)
+    )
+
+
+@lru_cache(maxsize=None)
+def _split_pool_cached(task: Task, split: str) -> tuple[str, ...] | None:
+    everything = task.all_prompts()
+    if everything is None:
+        return None
+    return tuple(p for p in everything if task.split_of(p) == split)
+
+
+def _split_pool(task: Task, split: str) -> list[str] | None:
+    pool = _split_pool_cached(task, split)
+    return None if pool is None else list(pool)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+_REGISTRY: dict[str, Task] = {t.name: t for t in (SumTask(), MultipleTask(), WordTask())}
+
+
+def names() -> list[str]:
+    """Names of the registered tasks (the default, ``"sum"``, first)."""
+    return list(_REGISTRY)
+
+
+def get(name: str = DEFAULT_TASK) -> Task:
+    """The registered task called ``name``; ``KeyError`` listing the known
+    names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise KeyError(f"unknown task {name!r}; known tasks: {names()}") from None
