@@ -1,0 +1,382 @@
+"""One RL step, predicted and measured (paper/spec.md §2-3; claims 3 and 4 of §5).
+
+On a base model and a task: sample a group of G completions for a few training prompts, score them, compute GRPO
+advantages, take ONE plain SGD step of the sequence-mean-token-mean policy gradient with a small learning rate, and
+at held-out probe contexts (test-split prompts: the last prompt position and some completion positions) compare
+
+  * the first-order prediction Δz = η Σ_u Θ(c_o, c_u) g_u (a JVP, no kernel) with the real z⁺ − z,
+  * its split into the representation part Δz_R = η Σ_u s(c_o, c_u) g_u and the gradient part Δz_G (and, tied
+    heads, the cross term Δz_X),
+
+and check Proposition 2 (§3) on single-sample updates: for one sampled (c_u, y_u) with A > 0, at unrelated probe
+contexts c_o, (i) argmax_k Δz_R(c_o)_k = y_u and (ii) Δ log π(y_u | c_o) > 0 after the real step; both are expected
+where s(c_o, c_u) > 0.
+
+Writes OUT/one_step.json, OUT/one_step_scatter.png (+ .pdf) (predicted vs real Δ log π) and OUT/one_step_split.png
+(per-probe ‖Δz_R‖, ‖Δz_G‖ (, ‖Δz_X‖) and the Prop-2 panel).
+
+    python -m experiments.one_step --model DIR --out runs/one_step      # or: ntkdyn one-step ...
+    from experiments.one_step import run; run(lm, "sum", "runs/one_step")   # -> dict of the numbers
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkdyn import dynamics, metrics, sft
+from ntkdyn import tasks as _tasks
+from ntkdyn.rl.objectives import advantages as _advantages
+
+__all__ = ["run", "main", "add_arguments", "run_cli", "DEFAULTS"]
+
+DEFAULTS = dict(n_prompts=4, group=8, lr=3e-3, probe_prompts=8, completion_positions=3, prop2_samples=6,
+                max_new_tokens=sft.MAX_NEW_TOKENS, temperature=1.0, x64=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _right_pad(rows, pad):
+    T = max(len(r) for r in rows)
+    ids = np.full((len(rows), T), pad, np.int32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    return ids
+
+
+def _sample(lm, tok, prompts, seed, max_new_tokens, temperature):
+    """One sampler call (one compile) for all prompts: rows [bos]+prompt+completion (incl. EOS), the prompt
+    lengths, the completion texts, whether each finished with EOS, and the model's log-prob of every completion
+    token (a list per row)."""
+    heads = sft.prompt_ids(tok, prompts)
+    gen = lm.generate(heads, max_new_tokens, temperature=temperature, seed=seed, stop_token=tok.eos_id)
+    tokens, gmask, lpm = np.asarray(gen.tokens), np.asarray(gen.mask), np.asarray(gen.logp_model)
+    texts, finished = sft.decode_completions(tok, tokens, gmask, tok.eos_id)
+    rows = [list(h) + t[m.astype(bool)].tolist() for h, t, m in zip(heads, tokens, gmask)]
+    logps = [lp[m.astype(bool)].tolist() for lp, m in zip(lpm, gmask)]
+    return rows, [len(h) for h in heads], texts, finished, logps
+
+
+def _rollouts(task, tok, prompts, group, sampled):
+    """G samples per prompt -> ids (B, T) right-padded [bos]+prompt+completion, completion mask, texts, rewards,
+    and token_logp (B, T): log π(ids[b, t] | ids[b, <t]) at the completion tokens."""
+    flat = [p for p in prompts for _ in range(group)]
+    rows, starts, texts, finished, logps = sampled
+    rewards = sft.completion_rewards(task, flat, texts, finished)
+    ids = _right_pad(rows, tok.pad_id)
+    mask = np.zeros(ids.shape, np.int32)
+    token_logp = np.zeros(ids.shape, np.float64)
+    for i, (r, s, lp) in enumerate(zip(rows, starts, logps)):
+        mask[i, s: len(r)] = 1  # trained tokens: the generated ones (predicted from the previous position)
+        token_logp[i, s: len(r)] = lp
+    return dict(prompts=flat, ids=ids, mask=mask, texts=texts, rewards=rewards, starts=np.asarray(starts),
+                lengths=np.asarray([len(r) for r in rows]), token_logp=token_logp)
+
+
+def _probe_prompts(task, n_prompts, seed):
+    pool = task.split_prompts("test")
+    if pool is not None and len(pool) <= n_prompts:
+        return list(pool)
+    return task.prompts("test", n_prompts, seed)
+
+
+def _probes(tok, sampled, completion_positions):
+    """Held-out probe contexts from test-split prompts with one sampled completion each: per row the last prompt
+    position and up to `completion_positions` completion positions (each predicts the next completion token)."""
+    rows, starts = sampled[:2]
+    pos, kind = [], []
+    for i, (row, start) in enumerate(zip(rows, starts)):
+        last = start - 1
+        pos.append((i, last))
+        kind.append("prompt")
+        for k in range(1, completion_positions + 1):
+            if last + k <= len(row) - 2:  # a completion position whose next token is still a completion token
+                pos.append((i, last + k))
+                kind.append("completion")
+    return _right_pad(rows, tok.pad_id), np.asarray(pos, np.int32), kind
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def _norms(x):
+    return np.linalg.norm(np.asarray(x), axis=-1)
+
+
+def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: int = DEFAULTS["n_prompts"],
+        group: int = DEFAULTS["group"], lr: float = DEFAULTS["lr"], probe_prompts: int = DEFAULTS["probe_prompts"],
+        completion_positions: int = DEFAULTS["completion_positions"],
+        prop2_samples: int = DEFAULTS["prop2_samples"], max_new_tokens: int = DEFAULTS["max_new_tokens"],
+        temperature: float = DEFAULTS["temperature"], x64: bool = DEFAULTS["x64"], plots: bool = True,
+        model_name: str | None = None) -> dict:
+    """Run the one-step experiment on `lm` (an ntkdyn LM with a tokenizer) and `task` (a Task or its name); write
+    OUT/one_step.json and the figures (plots=True) and return the numbers (the JSON's content)."""
+    t0 = time.perf_counter()
+    task = _tasks.get(task) if isinstance(task, str) else task
+    tok = lm.tokenizer if lm.tokenizer is not None else _tasks.CharTokenizer()
+    if tok.vocab_size > lm.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary is "
+                         f"{lm.config.vocab_size}; pass a model trained on the task's tokenizer")
+    if n_prompts < 1 or group < 2 or lr <= 0 or probe_prompts < 1:
+        raise ValueError(f"need n_prompts >= 1, group >= 2, lr > 0, probe_prompts >= 1; got {n_prompts}, "
+                         f"{group}, {lr}, {probe_prompts}")
+    os.makedirs(out_dir, exist_ok=True)
+
+    # rollouts (float32, the model as it is) and GRPO advantages per group
+    prompts = task.prompts("train", n_prompts, seed)
+    probe_prompt_list = _probe_prompts(task, probe_prompts, seed)
+    flat = [p for p in prompts for _ in range(group)]
+    sampled = _sample(lm, tok, flat + probe_prompt_list, seed, max_new_tokens, temperature)
+    B = len(flat)
+    roll = _rollouts(task, tok, prompts, group, tuple(x[:B] for x in sampled))
+    adv = np.asarray(_advantages(roll["rewards"].reshape(n_prompts, group), "grpo")[0], np.float64).ravel()
+    probe_ids, probe_pos, probe_kind = _probes(tok, tuple(x[B:] for x in sampled), completion_positions)
+
+    with jax.enable_x64(bool(x64)):
+        dtype = jnp.float64 if x64 else jnp.float32
+        params = jax.tree.map(lambda x: jnp.asarray(x, dtype), lm.params)
+        # --- the group step (claim 4: first-order prediction vs the real step)
+        r = dynamics.one_step(lm, roll["ids"], roll["mask"], adv, probe_ids, probe_pos, lr=lr, params=params)
+        cheap = dynamics.split_update(lm, params, r.params_after, probe_ids, probe_pos)
+        share = metrics.dz_share(r.dz_gradient + (0 if r.dz_cross is None else r.dz_cross), r.dz_representation)
+        share_cheap = metrics.dz_share(cheap["dz_gradient"], cheap["dz_representation"])
+        dz_norm = float(jnp.linalg.norm(r.dz_predicted))
+        rel_per_probe = _norms(r.dz_predicted - r.dz_actual) / np.maximum(_norms(r.dz_actual), 1e-300)
+        rel_logp = float(np.linalg.norm(r.dlogp_predicted - r.dlogp_actual) / np.linalg.norm(r.dlogp_actual))
+        s_all = np.asarray(r.s)
+        h_probe = np.asarray(r.h)
+
+        # --- Proposition 2: single-sample updates with A > 0 at unrelated (held-out) probe contexts
+        prop2 = _proposition2(lm, tok, params, roll, adv, probe_ids, probe_pos, lr, prop2_samples, seed)
+
+        result = {
+            "model": model_name, "family": lm.config.family, "tied_head": bool(lm.config.tie_word_embeddings),
+            "num_params": lm.num_params, "task": task.name, "seed": seed, "lr": lr, "optimizer": "sgd",
+            "precision": "float64" if x64 else "float32",
+            "n_prompts": n_prompts, "group": group, "n_samples": int(len(adv)),
+            "n_trained_tokens": int(roll["mask"].sum()),
+            "reward_mean": float(roll["rewards"].mean()),
+            "frac_reward_zero_std": float(np.mean(roll["rewards"].reshape(n_prompts, group).std(1) == 0)),
+            "n_probes": int(len(probe_pos)), "probe_prompts": probe_prompt_list,
+            "objective": r.objective,
+            # claim 4
+            "rel_error": r.rel_error,
+            "rel_error_per_probe_median": float(np.median(rel_per_probe)),
+            "rel_error_per_probe_max": float(np.max(rel_per_probe)),
+            "rel_error_dlogp": rel_logp,
+            "dz_norm": dz_norm,
+            "dH_predicted_mean": float(jnp.mean(r.dH_predicted)), "dH_actual_mean": float(jnp.mean(r.dH_actual)),
+            # the split (kernel convention; for a tied head the cross term X is counted with the gradient part)
+            "share_representation": float(share["representation"]), "share_gradient": float(share["gradient"]),
+            "share_cross": (None if r.dz_cross is None
+                            else float(jnp.linalg.norm(r.dz_cross) / jnp.linalg.norm(r.dz_predicted))),
+            # what the trainer logs (split_update: parameter-group convention)
+            "share_cheap_representation": float(share_cheap["representation"]),
+            "share_cheap_gradient": float(share_cheap["gradient"]),
+            "per_probe": {
+                "kind": probe_kind, "pos": probe_pos.tolist(),
+                "norm_dz_R": _norms(r.dz_representation).tolist(), "norm_dz_G": _norms(r.dz_gradient).tolist(),
+                "norm_dz_X": None if r.dz_cross is None else _norms(r.dz_cross).tolist(),
+                "norm_dz_actual": _norms(r.dz_actual).tolist(), "rel_error": rel_per_probe.tolist(),
+                "dH_predicted": np.asarray(r.dH_predicted).tolist(), "dH_actual": np.asarray(r.dH_actual).tolist(),
+            },
+            # feature similarity behind R (claim 1): s = h_o·h_u between probes and trained contexts
+            "s_mean": float(s_all.mean()), "s_std": float(s_all.std()), "frac_s_positive": float(np.mean(s_all > 0)),
+            "probe_cosine_mean": float(metrics.pairwise_cosine(jnp.asarray(h_probe))),
+            # claim 3
+            "prop2": prop2,
+        }
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    if plots:
+        result["figures"] = _figures(r, result, out_dir)
+    path = os.path.join(out_dir, "one_step.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+    return result
+
+
+def _token_name(tok, y):
+    if y == tok.eos_id:
+        return "<eos>"
+    try:
+        return tok.decode([y])
+    except Exception:  # a tokenizer without a decoder for single ids
+        return str(y)
+
+
+def _proposition2(lm, tok, params, roll, adv, probe_ids, probe_pos, lr, n_samples, seed, max_prob=0.95):
+    """Single-sample steps on up to n_samples sampled tokens (c_u, y_u) of positively-advantaged completions, drawn
+    among those with π(y_u | c_u) <= max_prob (a near-certain token has g_u = A (e_y − π_u) ≈ 0 and moves
+    nothing; all tokens when none qualifies). At every probe c_o: s(c_o, c_u) > 0?, argmax_k Δz_R(c_o) = y_u?,
+    real Δ log π(y_u | c_o) > 0?  Fractions over all (sample, probe) pairs."""
+    rng = np.random.default_rng([seed, 2])
+    synthetic = not np.any(adv > 0)  # no A > 0 sampled: use A = +1 on any sample
+    rows_ok = (adv > 0) if not synthetic else np.ones(len(adv), bool)
+    trained = (roll["mask"] != 0) & rows_ok[:, None]
+    eligible = np.argwhere(trained & (roll["token_logp"] <= np.log(max_prob)))
+    if eligible.size == 0:
+        eligible = np.argwhere(trained)
+    # distinct samples first (one token per sample), then more tokens when there are fewer samples than asked
+    order = rng.permutation(len(eligible))
+    _, first = np.unique(eligible[order, 0], return_index=True)  # first (random) token of every sample
+    is_first = np.zeros(len(order), bool)
+    is_first[first] = True
+    pick = eligible[np.concatenate([order[is_first], order[~is_first]])[:n_samples]]
+    B, T = roll["ids"].shape
+    per = []
+    for b, t in pick:
+        b, t = int(b), int(t)  # the trained token y_u = ids[b, t], context c_u = ids[b, :t]
+        # the single-sample objective J_u = (1/B) A log π(y_u | c_u): this token's term in a batch objective of
+        # B samples, written on the whole batch (same shapes, so no recompile) with only (b, t) trained and only
+        # A_b nonzero; stepped with the same lr, it stays in the first-order regime of the group step
+        mask = np.zeros((B, T), np.int32)
+        mask[b, t] = 1
+        a = np.zeros(B)
+        a[b] = 1.0 if synthetic else float(adv[b])
+        r = dynamics.one_step(lm, roll["ids"], mask, a, probe_ids, probe_pos, lr=lr, params=params)
+        y = int(roll["ids"][b, t])
+        s = np.asarray(r.s)[:, 0]
+        argmax_R = np.asarray(jnp.argmax(r.dz_representation, -1))
+        up = np.asarray(r.dlogp_actual)[:, y] > 0
+        per.append(dict(row=b, t=t, y=y, token=_token_name(tok, y), advantage=float(a[b]),
+                        prob_y=float(np.exp(roll["token_logp"][b, t])), s=s.tolist(),
+                        argmax_is_y=(argmax_R == y).tolist(),
+                        dlogp_y_actual=np.asarray(r.dlogp_actual)[:, y].tolist(),
+                        dlogp_y_predicted=np.asarray(r.dlogp_predicted)[:, y].tolist(), logp_y_up=up.tolist(),
+                        rel_error=r.rel_error))
+    s = np.concatenate([p["s"] for p in per])
+    am = np.concatenate([p["argmax_is_y"] for p in per])
+    up = np.concatenate([p["logp_y_up"] for p in per])
+    pos = s > 0
+    return {
+        "n_samples": len(per), "n_pairs": int(s.size), "synthetic_advantage": synthetic, "max_prob": max_prob,
+        "frac_s_positive": float(pos.mean()),
+        "frac_argmax_dzR_is_y": float(am.mean()),
+        "frac_logp_y_up": float(up.mean()),
+        "frac_logp_y_up_given_s_positive": float(up[pos].mean()) if pos.any() else None,
+        "frac_argmax_dzR_is_y_given_s_positive": float(am[pos].mean()) if pos.any() else None,
+        "samples": per,
+    }
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figures(r, res, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ntkdyn import plots
+
+    files = []
+    # (a) predicted vs real Δ log π over every (probe, token) entry
+    files += plots.plot_one_step(r.dlogp_predicted, r.dlogp_actual, os.path.join(out_dir, "one_step_scatter"))
+
+    # (b) per-probe norms of the parts of Δz, and the Prop-2 panel
+    pp = res["per_probe"]
+    nR, nG, nA = (np.asarray(pp[k]) for k in ("norm_dz_R", "norm_dz_G", "norm_dz_actual"))
+    nX = None if pp["norm_dz_X"] is None else np.asarray(pp["norm_dz_X"])
+    fig = Figure(figsize=(12.0, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.subplots(1, 2, width_ratios=[1.6, 1])
+    idx = np.arange(len(nR))
+    parts = [(nR, "‖Δz_R‖ representation", "#55a868"), (nG, "‖Δz_G‖ gradient", "#c44e52")]
+    if nX is not None:
+        parts.append((nX, "‖Δz_X‖ tied cross", "#8172b2"))
+    parts.append((nA, "‖Δz‖ real", "#4c4c4c"))
+    w = 0.8 / len(parts)
+    for i, (v, label, color) in enumerate(parts):
+        ax.bar(idx + (i - (len(parts) - 1) / 2) * w, v, width=w, color=color, label=label)
+    for i, k in enumerate(pp["kind"]):
+        if k == "prompt":
+            ax.axvline(i - 0.5, color="0.85", lw=0.8, zorder=0)
+    ax.set_xlabel("probe context (grey line: a new held-out prompt; its first probe is the last prompt position)")
+    ax.set_ylabel("norm over the vocabulary")
+    ax.set_title(f"R vs G split of one SGD step (lr={res['lr']:g}): R share {res['share_representation']:.2f}, "
+                 f"G share {res['share_gradient']:.2f}", fontsize=10)
+    ax.legend(fontsize=8)
+    p2 = res["prop2"]
+    for smp in p2["samples"]:
+        ax2.scatter(smp["s"], smp["dlogp_y_actual"], s=14, alpha=0.7,
+                    label=f"y_u = {smp['token']!r} (A = {smp['advantage']:.2f})")
+    ax2.axhline(0, color="k", lw=0.8)
+    ax2.axvline(0, color="k", lw=0.8)
+    ax2.set_xlabel("s(c_o, c_u) = h_o · h_u")
+    ax2.set_ylabel("real Δ log π(y_u | c_o)")
+    ax2.set_title(f"Prop. 2: single samples with A > 0, held-out probes\nΔ log π(y_u) > 0 at "
+                  f"{100 * p2['frac_logp_y_up']:.0f}%, argmax Δz_R = y_u at {100 * p2['frac_argmax_dzR_is_y']:.0f}%,"
+                  f"\ns > 0 at {100 * p2['frac_s_positive']:.0f}% of (sample, probe) pairs", fontsize=9)
+    ax2.legend(fontsize=7)
+    path = os.path.join(out_dir, "one_step_split.png")
+    fig.savefig(path, dpi=150)
+    files.append(path)
+    return files
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(p):
+    p.add_argument("--model", default=None,
+                   help="Hugging Face model directory (default: the embedded default base model)")
+    p.add_argument("--task", default=_tasks.DEFAULT_TASK, help=f"task name (one of {', '.join(_tasks.names())})")
+    p.add_argument("--out", default="runs/one_step", help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="SGD learning rate of the step")
+    p.add_argument("--prompts", type=int, default=DEFAULTS["n_prompts"], help="training prompts")
+    p.add_argument("--group", type=int, default=DEFAULTS["group"], help="samples per prompt (GRPO group)")
+    p.add_argument("--probe-prompts", type=int, default=DEFAULTS["probe_prompts"], help="held-out probe prompts")
+    p.add_argument("--completion-positions", type=int, default=DEFAULTS["completion_positions"],
+                   help="completion positions probed per held-out prompt (besides the last prompt position)")
+    p.add_argument("--prop2-samples", type=int, default=DEFAULTS["prop2_samples"],
+                   help="single-sample updates for the Proposition-2 check")
+    p.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
+    p.add_argument("--no-plots", action="store_true")
+
+
+def run_cli(args) -> int:
+    import ntkdyn as nd
+
+    if args.model:
+        lm, name = nd.load(args.model), args.model
+    else:
+        from ntkdyn import default
+
+        name = default.default_model_dir()
+        lm = nd.load(name)
+    res = run(lm, args.task, args.out, seed=args.seed, n_prompts=args.prompts, group=args.group, lr=args.lr,
+              probe_prompts=args.probe_prompts, completion_positions=args.completion_positions,
+              prop2_samples=args.prop2_samples, x64=not args.float32, plots=not args.no_plots, model_name=name)
+    p2 = res["prop2"]
+    print(f"model {name} ({res['family']}, {res['num_params']:,} params), task {res['task']}, lr {res['lr']:g}, "
+          f"{res['n_samples']} samples (reward {res['reward_mean']:.3f}), {res['n_probes']} held-out probes")
+    print(f"relative error of the first-order prediction: {100 * res['rel_error']:.2f}% "
+          f"(Δ log π: {100 * res['rel_error_dlogp']:.2f}%)")
+    print(f"share of Δz: representation {res['share_representation']:.3f}, gradient {res['share_gradient']:.3f}"
+          + ("" if res["share_cross"] is None else f" (cross {res['share_cross']:.3f})"))
+    print(f"Prop. 2 over {p2['n_pairs']} (sample, probe) pairs: s>0 {p2['frac_s_positive']:.2f}, "
+          f"argmax Δz_R = y_u {p2['frac_argmax_dzR_is_y']:.2f}, Δ log π(y_u) > 0 {p2['frac_logp_y_up']:.2f}")
+    print(f"wrote {os.path.join(args.out, 'one_step.json')} in {res['seconds']:.1f}s")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="one_step", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_cli(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
