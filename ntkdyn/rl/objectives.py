@@ -1,0 +1,213 @@
+"""RL objectives as pure, jit-able functions of arrays (spec section 2).
+
+Shapes: a step's batch holds P prompts × G samples, flattened prompt-major (row b = p·G + g); completions are
+(B, N) with a 0/1 mask over the generated tokens up to and including EOS. Per-token quantities are (B, N).
+
+* :func:`advantages`  -- A_j for "grpo", "dr_grpo", "rloo", "reinforce" (zero-variance groups give A = 0 exactly).
+* :func:`completion_logp` -- log π(y_l | x, y_<l) of the completion tokens by teacher forcing over [prompt; completion]
+  in ONE forward pass, with the policy entropy and max-probability at the same contexts.
+* :func:`kl_penalty`   -- per-token KL(π‖π_ref) estimators "k1" and "k3".
+* :func:`aggregate`    -- "token_mean" or "seq_mean_token_mean" (the spec's J: 1/G Σ_j 1/|y_j| Σ_l ...).
+* :func:`pg_loss`      -- the clipped policy-gradient loss −J (+ β·KL) and its aux metrics.
+* :func:`make_optimizer` -- optax optimizer restricted to a parameter group ("all", "head", "backbone").
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..models.transformer import apply_head, features
+
+__all__ = ["ADVANTAGE_KINDS", "LOSS_AGGS", "KL_ESTIMATORS", "GROUPS", "OPTIMIZERS", "advantages",
+           "completion_logp", "kl_penalty", "aggregate", "pg_loss", "group_labels", "make_optimizer",
+           "trainable_keys", "global_norm"]
+
+ADVANTAGE_KINDS = ("grpo", "dr_grpo", "rloo", "reinforce")
+LOSS_AGGS = ("token_mean", "seq_mean_token_mean")
+KL_ESTIMATORS = ("k1", "k3")
+GROUPS = ("all", "head", "backbone")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+# ----------------------------------------------------------------------------- advantages
+
+
+def advantages(rewards_PxG, kind: str = "grpo", *, baseline=None, decay: float = 0.9, eps: float = 1e-4):
+    """Advantages A (P, G) of rewards r (P prompts × G samples) and the updated REINFORCE baseline.
+
+    * "grpo":      A_j = (r_j − mean_g r) / (std_g r + eps)   (std with Bessel's correction, as TRL)
+    * "dr_grpo":   A_j = r_j − mean_g r                        (Dr. GRPO: no std scaling)
+    * "rloo":      A_j = r_j − (Σ_{i≠j} r_i) / (G − 1)         (leave-one-out mean of the others)
+    * "reinforce": A_j = r_j − b, with b the running baseline (`baseline`, a scalar; NaN or None = not yet set,
+      then b = mean of this batch); the returned baseline is the EMA  b' = decay·b + (1 − decay)·mean(r).
+
+    For the group-relative kinds a group whose rewards are all equal gets A = 0 exactly (never NaN), whatever the
+    rounding of the mean. Returns (A (P, G) float32, new_baseline scalar float32).
+    """
+    r = jnp.asarray(rewards_PxG, jnp.float32)
+    if r.ndim != 2:
+        raise ValueError(f"rewards must be (prompts, group_size); got shape {r.shape}")
+    P, G = r.shape
+    b_in = jnp.asarray(jnp.nan if baseline is None else baseline, jnp.float32)
+    if kind == "reinforce":
+        b = jnp.where(jnp.isnan(b_in), jnp.mean(r), b_in)
+        return r - b, decay * b + (1.0 - decay) * jnp.mean(r)
+    if G < 2:
+        raise ValueError(f"advantage kind {kind!r} needs group_size >= 2; got {G}")
+    constant = jnp.all(r == r[:, :1], axis=1, keepdims=True)  # zero-variance groups
+    mean = jnp.mean(r, axis=1, keepdims=True)
+    if kind == "grpo":
+        std = jnp.std(r, axis=1, keepdims=True, ddof=1)
+        a = (r - mean) / (std + eps)
+    elif kind == "dr_grpo":
+        a = r - mean
+    elif kind == "rloo":
+        a = r - (jnp.sum(r, axis=1, keepdims=True) - r) / (G - 1)
+    else:
+        raise ValueError(f"unknown advantage kind {kind!r}; expected one of {ADVANTAGE_KINDS}")
+    return jnp.where(constant, 0.0, a), b_in
+
+
+# ----------------------------------------------------------------------------- log-probs by teacher forcing
+
+
+def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, *, temperature: float = 1.0,
+                    with_model_stats: bool = True):
+    """Teacher forcing over χ = [x; y] in one forward pass.
+
+    prompt_ids (B, Tp) LEFT-padded with prompt_mask (1 on real tokens); completion (B, N). Positions count real
+    tokens only and padding is masked out of attention, exactly as in the KV-cache sampler, so the result equals
+    the sampler's log-probs up to float rounding.
+
+    Returns a dict of (B, N) arrays: "logp" log π_T(y_l | c_l) under the policy at `temperature` (the sampling
+    distribution, as TRL), and when `with_model_stats` "logp_model", "entropy" and "max_prob" of the model's own
+    distribution (temperature 1) at the same contexts.
+    """
+    B, Tp = prompt_ids.shape
+    N = completion.shape[1]
+    ids = jnp.concatenate([prompt_ids, completion], axis=1)[:, :-1]  # the last token predicts nothing
+    valid = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((B, N - 1), bool)], axis=1)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+    h = features(graphdef, cfg, params, ids, positions=positions, key_valid=valid)[0][:, Tp - 1:]  # (B, N, d)
+    z = apply_head(params["head"], h).astype(jnp.float32)  # (B, N, V)
+    out = {}
+    lsm = jax.nn.log_softmax(z, axis=-1)
+    take = lambda l: jnp.take_along_axis(l, completion[..., None], axis=-1)[..., 0]
+    if temperature == 1.0:
+        out["logp"] = take(lsm)
+    else:
+        out["logp"] = take(jax.nn.log_softmax(z / temperature, axis=-1))
+    if with_model_stats:
+        p = jnp.exp(lsm)
+        out["logp_model"] = take(lsm)
+        out["entropy"] = -jnp.sum(p * jnp.where(p > 0, lsm, 0.0), axis=-1)
+        out["max_prob"] = jnp.exp(jnp.max(lsm, axis=-1))
+    return out
+
+
+# ----------------------------------------------------------------------------- loss pieces
+
+
+def kl_penalty(logp, logp_ref, estimator: str = "k3"):
+    """Per-token estimate of KL(π‖π_ref) at a token sampled from π (Schulman's estimators):
+    "k1": log π − log π_ref;  "k3": exp(log π_ref − log π) − (log π_ref − log π) − 1  (>= 0, unbiased)."""
+    if estimator == "k1":
+        return logp - logp_ref
+    if estimator == "k3":
+        d = logp_ref - logp
+        return jnp.exp(d) - d - 1.0
+    raise ValueError(f"unknown kl_estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+
+
+def aggregate(x_BxN, mask_BxN, loss_agg: str = "seq_mean_token_mean"):
+    """Masked mean of a per-token quantity.
+    "token_mean":          Σ_{b,l} m x / Σ_{b,l} m            (every completion token of the batch weighs the same)
+    "seq_mean_token_mean": (1/B) Σ_b [Σ_l m x / Σ_l m]         (the spec's J: each sequence weighs the same)
+    Empty masks give 0, never NaN."""
+    m = mask_BxN.astype(jnp.float32)
+    if loss_agg == "token_mean":
+        return jnp.sum(x_BxN * m) / jnp.maximum(jnp.sum(m), 1.0)
+    if loss_agg == "seq_mean_token_mean":
+        per_seq = jnp.sum(x_BxN * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+        return jnp.mean(per_seq)
+    raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {LOSS_AGGS}")
+
+
+def pg_loss(logp, logp_old, adv_B, mask, *, clip_eps: float = 0.2, loss_agg: str = "seq_mean_token_mean",
+            logp_ref=None, beta: float = 0.0, kl_estimator: str = "k3"):
+    """Clipped policy-gradient loss (PPO / GRPO form), to be MINIMISED:
+
+      ratio ρ = exp(log π − log π_old),  per token  ℓ = −min(ρ A, clip(ρ, 1−ε, 1+ε) A) + β KL_est,
+      loss = aggregate(ℓ).
+
+    With logp_old = None the batch is on-policy and π_old = stop_gradient(π): ρ = 1, no clipping, and the gradient
+    is −∇J with J = aggregate(A log π) (spec: J = 1/G Σ_j 1/|y_j| Σ_l A_j log π(y_jl | c_jl)).
+    Returns (loss, aux) with aux = {"clip_ratio", "kl", "pg_loss"} (masked token means; kl is 0 when β = 0 and no
+    reference is given)."""
+    m = mask.astype(jnp.float32)
+    old = jax.lax.stop_gradient(logp) if logp_old is None else jax.lax.stop_gradient(logp_old)
+    ratio = jnp.exp(logp - old)
+    A = adv_B[:, None]
+    unclipped = ratio * A
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * A
+    per_tok = -jnp.minimum(unclipped, clipped)
+    # the clipped region: the ratio left [1-ε, 1+ε] in the direction the advantage pushes it (TRL's "region")
+    is_clipped = ((ratio < 1.0 - clip_eps) & (A < 0)) | ((ratio > 1.0 + clip_eps) & (A > 0))
+    aux = {"clip_ratio": aggregate(is_clipped.astype(jnp.float32), m, "token_mean"),
+           "pg_loss": aggregate(per_tok, m, loss_agg)}
+    if logp_ref is not None:
+        kl = kl_penalty(logp, jax.lax.stop_gradient(logp_ref), kl_estimator)
+        aux["kl"] = aggregate(jax.lax.stop_gradient(kl), m, "token_mean")
+        if beta:
+            per_tok = per_tok + beta * kl
+    else:
+        aux["kl"] = jnp.zeros((), jnp.float32)
+    return aggregate(per_tok, m, loss_agg), aux
+
+
+# ----------------------------------------------------------------------------- parameter groups, optimizers
+
+
+def trainable_keys(group: str) -> tuple[str, ...]:
+    """Top-level parameter keys a group trains: "all" -> (backbone, head); "head" -> (head,) (the classifier W,
+    b); "backbone" -> (backbone,) (ψ)."""
+    if group == "all":
+        return ("backbone", "head")
+    if group in ("head", "backbone"):
+        return (group,)
+    raise ValueError(f"unknown parameter group {group!r}; expected one of {GROUPS}")
+
+
+def group_labels(params, group: str):
+    """optax.multi_transform labels: "train" on the group's leaves, "frozen" elsewhere."""
+    keys = trainable_keys(group)
+    return {k: jax.tree.map(lambda _: "train" if k in keys else "frozen", v) for k, v in params.items()}
+
+
+def make_optimizer(name: str = "adam", lr: float = 1e-4, group: str = "all", *, max_grad_norm: float | None = 1.0,
+                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    """optax optimizer over the full params pytree that updates only `group`: multi_transform with
+    set_to_zero() on the frozen leaves (their optimizer state is empty). `max_grad_norm` clips the global norm of
+    the trainable gradients (None or 0: no clipping)."""
+    if name == "adam":
+        base = optax.adam(lr, b1=b1, b2=b2, eps=eps)
+    elif name == "adamw":
+        base = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    elif name == "sgd":
+        base = optax.sgd(lr)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+    if max_grad_norm:
+        base = optax.chain(optax.clip_by_global_norm(max_grad_norm), base)
+    trainable_keys(group)  # validates
+    return optax.multi_transform({"train": base, "frozen": optax.set_to_zero()},
+                                 lambda params: group_labels(params, group))
+
+
+def global_norm(tree):
+    """‖tree‖_2 over all leaves (0 for an empty tree)."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
