@@ -214,7 +214,17 @@ def load_runs(runs_root, max_depth: int = 1) -> dict[str, list[Run]]:
             continue
         if not isinstance(cfg, dict):
             continue
-        run = Run(config=cfg, records=_read_jsonl(os.path.join(d, "metrics.jsonl")), path=d)
+        # ntkdyn.rl writes {"config": RLConfig fields, ...resolved run facts}: read them as one flat dict
+        if isinstance(cfg.get("config"), dict):
+            cfg = {**cfg["config"], **{k: v for k, v in cfg.items() if k != "config"}}
+        records = _read_jsonl(os.path.join(d, "metrics.jsonl"))
+        ks = cfg.get("pass_at_k")
+        if ks:  # pass@k curves logged as bare values, one per k of config["pass_at_k"]
+            for r in records:
+                c = r.get(PASS_CURVE)
+                if isinstance(c, list) and len(c) == len(ks) and all(isinstance(v, (int, float)) for v in c):
+                    r[PASS_CURVE] = [[k, v] for k, v in zip(ks, c)]
+        run = Run(config=cfg, records=records, path=d)
         grouped.setdefault(run.recipe, []).append(run)
     for runs in grouped.values():
         runs.sort(key=lambda r: (str(type(r.seed)), r.seed if r.seed is not None else 0, r.path or ""))
@@ -242,6 +252,9 @@ def series(runs: Sequence[Run], key: str, x: str = "rl_step", require_all: bool 
     std = np.array([np.std(table[k], ddof=ddof) if len(table[k]) > ddof else 0.0 for k in keep], dtype=np.float64)
     n = np.array([len(table[k]) for k in keep], dtype=np.int64)
     return xs, mean, std, n
+
+
+PASS_CURVE = "eval/pass_at_k_curve"
 
 
 def parse_curve(value) -> tuple[np.ndarray, np.ndarray]:
