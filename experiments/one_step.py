@@ -272,9 +272,6 @@ def _proposition2(lm, tok, params, roll, adv, probe_ids, probe_pos, lr, n_sample
 
 
 def _figures(r, res, out_dir):
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -319,9 +316,7 @@ def _figures(r, res, out_dir):
                   f"{100 * p2['frac_logp_y_up']:.0f}%, argmax Δz_R = y_u at {100 * p2['frac_argmax_dzR_is_y']:.0f}%,"
                   f"\ns > 0 at {100 * p2['frac_s_positive']:.0f}% of (sample, probe) pairs", fontsize=9)
     ax2.legend(fontsize=7)
-    path = os.path.join(out_dir, "one_step_split.png")
-    fig.savefig(path, dpi=150)
-    files.append(path)
+    files += plots.save(fig, os.path.join(out_dir, "one_step_split"))
     return files
 
 

@@ -148,7 +148,7 @@ def _rl_runs(model_dir, task, runs_root, prof, progress):
                 continue
             resume = os.path.isdir(os.path.join(out, "checkpoint")) and _same_config(out, cfg)
             _log(f"{recipe} seed {seed}: {'resuming' if resume else 'training'} -> {out}", progress)
-            rl.train(rl.RLConfig(**cfg, resume=resume, overwrite=not resume))
+            rl.train(rl.RLConfig(**cfg, resume=resume, overwrite=not resume), progress=progress)
             done.append(out)
     return done
 
@@ -443,10 +443,9 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
     with open(os.path.join(out, "reproduce.json"), "w") as f:
         json.dump(dict(meta=meta, claims=claim_list, kernel=kern, features=feats, one_step_dir=os_dir,
                        files=files), f, indent=2, default=str)
-    _log(f"done in {minutes:.1f} min; wrote:", progress)
-    if progress:
-        for f in files:
-            print("  " + f)
+    print(f"[reproduce] done in {minutes:.1f} min; wrote:")
+    for f in files:
+        print("  " + f)
     return dict(files=files, claims=claim_list, minutes=minutes)
 
 
