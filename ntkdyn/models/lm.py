@@ -37,8 +37,8 @@ class LM:
     # ------------------------------------------------------------------ construction
     @classmethod
     def init(cls, config: ModelConfig, seed: int = 0, tokenizer=None) -> "LM":
-        graphdef, params = init_params(config, seed)
-        return cls(config, params, tokenizer, graphdef)
+        _, params = init_params(config, seed)
+        return cls(config, params, tokenizer)
 
     def replace(self, params) -> "LM":
         """The same model with other parameters (shares config, graphdef, tokenizer)."""

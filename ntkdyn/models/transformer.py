@@ -9,6 +9,8 @@ at absolute slots `q_slot` of a key buffer; a key slot is visible when it is val
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -183,8 +185,10 @@ def init_params(cfg: ModelConfig, seed: int = 0):
     return graphdef, {"backbone": nnx.to_pure_dict(state), "head": head}
 
 
+@functools.lru_cache(maxsize=64)
 def graphdef_for(cfg: ModelConfig):
-    """The graphdef of the backbone without allocating parameters."""
+    """The graphdef of the backbone without allocating parameters; one per config, so that every LM of the same
+    config shares it and the jitted functions that take it as a static argument compile once."""
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: Backbone(cfg, nnx.Rngs(params=0))))
     return graphdef
 
