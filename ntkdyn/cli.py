@@ -22,17 +22,21 @@ def add_arguments(p):
 
 
 def run_cli(args) -> int:
+    import jax
+
     import ntkdyn as nd
 
     lm = nd.load(args.model)
     print(lm.config)
-    print(f"parameters: {lm.num_params:,} (head {sum(x.size for x in __import__('jax').tree.leaves(lm.params['head'])):,})")
+    head = sum(x.size for x in jax.tree.leaves(lm.params["head"]))
+    print(f"parameters: {lm.num_params:,} (head {head:,})")
     print(f"tokenizer: {type(lm.tokenizer).__name__ if lm.tokenizer else None}")
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="ntkdyn", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ntkdyn", description="Learning dynamics of RL post-training of causal "
+                                     "LMs: kernels, one-step predictions, RL / CF-RL / LP-FT, the paper's figures.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
