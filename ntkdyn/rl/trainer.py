@@ -108,12 +108,7 @@ class RLConfig:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "RLConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"{source}: expected a JSON object / dict of RLConfig keys; got {type(d).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {known}")
+        cls._check_keys(d, source)
         try:
             return cls(**d)
         except ConfigError as e:
@@ -134,13 +129,18 @@ class RLConfig:
             raise ConfigError(f"{path}: cannot read the config: {e}") from None
         if isinstance(d, dict) and "config" in d and isinstance(d["config"], dict):  # a run's config.json
             d = d["config"]
+        cls._check_keys(d, path)
+        return d
+
+    @classmethod
+    def _check_keys(cls, d, source: str) -> None:
+        """d must be a dict whose keys are all RLConfig fields (a partial one is fine)."""
         if not isinstance(d, dict):
-            raise ConfigError(f"{path}: expected a JSON object of RLConfig keys; got {type(d).__name__}")
+            raise ConfigError(f"{source}: expected a JSON object / dict of RLConfig keys; got {type(d).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {unknown}; known keys: {known}")
-        return d
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {known}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
