@@ -33,23 +33,8 @@ from .tokenizer import (
     load_tokenizer,
 )
 
-__all__ = [
-    "DEFAULT_TASK",
-    "MAX_COMPLETION_CHARS",
-    "SPLITS",
-    "Task",
-    "SumTask",
-    "MultipleTask",
-    "WordTask",
-    "get",
-    "names",
-    "CHARSET",
-    "SPECIAL_TOKENS",
-    "PAD_TOKEN",
-    "BOS_TOKEN",
-    "EOS_TOKEN",
-    "CharTokenizer",
-    "HFTokenizer",
-    "encode_batch",
-    "load_tokenizer",
-]
+from .tasks import __all__ as _tasks_all
+from .tokenizer import __all__ as _tokenizer_all
+
+# the submodules' public names, re-exported (one list each, kept where the names are defined)
+__all__ = [*_tasks_all, "MAX_COMPLETION_CHARS", *_tokenizer_all]
