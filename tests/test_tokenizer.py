@@ -1,4 +1,4 @@
-"""Tests for the character tokenizer in ntkdyn.tasks.tokenizer."""
+"""Tests for the character tokenizer in ntkdyn.models.tokenizer."""
 
 import json
 import os

@@ -10,7 +10,9 @@ import numpy as np
 
 from . import hf
 from .config import CheckpointError, ModelConfig, read_config
+from .padding import pad_left
 from .sampling import Generation, sample
+from .tokenizer import load_tokenizer
 from .transformer import apply_head, features, graphdef_for, init_params
 
 
@@ -49,23 +51,9 @@ class LM:
         return int(sum(x.size for x in jax.tree.leaves(self.params)))
 
     # ------------------------------------------------------------------ pure functions
-    def check_ids(self, ids):
-        """Validate token ids (int, 2-D, inside the vocabulary and the position range) when they are concrete."""
-        if isinstance(ids, jax.core.Tracer):
-            return ids
-        a = np.asarray(ids)
-        if a.ndim != 2:
-            raise ValueError(f"ids must be 2-D (batch, time); got shape {a.shape}")
-        if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"ids must be integers; got dtype {a.dtype}")
-        if a.size and (a.min() < 0 or a.max() >= self.config.vocab_size):
-            bad = a[(a < 0) | (a >= self.config.vocab_size)]
-            raise ValueError(f"token id(s) {sorted(set(bad.tolist()))[:5]} out of vocabulary "
-                             f"[0, {self.config.vocab_size})")
-        if a.shape[1] > self.config.max_positions:
-            raise ValueError(f"context of {a.shape[1]} tokens is longer than the model's "
-                             f"max_positions={self.config.max_positions}")
-        return jnp.asarray(a, jnp.int32)
+    def check_ids(self, ids, name: str = "ids"):
+        """Validate token ids against this model (see :func:`check_ids`); a traced value passes through."""
+        return check_ids(self.config, ids, name)
 
     def logits(self, ids, params=None):
         """z = W h + b for every position: (B, T, V) float32."""
@@ -108,19 +96,29 @@ class LM:
         return hf.write_model_dir(path, self.config, self.params if params is None else params, self.tokenizer)
 
 
-def pad_left(seqs, pad_id: int = 0):
-    """Left-pad a list of token lists to (B, T) int32 ids and a 0/1 mask."""
-    if isinstance(seqs, (np.ndarray, jax.Array)):
-        a = np.asarray(seqs)
-        return a, np.ones(a.shape, np.int32)
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), pad_id, np.int32)
-    mask = np.zeros((len(seqs), T), np.int32)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, T - len(s):] = s
-            mask[i, T - len(s):] = 1
-    return ids, mask
+def check_ids(cfg: ModelConfig, ids, name: str = "ids", *, allow_traced: bool = True):
+    """Token ids for a model of config `cfg`: a non-empty 2-D integer array inside the vocabulary and the position
+    range, returned as int32 (ValueError naming `name` otherwise). A traced value passes through unchecked when
+    `allow_traced` (inside jit/grad), else it is refused."""
+    if isinstance(ids, jax.core.Tracer):
+        if allow_traced:
+            return ids
+        raise ValueError(f"{name} must be a concrete array of token ids, not a traced value")
+    a = np.asarray(ids)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (batch, time) array of token ids; got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer token ids; got dtype {a.dtype}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape}); expected at least one row and one token")
+    V = cfg.vocab_size
+    if a.min() < 0 or a.max() >= V:
+        bad = sorted(set(a[(a < 0) | (a >= V)].tolist()))[:5]
+        raise ValueError(f"{name} holds token id(s) {bad} out of vocabulary [0, {V})")
+    if a.shape[1] > cfg.max_positions:
+        raise ValueError(f"{name}: context of {a.shape[1]} tokens is longer than the model's "
+                         f"max_positions={cfg.max_positions}")
+    return jnp.asarray(a, jnp.int32)
 
 
 def load(path: str, dtype=jnp.float32, tokenizer: bool = True) -> LM:
@@ -130,8 +128,5 @@ def load(path: str, dtype=jnp.float32, tokenizer: bool = True) -> LM:
         raise CheckpointError(f"{path}: not a directory; expected a Hugging Face model directory")
     cfg = read_config(path)
     params = hf.from_hf_state(cfg, hf.read_weights(path), source=path, dtype=dtype)
-    tok = None
-    if tokenizer:
-        from ..tasks.tokenizer import load_tokenizer
-        tok = load_tokenizer(path)
+    tok = load_tokenizer(path) if tokenizer else None
     return LM(cfg, params, tok)

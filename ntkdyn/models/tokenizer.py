@@ -1,4 +1,4 @@
-"""Character-level tokenizer shared by all synthetic tasks.
+"""Tokenizers: the character tokenizer of ntkdyn's synthetic tasks and real checkpoints' `tokenizer.json`.
 
 Every task prompt and answer is written with the characters of :data:`CHARSET`.
 The vocabulary is the three special tokens followed by one token per character::
@@ -21,12 +21,18 @@ class for a saved directory.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import json
 import os
 from typing import Iterable, Sequence
 
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+from ..io import read_json, write_json
+from .config import CheckpointError
+from .padding import pad_left
 
 __all__ = [
     "CHARSET",
@@ -38,6 +44,8 @@ __all__ = [
     "HFTokenizer",
     "load_tokenizer",
     "encode_batch",
+    "encode_prompt",
+    "pad_id_of",
 ]
 
 #: Every character a task prompt or answer may contain (order fixes the ids).
@@ -50,6 +58,8 @@ SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)
 _TOKENIZER_FILE = "tokenizer.json"
 _CONFIG_FILE = "tokenizer_config.json"
 _SPECIAL_MAP_FILE = "special_tokens_map.json"
+_TEMPLATE_FILE = "chat_template.jinja"
+_GENERATION_FILE = "generation_config.json"
 _MARKER = "ntkdyn_char"
 
 
@@ -130,49 +140,146 @@ class CharTokenizer:
     @classmethod
     def load(cls, directory: str) -> "CharTokenizer":
         """Rebuild the tokenizer saved by :meth:`save` in ``directory``."""
-        config = _read_json(os.path.join(directory, _CONFIG_FILE))
+        config = read_json(os.path.join(directory, _CONFIG_FILE), what=_CONFIG_FILE)
         if not config.get(_MARKER):
             raise ValueError(f"{directory} does not hold an ntkdyn CharTokenizer")
         return cls(config.get("ntkdyn_charset", CHARSET))
 
 
 class HFTokenizer:
-    """Pass-through wrapper around a ``tokenizers.Tokenizer`` from ``tokenizer.json``.
+    """A real checkpoint's tokenizer: ``tokenizer.json`` plus ``tokenizer_config.json`` (special tokens, chat
+    template), ``special_tokens_map.json`` and ``generation_config.json`` (every EOS id).
 
-    Offers the :class:`CharTokenizer` interface for real checkpoints. Special
-    token ids come from ``tokenizer_config.json`` / ``special_tokens_map.json``
-    when present and are ``None`` otherwise.
+    ``encode`` / ``decode`` / ``apply_chat_template`` give the ids and text that
+    ``transformers.AutoTokenizer.from_pretrained`` of the same directory gives (``encode`` adds no special tokens;
+    ``decode`` skips them). Special token ids are ``None`` when the files do not name them.
+
+    Attributes:
+        tokenizer (``tokenizers.Tokenizer``), config (the tokenizer_config dict), vocab_size, bos_id, eos_id,
+        pad_id, unk_id, eos_ids (all ids that end a generation), chat_template (str or None).
     """
 
     def __init__(self, directory: str):
-        self.tokenizer = Tokenizer.from_file(os.path.join(directory, _TOKENIZER_FILE))
+        path = os.path.join(directory, _TOKENIZER_FILE)
+        try:
+            tok = Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises its own Exception type for unreadable files
+            raise CheckpointError(f"{path}: not a readable tokenizer.json ({e})") from None
         config = {}
         for name in (_SPECIAL_MAP_FILE, _CONFIG_FILE):  # config wins over the map
-            path = os.path.join(directory, name)
-            if os.path.exists(path):
-                config.update(_read_json(path))
-        self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+            p = os.path.join(directory, name)
+            if os.path.exists(p):
+                config.update(read_json(p, what=name))
+        jinja = os.path.join(directory, _TEMPLATE_FILE)  # transformers 5 saves the template here
+        if os.path.exists(jinja):
+            with open(jinja, encoding="utf-8") as f:
+                config["chat_template"] = f.read()
+        gen = os.path.join(directory, _GENERATION_FILE)
+        eos = read_json(gen, what=_GENERATION_FILE).get("eos_token_id") if os.path.exists(gen) else None
+        self._setup(tok, config, eos)
+
+    @classmethod
+    def from_parts(cls, tokenizer: Tokenizer, config: dict, eos_ids: Sequence[int] | None = None) -> "HFTokenizer":
+        """Build from an in-memory ``tokenizers.Tokenizer`` and a tokenizer_config dict (e.g. from a GGUF file)."""
+        self = cls.__new__(cls)
+        self._setup(tokenizer, dict(config), list(eos_ids) if eos_ids else None)
+        return self
+
+    def _setup(self, tok: Tokenizer, config: dict, eos_ids) -> None:
+        self.tokenizer, self.config = tok, config
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self.pad_id = self._token_id(config.get("pad_token"))
         self.bos_id = self._token_id(config.get("bos_token"))
         self.eos_id = self._token_id(config.get("eos_token"))
+        self.unk_id = self._token_id(config.get("unk_token"))
+        if isinstance(eos_ids, int):
+            eos_ids = [eos_ids]
+        ids = [int(i) for i in (eos_ids or [])]
+        if self.eos_id is not None and self.eos_id not in ids:
+            ids.insert(0, self.eos_id)
+        self.eos_ids = ids
+        template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        self.chat_template = template if isinstance(template, str) and template else None
 
     def _token_id(self, token) -> int | None:
-        if isinstance(token, dict):  # serialized AddedToken
-            token = token.get("content")
-        if not isinstance(token, str):
-            return None
-        return self.tokenizer.token_to_id(token)
+        token = _token_text(token)
+        return None if token is None else self.tokenizer.token_to_id(token)
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size})"
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without special tokens."""
+        """Token ids of ``text`` without special tokens (special-token text inside ``text`` still maps to its id)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``, skipping special tokens."""
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text of ``ids`` (special tokens skipped by default), cleaned up as transformers does when the config asks."""
+        text = self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        return _clean_up_spaces(text) if self.config.get("clean_up_tokenization_spaces") else text
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True,
+                            tokenize: bool = True, **kwargs) -> list[int] | str:
+        """Render ``messages`` ([{"role", "content"}, ...]) with the checkpoint's chat template, as transformers does
+        (sandboxed jinja2, trim_blocks/lstrip_blocks, ``raise_exception``, ``strftime_now``, the special tokens as
+        variables; ``kwargs`` are extra template variables). Returns the ids (no special tokens added: the template
+        writes them) or, with ``tokenize=False``, the text."""
+        if self.chat_template is None:
+            raise ValueError("this tokenizer has no chat template (tokenizer_config.json has no 'chat_template')")
+        variables = {k: _token_text(self.config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        text = _compile_template(self.chat_template).render(
+            messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
+            **{k: v for k, v in variables.items() if v is not None}, **kwargs)
+        return self.encode(text) if tokenize else text
+
+    def save(self, directory: str) -> None:
+        """Write tokenizer.json, tokenizer_config.json (special tokens, chat template) and special_tokens_map.json
+        so that ``transformers.AutoTokenizer.from_pretrained(directory)`` opens it and tokenizes identically."""
+        os.makedirs(directory, exist_ok=True)
+        self.tokenizer.save(os.path.join(directory, _TOKENIZER_FILE))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **self.config}
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
+        special = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")
+                   if config.get(k) is not None}
+        write_json(os.path.join(directory, _CONFIG_FILE), config)
+        write_json(os.path.join(directory, _SPECIAL_MAP_FILE), special)
+
+
+def _token_text(token) -> str | None:
+    if isinstance(token, dict):  # serialized AddedToken
+        token = token.get("content")
+    return token if isinstance(token, str) else None
+
+
+def _clean_up_spaces(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: drop the space before punctuation and English contractions."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_template(template: str):
+    """A chat template compiled in the environment transformers renders it in."""
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(template)
 
 
 def load_tokenizer(directory: str) -> CharTokenizer | HFTokenizer | None:
@@ -180,14 +287,23 @@ def load_tokenizer(directory: str) -> CharTokenizer | HFTokenizer | None:
 
     Returns a :class:`CharTokenizer` when ``tokenizer_config.json`` carries the
     ``"ntkdyn_char": true`` marker, an :class:`HFTokenizer` for any other
-    ``tokenizer.json``, and ``None`` when there is no ``tokenizer.json``.
+    ``tokenizer.json``, and ``None`` when there is no ``tokenizer.json``. A corrupt file raises an error naming it.
     """
     if not os.path.exists(os.path.join(directory, _TOKENIZER_FILE)):
         return None
     config_path = os.path.join(directory, _CONFIG_FILE)
-    if os.path.exists(config_path) and _read_json(config_path).get(_MARKER):
+    if os.path.exists(config_path) and read_json(config_path, what=_CONFIG_FILE).get(_MARKER):
         return CharTokenizer.load(directory)
     return HFTokenizer(directory)
+
+
+def encode_prompt(tokenizer, prompt: str, add_bos: bool = True) -> list[int]:
+    """The ids a model is prompted with: ``[bos] + encode(prompt)`` (no BOS when the tokenizer has none or
+    ``add_bos`` is False). Every rollout, evaluation and teacher-forced example starts with this."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string; got {type(prompt).__name__}")
+    prefix = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
+    return prefix + list(tokenizer.encode(prompt))
 
 
 def encode_batch(
@@ -207,20 +323,15 @@ def encode_batch(
         ``pad_id`` (``eos_id`` if there is no pad token, else 0); ``lengths``
         (int32, shape ``(B,)``) the number of real tokens per row (BOS included).
     """
-    prefix = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
-    rows = [prefix + list(tokenizer.encode(t)) for t in texts]
-    lengths = np.array([len(r) for r in rows], dtype=np.int32)
-    width = int(lengths.max()) if len(rows) else 0
-    pad = tokenizer.pad_id
-    if pad is None:
-        pad = tokenizer.eos_id if tokenizer.eos_id is not None else 0
-    ids = np.full((len(rows), width), pad, dtype=np.int32)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = row
-    return ids, lengths
+    rows = [encode_prompt(tokenizer, t, add_bos) for t in texts]
+    if not rows:
+        return np.zeros((0, 0), np.int32), np.zeros((0,), np.int32)
+    ids, mask = pad_left(rows, pad_id_of(tokenizer))
+    return ids, mask.sum(1).astype(np.int32)
 
 
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+def pad_id_of(tokenizer) -> int:
+    """The id to pad with: the pad token, else EOS, else 0."""
+    if tokenizer.pad_id is not None:
+        return int(tokenizer.pad_id)
+    return int(tokenizer.eos_id) if tokenizer.eos_id is not None else 0

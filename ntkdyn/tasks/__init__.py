@@ -1,4 +1,5 @@
-"""Synthetic verifiable-reward tasks and the character tokenizer they share.
+"""Synthetic verifiable-reward tasks (the character tokenizer they share lives in ntkdyn.models.tokenizer and is
+re-exported here).
 
 Quick start::
 
@@ -21,7 +22,7 @@ from .tasks import (
     get,
     names,
 )
-from .tokenizer import (
+from ..models.tokenizer import (
     BOS_TOKEN,
     CHARSET,
     EOS_TOKEN,
@@ -30,11 +31,12 @@ from .tokenizer import (
     CharTokenizer,
     HFTokenizer,
     encode_batch,
+    encode_prompt,
     load_tokenizer,
 )
 
 from .tasks import __all__ as _tasks_all
-from .tokenizer import __all__ as _tokenizer_all
+from ..models.tokenizer import __all__ as _tokenizer_all
 
 # the submodules' public names, re-exported (one list each, kept where the names are defined)
 __all__ = [*_tasks_all, "MAX_COMPLETION_CHARS", *_tokenizer_all]

@@ -3,7 +3,7 @@
 Each task maps a short prompt (<= 16 characters) to a large, enumerable set of
 short correct answers (<= 8 characters), so that the diversity of a policy's
 answers can be measured exactly. All prompts and answers use only
-:data:`ntkdyn.tasks.tokenizer.CHARSET`.
+:data:`ntkdyn.models.tokenizer.CHARSET`.
 
 Conventions shared by every task:
 
