@@ -1,14 +1,19 @@
 """The embedded default base model: a small Pythia-style (gpt_neox) model trained by :func:`ntkdyn.sft.train` on
-``tasks.DEFAULT_TASK`` with the fixed :data:`RECIPE`, built on first use and cached.
+``tasks.DEFAULT_TASK`` with the fixed :data:`RECIPE`.
 
-Cache location: ``$NTKDYN_CACHE`` when set, else ``~/.cache/ntkdyn`` (``$XDG_CACHE_HOME/ntkdyn`` when that is set).
-The model lives in ``<cache>/default-<task>-<family>-<hash>``, ``<hash>`` being a short hash of the recipe, so a
-changed recipe builds a new directory. Building is atomic: training runs in a hidden ``.tmp-*`` sibling that is
-renamed into place at the end (a killed build leaves no model directory, and its stale ``.tmp-*`` is swept by the
-next build), and a lock file serialises concurrent builders.
+Its weights ship inside the package (``ntkdyn/default_model/``, about 3 MB): every machine starts from the
+bit-identical base, and loading it needs no training and no cache. ``SHIPPED.json`` there records the weights'
+sha256, the recipe (and its hash) and the base reward measured when it was built.
+
+``rebuild=True`` (``ntkdyn default-model --rebuild``) trains the recipe again into the cache, ``$NTKDYN_CACHE`` when
+set, else ``~/.cache/ntkdyn`` (``$XDG_CACHE_HOME/ntkdyn`` when that is set), in
+``<cache>/default-<task>-<family>-<hash>``; the CLI then compares the rebuilt model with the shipped one. A
+``recipe`` other than :data:`RECIPE` (tests use a tiny one) is always built into the cache. Building is atomic:
+training runs in a hidden ``.tmp-*`` sibling that is renamed into place at the end (a killed build leaves no model
+directory, and its stale ``.tmp-*`` is swept by the next build), and a lock file serialises concurrent builders.
 
     import ntkdyn.default as default
-    path = default.default_model_dir()     # builds on first use (a few minutes on a laptop CPU)
+    path = default.default_model_dir()     # the shipped directory
     lm = default.base_model()              # nd.load(path), with its tokenizer
 """
 from __future__ import annotations
@@ -21,8 +26,10 @@ import shutil
 import time
 
 from . import tasks as _tasks
+from .io import read_json, read_jsonl, write_json
 
-__all__ = ["RECIPE", "cache_root", "recipe_hash", "default_model_dir", "base_model", "add_arguments", "run_cli"]
+__all__ = ["RECIPE", "SHIPPED_DIR", "cache_root", "recipe_hash", "shipped_info", "default_model_dir", "base_model",
+           "add_arguments", "run_cli"]
 
 # The fixed recipe of the default model (arguments of ntkdyn.sft.train). Changing it changes the cache directory.
 RECIPE = dict(task=_tasks.DEFAULT_TASK, family="gpt_neox", size="default", steps=2500, batch_size=32, lr=2e-3,
@@ -30,6 +37,9 @@ RECIPE = dict(task=_tasks.DEFAULT_TASK, family="gpt_neox", size="default", steps
               eval_samples=32)
 
 _FORMAT = 1  # bump when the on-disk layout or the training code changes what a recipe produces
+
+#: The shipped default model (config.json, model.safetensors, tokenizer files, sft_config.json, SHIPPED.json).
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
 
 
 def cache_root(cache_dir: str | None = None) -> str:
@@ -91,14 +101,33 @@ def _lock(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def shipped_info() -> dict:
+    """SHIPPED.json of the shipped default model: sha256 of model.safetensors, recipe, recipe hash, base reward."""
+    return read_json(os.path.join(SHIPPED_DIR, "SHIPPED.json"), what="record of the shipped default model")
+
+
+def _is_default(recipe: dict | None) -> bool:
+    return recipe is None or recipe_hash(dict(recipe)) == recipe_hash(RECIPE)
+
+
 def default_model_dir(cache_dir: str | None = None, build: bool = True, progress: bool = True, *,
                       rebuild: bool = False, recipe: dict | None = None) -> str:
-    """Path of the default model directory, building it first when it is not cached (``build=False``: raise
-    FileNotFoundError instead). ``rebuild=True`` trains it again. ``recipe`` overrides :data:`RECIPE` (tests
-    use a tiny one); the directory name carries its hash."""
+    """Path of the default model directory: the shipped one (:data:`SHIPPED_DIR`) for the default recipe.
+    ``rebuild=True`` trains :data:`RECIPE` (or ``recipe``) again into the cache; a non-default ``recipe`` is built
+    into the cache on first use (``build=False``: raise FileNotFoundError instead). The directory name in the cache
+    carries the recipe's hash."""
+    if _is_default(recipe) and not rebuild:
+        if not _complete(SHIPPED_DIR):
+            raise FileNotFoundError(f"the shipped default model is incomplete: {SHIPPED_DIR} lacks one of "
+                                    "config.json, model.safetensors, sft_config.json, tokenizer.json (a broken "
+                                    "install?); reinstall ntkdyn or run `ntkdyn default-model --rebuild`")
+        return SHIPPED_DIR
+    return _cached_build(dict(RECIPE if recipe is None else recipe), cache_dir, build, progress, rebuild)
+
+
+def _cached_build(recipe: dict, cache_dir, build: bool, progress: bool, rebuild: bool) -> str:
     from . import sft
 
-    recipe = dict(RECIPE if recipe is None else recipe)
     root = cache_root(cache_dir)
     name = _dir_name(recipe)
     path = os.path.join(root, name)
@@ -119,15 +148,9 @@ def default_model_dir(cache_dir: str | None = None, build: bool = True, progress
         args = {k: v for k, v in recipe.items() if k != "task"}
         t0 = time.perf_counter()
         sft.train(recipe.get("task", _tasks.DEFAULT_TASK), path, progress=progress, **args)
-        with open(os.path.join(path, "sft_config.json")) as f:
-            conf = json.load(f)
-        conf["build_seconds"] = round(time.perf_counter() - t0, 1)
-        conf["recipe"] = recipe
-        conf["recipe_hash"] = recipe_hash(recipe)
-        tmp = os.path.join(path, ".sft_config.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(conf, f, indent=2)
-        os.replace(tmp, os.path.join(path, "sft_config.json"))
+        conf = read_json(os.path.join(path, "sft_config.json"), what="SFT config")
+        conf.update(build_seconds=round(time.perf_counter() - t0, 1), recipe=recipe, recipe_hash=recipe_hash(recipe))
+        write_json(os.path.join(path, "sft_config.json"), conf)
     return path
 
 
@@ -143,26 +166,65 @@ def base_model(cache_dir: str | None = None, build: bool = True, progress: bool 
 
 
 def add_arguments(p):
-    p.add_argument("--rebuild", action="store_true", help="train the default model again")
+    p.add_argument("--rebuild", action="store_true", help="train the recipe again into the cache and compare the "
+                   "result with the shipped model")
     p.add_argument("--cache-dir", default=None, help="cache directory (default: $NTKDYN_CACHE or ~/.cache/ntkdyn)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run_cli(args) -> int:
-    path = default_model_dir(args.cache_dir, rebuild=args.rebuild, progress=not args.no_progress)
-    with open(os.path.join(path, "sft_config.json")) as f:
-        conf = json.load(f)
+def _last_eval(path: str) -> dict | None:
     ev = None
     log = os.path.join(path, "sft_log.jsonl")
     if os.path.isfile(log):
-        with open(log) as f:
-            for line in f:
-                ev = json.loads(line).get("eval", ev)
+        for rec in read_jsonl(log):
+            ev = rec.get("eval", ev)
+    return ev
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _describe(path: str) -> None:
+    conf = read_json(os.path.join(path, "sft_config.json"), what="SFT config")
     print(path)
     print(f"family {conf.get('family')}, size {conf.get('size')}, {conf.get('num_params', 0):,} parameters, "
-          f"task {conf.get('task')}, build {conf.get('build_seconds', '?')} s")
+          f"task {conf.get('task')}, recipe {conf.get('recipe_hash', recipe_hash(RECIPE))}")
+    ev = _last_eval(path)
     if ev:
         print(f"base reward {ev['reward']:.3f} on {ev['n_prompts']} held-out prompts x {ev['samples']} samples "
               f"(temperature 1); distinct answers {ev['distinct']:.1f}/{ev['samples']}; "
               f"malformed {ev['frac_malformed']:.3f}")
+    print(f"model.safetensors sha256 {_sha256(os.path.join(path, 'model.safetensors'))}")
+
+
+def _compare_with_shipped(path: str) -> None:
+    """How a rebuilt model differs from the shipped one: identical bytes, or the largest weight difference and the
+    two base rewards."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    ship = shipped_info()
+    sha = _sha256(os.path.join(path, "model.safetensors"))
+    if sha == ship["sha256"]:
+        print("the rebuilt weights are bit-identical to the shipped model")
+        return
+    a = load_file(os.path.join(path, "model.safetensors"))
+    b = load_file(os.path.join(SHIPPED_DIR, "model.safetensors"))
+    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in b)
+    ev = _last_eval(path) or {}
+    print(f"the rebuilt weights differ from the shipped model (max |difference| {diff:.3g}; training on another "
+          f"CPU or JAX version lands elsewhere): base reward {ev.get('reward', float('nan')):.3f} rebuilt vs "
+          f"{ship['base_reward']:.3f} shipped")
+
+
+def run_cli(args) -> int:
+    path = default_model_dir(args.cache_dir, rebuild=args.rebuild, progress=not args.no_progress)
+    _describe(path)
+    if args.rebuild:
+        _compare_with_shipped(path)
     return 0
