@@ -9,7 +9,8 @@ Data format (used by the WHOLE toolkit: SFT, RL rollouts, LP-FT, the kernels' pr
 * an RL rollout prompt is ``[bos] + encode(prompt)`` (:func:`prompt_ids`; LEFT-padded for the sampler by
   ``lm.generate``), and the completion is the generated tokens up to and including EOS
   (:func:`decode_completions`). A completion without EOS inside ``max_new_tokens`` is truncated: it scores 0
-  (:func:`completion_rewards`) and counts as malformed.
+  (:func:`completion_rewards`) and counts as malformed. Scoring and :func:`evaluate` live in
+  :mod:`ntkdyn.evaluation` (shared with the RL trainer) and are re-exported here.
 
 The base policy is trained on answers drawn by :func:`draw_sft_data`: uniformly random correct answers with
 probability ``correct_frac`` and task-made near misses otherwise, so that it is DIVERSE (many distinct answers per
@@ -32,25 +33,33 @@ import functools
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from . import tasks as _tasks
+from .evaluation import CORRECT, MAX_NEW_TOKENS, completion_rewards, decode_completions, evaluate, task_of
+from .io import append_jsonl, atomic_dir, read_jsonl, write_json
 from .models.config import ModelConfig
 from .models.lm import LM
+from .models.logprobs import next_token_logp
+from .models.padding import pad_right
+from .models.tokenizer import encode_prompt
+from .optim import make_optimizer, matrices_only
 
 __all__ = [
     "SIZES",
-    "FAMILIES",
+    "BASE_FAMILIES",
     "DEFAULTS",
+    "CORRECT",
+    "MAX_NEW_TOKENS",
     "prompt_ids",
     "make_examples",
+    "sequence_ce",
     "sequence_ce_loss",
     "draw_sft_data",
     "default_config",
@@ -63,15 +72,12 @@ __all__ = [
 ]
 
 SIZES = ("default", "tiny")
-FAMILIES = ("gpt_neox", "gpt2", "llama")
+BASE_FAMILIES = ("gpt_neox", "gpt2", "llama")  # the families default_config builds (cf. models.config.FAMILIES)
 
 # The SFT recipe: the defaults of `train` and of `ntkdyn sft` (tuned so that, on held-out prompts sampled at
 # temperature 1, the base reward of every binary task lies in [0.2, 0.7] with many distinct answers per prompt).
 DEFAULTS = dict(family="gpt_neox", size="default", steps=2500, batch_size=32, lr=2e-3, seed=0, correct_frac=0.6,
                 clean_frac=0.6, warmup=100, weight_decay=0.01, log_every=50, eval_prompts=64, eval_samples=32)
-
-CORRECT = 0.9  # reward at or above which a completion is in the task's correct set (tasks.Task.correct_answers)
-MAX_NEW_TOKENS = 12  # longest answer (8 characters) + EOS, with room to spare
 
 # size -> (d_model, n_layers, n_heads, d_ff multiple of d_model for the GELU families)
 _SHAPES = {"default": (128, 4, 4, 4), "tiny": (64, 2, 4, 3)}
@@ -85,7 +91,7 @@ def prompt_ids(tokenizer, prompts) -> list[list[int]]:
     to ``lm.generate``, which left-pads)."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
-    return [[tokenizer.bos_id] + list(tokenizer.encode(p)) for p in prompts]
+    return [encode_prompt(tokenizer, p) for p in prompts]
 
 
 def make_examples(task, tokenizer, prompts, answers, length: int | None = None):
@@ -104,21 +110,15 @@ def make_examples(task, tokenizer, prompts, answers, length: int | None = None):
         for p in prompts[:1]:
             task.parse(p)  # a prompt of another task is a caller bug: fail early and clearly
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    rows, starts = [], []
-    for p, a in zip(prompts, answers):
-        head = [tokenizer.bos_id] + list(tokenizer.encode(p))
-        rows.append(head + list(tokenizer.encode(a)) + [tokenizer.eos_id])
-        starts.append(len(head))
+    heads = [encode_prompt(tokenizer, p) for p in prompts]
+    rows = [h + list(tokenizer.encode(a)) + [tokenizer.eos_id] for h, a in zip(heads, answers)]
     T = max(len(r) for r in rows)
-    if length is not None:
-        if length < T:
-            raise ValueError(f"make_examples: length={length} is shorter than the longest sequence ({T} tokens)")
-        T = int(length)
-    ids = np.full((len(rows), T), pad, np.int32)
-    mask = np.zeros((len(rows), T), np.float32)
-    for i, (r, s) in enumerate(zip(rows, starts)):
-        ids[i, : len(r)] = r
-        mask[i, s: len(r)] = 1.0
+    if length is not None and length < T:
+        raise ValueError(f"make_examples: length={length} is shorter than the longest sequence ({T} tokens)")
+    ids, real = pad_right(rows, pad, length)
+    mask = real.astype(np.float32)
+    for i, h in enumerate(heads):
+        mask[i, : len(h)] = 0.0  # BOS and the prompt are context, not targets
     return ids, mask
 
 
@@ -126,8 +126,7 @@ def draw_sft_data(task, n: int, seed: int = 0, correct_frac: float = DEFAULTS["c
     """``n`` (prompt, answer) pairs: train-split prompts; each answer is ``task.sample_answer(prompt, rng,
     correct=rng.random() < correct_frac)``, i.e. uniform over the correct answers (diverse) with probability
     ``correct_frac`` and a near miss otherwise (partly correct). Deterministic in ``seed``."""
-    if isinstance(task, str):
-        task = _get_task(task)
+    task = task_of(task)
     if not 0.0 <= correct_frac <= 1.0:
         raise ValueError(f"correct_frac must be in [0, 1]; got {correct_frac}")
     prompts = task.prompts("train", int(n), seed)
@@ -139,16 +138,22 @@ def draw_sft_data(task, n: int, seed: int = 0, correct_frac: float = DEFAULTS["c
 # ----------------------------------------------------------------------------- loss
 
 
-def sequence_ce_loss(lm: LM, params, ids, loss_mask):
+def sequence_ce(graphdef, cfg: ModelConfig, params, ids, loss_mask):
     """Token-mean cross-entropy  -(1/Σm) Σ_{b,t} m[b,t] log π(ids[b,t] | ids[b,<t])  over the positions with
-    ``loss_mask == 1`` (the logits at t-1 predict the token at t). A pure function of ``params``: jax.grad of it
-    is the SFT gradient, and restricted to the head it is the LP stage of LP-FT."""
+    ``loss_mask == 1`` (the logits at t-1 predict the token at t), on arrays and static configs (jit-able). A
+    pure function of ``params``: jax.grad of it is the SFT gradient, and restricted to the head it is the LP stage
+    of LP-FT."""
     ids = jnp.asarray(ids, jnp.int32)
     m = jnp.asarray(loss_mask, jnp.float32)[:, 1:]
-    z = lm.logits(ids[:, :-1], params=params)  # (B, T-1, V): z at t-1 predicts ids[:, t]
-    logp = jax.nn.log_softmax(z.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+    nll = -next_token_logp(graphdef, cfg, params, ids)  # (B, T-1)
     return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def sequence_ce_loss(lm: LM, params, ids, loss_mask):
+    """:func:`sequence_ce` of the model ``lm`` with parameters ``params`` (ids checked against its config)."""
+    ids = jnp.asarray(ids, jnp.int32)
+    lm.check_ids(ids[:, :-1])
+    return sequence_ce(lm.graphdef, lm.config, params, ids, loss_mask)
 
 
 # ----------------------------------------------------------------------------- models
@@ -163,8 +168,8 @@ def default_config(vocab_size: int, family: str = "gpt_neox", size: str = "defau
     "gpt_neox" (Pythia: untied head, partial rotary 0.25, parallel residual, biases, GELU), "gpt2" (tied head,
     learned positions, gelu_new) or "llama" (RMSNorm, full RoPE, SwiGLU with d_ff ~ 8d/3 so the size matches,
     untied head)."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}; got {family!r}")
+    if family not in BASE_FAMILIES:
+        raise ValueError(f"family must be one of {BASE_FAMILIES}; got {family!r}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}; got {size!r}")
     d, L, H, ff = _SHAPES[size]
@@ -184,18 +189,11 @@ def default_config(vocab_size: int, family: str = "gpt_neox", size: str = "defau
 # ----------------------------------------------------------------------------- training
 
 
-def _get_task(name):
-    try:
-        return _tasks.get(name)
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; expected one of {_tasks.names()}") from None
-
-
 def _check_train_args(task_name, out_dir, family, size, steps, batch_size, lr, seed, correct_frac, clean_frac,
                       log_every, warmup, weight_decay, eval_prompts, eval_samples):
-    task = _get_task(task_name)
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}; got {family!r}")
+    task = task_of(task_name)
+    if family not in BASE_FAMILIES:
+        raise ValueError(f"family must be one of {BASE_FAMILIES}; got {family!r}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}; got {size!r}")
     for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("log_every", log_every, 1),
@@ -223,34 +221,29 @@ def _check_train_args(task_name, out_dir, family, size, steps, batch_size, lr, s
     return task, out_dir
 
 
-def _optimizer(steps, lr, warmup, weight_decay):
-    import optax
-
+@functools.lru_cache(maxsize=16)
+def _schedule(steps, lr, warmup):
+    """Linear warmup to `lr`, then cosine decay to 5% of it at `steps` (one object per setting, so the optimizer
+    built on it, and the compiled step, are shared by repeated runs in one process)."""
     warmup = min(int(warmup), max(steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
-                                                  end_value=lr * 0.05)
-    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # no decay on biases and norm scales
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=weight_decay, mask=decay_mask))
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
+                                              end_value=lr * 0.05)
+
+
+def _optimizer(steps, lr, warmup, weight_decay):
+    """(tx, schedule): AdamW (b2 0.98) on the schedule, global-norm clip 1, weight decay on the matrices only."""
+    schedule = _schedule(steps, lr, warmup)
+    tx = make_optimizer("adamw", schedule, None, max_grad_norm=1.0, weight_decay=weight_decay, b2=0.98,
+                        decay_mask=matrices_only)
     return tx, schedule
 
 
-@functools.lru_cache(maxsize=16)
-def _train_step(cfg, steps, lr, warmup, weight_decay):
-    """(tx, schedule, jitted step) for one model and optimizer; cached so that repeated runs in one process (task
-    sweeps, tests) compile the step once per sequence length."""
-    import optax
-
-    tx, schedule = _optimizer(steps, lr, warmup, weight_decay)
-    shell = LM(cfg, None)  # any graphdef of cfg merges with the params (graphdefs do not compare equal)
-
-    @jax.jit
-    def train_step(params, opt_state, ids, mask):
-        loss, grads = jax.value_and_grad(lambda p: sequence_ce_loss(shell, p, ids, mask))(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return tx, schedule, train_step
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "tx"))
+def _train_step(params, opt_state, ids, mask, *, graphdef, cfg, tx):
+    """One SFT step: the gradient of :func:`sequence_ce` over all parameters, applied by `tx`."""
+    loss, grads = jax.value_and_grad(lambda p: sequence_ce(graphdef, cfg, p, ids, mask))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
 
 def train(task_name: str = _tasks.DEFAULT_TASK, out_dir: str = "runs/sft", *, family: str = DEFAULTS["family"],
@@ -285,49 +278,55 @@ def train(task_name: str = _tasks.DEFAULT_TASK, out_dir: str = "runs/sft", *, fa
     tok = _tasks.CharTokenizer()
     cfg = default_config(tok.vocab_size, family, size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
                          pad_token_id=tok.pad_id)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(out_dir)}-{os.getpid()}-", dir=parent)
+    with atomic_dir(out_dir, what="sft output directory") as stage:  # staged, renamed into place at the end
+        return _train_in(stage, task, tok, cfg, args, progress)
+
+
+def _version():
+    """The installed ntkdyn version (None when the package metadata is missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        lm = _train_in(stage, task, tok, cfg, args, progress)
-        os.chmod(stage, 0o755)  # mkdtemp made it private; the result is an ordinary directory
-        _replace_dir(stage, out_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return lm
+        return version("ntkdyn")
+    except PackageNotFoundError:  # pragma: no cover
+        return None
+
+
+def _train_data(task, tok, cfg, args):
+    """(ids, loss_mask) of all steps * batch_size examples, in training order.
+
+    Phase 1 (the first clean_frac of the steps): correct answers only, which teaches the task's structure fast;
+    phase 2: correct answers with probability correct_frac, near misses otherwise (a partly correct policy)."""
+    steps, B = args["steps"], args["batch_size"]
+    n_clean = int(round(args["clean_frac"] * steps)) * B
+    p1, a1 = draw_sft_data(task, n_clean, seed=args["seed"], correct_frac=1.0)
+    p2, a2 = draw_sft_data(task, steps * B - n_clean, seed=args["seed"] + 100_003, correct_frac=args["correct_frac"])
+    ids_all, mask_all = make_examples(task, tok, p1 + p2, a1 + a2)  # one fixed T: one compilation
+    if ids_all.shape[1] > cfg.max_positions:
+        raise ValueError(f"sequences of {ids_all.shape[1]} tokens exceed max_positions={cfg.max_positions}")
+    return ids_all, mask_all
 
 
 def _train_in(stage, task, tok, cfg, args, progress):
     from tqdm.auto import tqdm
 
     steps, B = args["steps"], args["batch_size"]
-    with open(os.path.join(stage, "sft_config.json"), "w") as f:
-        json.dump(dict(args, model=cfg.to_hf(), num_params=None,
-                       data_format="[bos] + encode(prompt) + encode(answer) + [eos]; loss on answer + eos",
-                       version=_version()), f, indent=2)
-
-    # phase 1 (the first clean_frac of the steps): correct answers only, which teaches the task's structure fast;
-    # phase 2: correct answers with probability correct_frac, near misses otherwise (a partly correct policy)
-    n_clean = int(round(args["clean_frac"] * steps)) * B
-    p1, a1 = draw_sft_data(task, n_clean, seed=args["seed"], correct_frac=1.0)
-    p2, a2 = draw_sft_data(task, steps * B - n_clean, seed=args["seed"] + 100_003, correct_frac=args["correct_frac"])
-    prompts, answers = p1 + p2, a1 + a2
-    ids_all, mask_all = make_examples(task, tok, prompts, answers)  # one fixed T: one compilation
-    if ids_all.shape[1] > cfg.max_positions:
-        raise ValueError(f"sequences of {ids_all.shape[1]} tokens exceed max_positions={cfg.max_positions}")
+    conf_path, log_path = os.path.join(stage, "sft_config.json"), os.path.join(stage, "sft_log.jsonl")
+    conf = dict(args, model=cfg.to_hf(), num_params=None,
+                data_format="[bos] + encode(prompt) + encode(answer) + [eos]; loss on answer + eos",
+                version=_version())
+    write_json(conf_path, conf)
+    ids_all, mask_all = _train_data(task, tok, cfg, args)
     lm = LM.init(cfg, seed=args["seed"], tokenizer=tok)
-    tx, schedule, train_step = _train_step(cfg, steps, args["lr"], args["warmup"], args["weight_decay"])
-
+    tx, schedule = _optimizer(steps, args["lr"], args["warmup"], args["weight_decay"])
+    gd = dict(graphdef=lm.graphdef, cfg=cfg, tx=tx)
     params, opt_state = lm.params, tx.init(lm.params)
-    log_path = os.path.join(stage, "sft_log.jsonl")
     t0 = time.perf_counter()
     pending, last_logged = [], 0
-    with open(log_path, "w") as log, tqdm(total=steps, disable=not progress, desc=f"sft {task.name}",
-                                          dynamic_ncols=True) as bar:
+    with tqdm(total=steps, disable=not progress, desc=f"sft {task.name}", dynamic_ncols=True) as bar:
         for step in range(1, steps + 1):
             sl = slice((step - 1) * B, step * B)
-            params, opt_state, loss = train_step(params, opt_state, ids_all[sl], mask_all[sl])
+            params, opt_state, loss = _train_step(params, opt_state, ids_all[sl], mask_all[sl], **gd)
             pending.append(loss)
             if step == 1 or step % args["log_every"] == 0 or step == steps:
                 losses = np.asarray(jax.device_get(pending), np.float64)
@@ -337,122 +336,21 @@ def _train_in(stage, task, tok, cfg, args, progress):
                                      f"{last_logged + 1 + int(bad[0])} (lr={args['lr']}); nothing was written")
                 rec = dict(step=step, loss=float(losses.mean()), lr=float(schedule(step - 1)),
                            time=round(time.perf_counter() - t0, 3))
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
+                append_jsonl(log_path, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
                 bar.update(step - last_logged)
                 pending, last_logged = [], step
-        lm = lm.replace(jax.device_get(params))
-        if args["eval_prompts"]:
-            ev = evaluate(lm, task, n_prompts=args["eval_prompts"], samples=args["eval_samples"], seed=args["seed"])
-            log.write(json.dumps(dict(step=steps, eval=ev, time=round(time.perf_counter() - t0, 3))) + "\n")
+    lm = lm.replace(jax.device_get(params))
+    if args["eval_prompts"]:
+        ev = evaluate(lm, task, n_prompts=args["eval_prompts"], samples=args["eval_samples"], seed=args["seed"])
+        append_jsonl(log_path, dict(step=steps, eval=ev, time=round(time.perf_counter() - t0, 3)))
     # the model files go into the stage itself (lm.save writes a fresh directory, so write next to it and move)
     tmp_model = lm.save(os.path.join(stage, ".model"))
     for name in os.listdir(tmp_model):
         os.replace(os.path.join(tmp_model, name), os.path.join(stage, name))
     os.rmdir(tmp_model)
-    with open(os.path.join(stage, "sft_config.json")) as f:
-        conf = json.load(f)
-    conf["num_params"] = lm.num_params
-    conf["train_seconds"] = round(time.perf_counter() - t0, 3)
-    with open(os.path.join(stage, "sft_config.json"), "w") as f:
-        json.dump(conf, f, indent=2)
+    write_json(conf_path, dict(conf, num_params=lm.num_params, train_seconds=round(time.perf_counter() - t0, 3)))
     return lm
-
-
-def _replace_dir(src, dst):
-    """Rename the finished directory ``src`` to ``dst``, replacing an existing ``dst`` (moved aside first)."""
-    if os.path.exists(dst):
-        old = src + ".old"
-        os.rename(dst, old)
-        os.rename(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(src, dst)
-
-
-def _version():
-    try:
-        from . import __version__
-        return __version__
-    except ImportError:  # pragma: no cover
-        return None
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def decode_completions(tokenizer, tokens, mask, eos_id: int | None = None):
-    """Texts of sampled completions (``Generation.tokens`` / ``.mask``, (B, N)): the tokens before EOS, decoded.
-    Returns ``(texts, finished)``; ``finished[i]`` is False when row i hit ``max_new_tokens`` without EOS."""
-    eos = tokenizer.eos_id if eos_id is None else eos_id
-    tokens, mask = np.asarray(tokens), np.asarray(mask)
-    texts, finished = [], []
-    for row, m in zip(tokens, mask):
-        row = row[m.astype(bool)].tolist()
-        done = eos in row
-        texts.append(tokenizer.decode(row[: row.index(eos)] if done else row))
-        finished.append(done)
-    return texts, np.asarray(finished, bool)
-
-
-def completion_rewards(task, prompts, texts, finished) -> np.ndarray:
-    """task.reward of each completion; a truncated completion (no EOS) scores 0."""
-    return np.asarray([task.reward(p, t) if f else 0.0 for p, t, f in zip(prompts, texts, finished)], np.float64)
-
-
-def _well_formed(task, text: str) -> bool:
-    pattern = getattr(task, "_answer_re", None)
-    norm = task.normalize(text)
-    return norm is not None and (pattern is None or pattern.fullmatch(norm) is not None)
-
-
-def evaluate(lm: LM, task, n_prompts: int = 64, samples: int = 32, seed: int = 0, split: str = "test", *,
-             max_new_tokens: int = MAX_NEW_TOKENS, temperature: float = 1.0, chunk: int = 1024) -> dict:
-    """Sample ``samples`` completions per held-out prompt at ``temperature`` (stopping at EOS) and score them.
-
-    Prompts: ``n_prompts`` of ``split`` (the whole split when it holds fewer, e.g. the 16 test prompts of "sum").
-    Returns ``reward`` (mean over all samples), ``reward_std``, ``frac_correct`` (share of samples in the task's
-    correct set: reward 1, or >= 0.9 for a graded task; equals ``reward`` for binary tasks), ``distinct`` (distinct
-    completions per prompt, mean over prompts), ``distinct_correct`` (distinct completions in the correct set),
-    ``answer_space`` (mean size of the correct set per prompt, ``task.answer_space_size``), ``frac_malformed`` (no
-    EOS or not in the task's answer format), ``frac_truncated`` (no EOS), ``mean_length`` (completion tokens incl.
-    EOS), ``n_prompts`` and ``samples``."""
-    from . import metrics
-
-    if isinstance(task, str):
-        task = _get_task(task)
-    if lm.tokenizer is None:
-        raise ValueError("evaluate needs a model with a tokenizer (lm.tokenizer is None)")
-    if n_prompts < 1 or samples < 1:
-        raise ValueError(f"n_prompts and samples must be >= 1; got {n_prompts}, {samples}")
-    pool = task.split_prompts(split)
-    prompts = list(pool) if pool is not None and len(pool) <= n_prompts else task.prompts(split, n_prompts, seed)
-    tok = lm.tokenizer
-    flat = [p for p in prompts for _ in range(samples)]
-    ids = prompt_ids(tok, flat)
-    texts, finished, lengths = [], [], []
-    for i in range(0, len(ids), chunk):
-        g = lm.generate(ids[i: i + chunk], max_new_tokens, temperature=temperature, seed=seed + i,
-                        stop_token=tok.eos_id)
-        t, f = decode_completions(tok, g.tokens, g.mask, tok.eos_id)
-        texts += t
-        finished.append(f)
-        lengths.append(np.asarray(g.mask).sum(1))
-    finished = np.concatenate(finished)
-    rewards = completion_rewards(task, flat, texts, finished)
-    malformed = np.asarray([not (f and _well_formed(task, t)) for t, f in zip(texts, finished)])
-    distinct, distinct_ok = [], []
-    for j in range(len(prompts)):
-        sl = slice(j * samples, (j + 1) * samples)
-        distinct.append(metrics.unique_answers(texts[sl]))
-        distinct_ok.append(metrics.unique_correct(texts[sl], rewards[sl].tolist(), threshold=CORRECT))
-    return dict(reward=float(rewards.mean()), reward_std=float(rewards.std()),
-                frac_correct=float((rewards >= CORRECT).mean()), distinct=float(np.mean(distinct)),
-                distinct_correct=float(np.mean(distinct_ok)),
-                answer_space=float(np.mean([task.answer_space_size(p) for p in prompts])),
-                frac_malformed=float(malformed.mean()), frac_truncated=float(1.0 - finished.mean()),
-                mean_length=float(np.concatenate(lengths).mean()), n_prompts=len(prompts), samples=int(samples))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -461,7 +359,7 @@ def evaluate(lm: LM, task, n_prompts: int = 64, samples: int = 32, seed: int = 0
 def add_arguments(p):
     p.add_argument("--task", default=_tasks.DEFAULT_TASK, help=f"task name, one of {_tasks.names()}")
     p.add_argument("--out", required=True, help="output directory (Hugging Face model dir + sft logs)")
-    p.add_argument("--family", default=DEFAULTS["family"], choices=FAMILIES)
+    p.add_argument("--family", default=DEFAULTS["family"], choices=BASE_FAMILIES)
     p.add_argument("--size", default=DEFAULTS["size"], choices=SIZES)
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
@@ -481,7 +379,8 @@ def add_arguments(p):
 def run_cli(args) -> int:
     try:
         lm = train(args.task, args.out, family=args.family, size=args.size, steps=args.steps,
-                   batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed, correct_frac=args.correct_frac, clean_frac=args.clean_frac,
+                   batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
+                   correct_frac=args.correct_frac, clean_frac=args.clean_frac,
                    eval_prompts=args.eval_prompts, eval_samples=args.eval_samples, progress=not args.no_progress)
     except ValueError as e:
         print(f"ntkdyn sft: error: {e}", file=sys.stderr)
@@ -496,8 +395,6 @@ def run_cli(args) -> int:
 
 def _last_eval(out_dir):
     ev = None
-    with open(os.path.join(out_dir, "sft_log.jsonl")) as f:
-        for line in f:
-            rec = json.loads(line)
-            ev = rec.get("eval", ev)
+    for rec in read_jsonl(out_dir, name="sft_log.jsonl"):
+        ev = rec.get("eval", ev)
     return ev

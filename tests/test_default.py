@@ -5,9 +5,12 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 import ntkdyn as nd
 from ntkdyn import default, sft
+
+from test_sft import TINY
 
 
 def test_shipped_weights_match_their_record():
@@ -35,3 +38,36 @@ def test_shipped_model_reproduces_its_base_reward():
     # sampling is deterministic on one machine (exact equality here); allow 4 of 512 samples to flip elsewhere
     assert abs(ev["reward"] - info["base_reward"]) <= 4 / 512, (ev["reward"], info["base_reward"])
     assert np.isclose(ev["distinct"], info["base_eval"]["distinct"], atol=0.5)
+
+
+def test_default_model_dir_builds_once_and_reuses(tmp_path, monkeypatch):
+    recipe = dict(task="sum", family="gpt_neox", **dict(TINY, eval_prompts=0, progress=None))
+    del recipe["progress"]
+    cache = str(tmp_path / "cache")
+    os.makedirs(cache)
+    stale = os.path.join(cache, f".tmp-{default._dir_name(recipe)}-999999999-abc")  # a killed build's leftovers
+    os.makedirs(stale)
+    with pytest.raises(FileNotFoundError, match="not built"):
+        default.default_model_dir(cache, build=False, recipe=recipe)
+    path = default.default_model_dir(cache, progress=False, recipe=recipe)
+    assert os.path.basename(path) == f"default-sum-gpt_neox-{default.recipe_hash(recipe)}"
+    assert os.path.dirname(path) == cache
+    conf = json.load(open(os.path.join(path, "sft_config.json")))
+    assert conf["recipe_hash"] == default.recipe_hash(recipe) and conf["build_seconds"] > 0
+
+    def boom(*a, **k):
+        raise AssertionError("rebuilt a cached default model")
+
+    monkeypatch.setattr(sft, "train", boom)
+    assert default.default_model_dir(cache, progress=False, recipe=recipe) == path
+    assert default.default_model_dir(cache, build=False, recipe=recipe) == path
+    lm = default.base_model(cache, recipe=recipe)
+    assert lm.config.family == "gpt_neox" and lm.tokenizer is not None
+    assert not [f for f in os.listdir(cache) if f.startswith(".tmp")]  # the stale staging dir was swept too
+    # another recipe is another directory; the environment variable picks the cache
+    assert default.recipe_hash(dict(recipe, steps=4)) != default.recipe_hash(recipe)
+    monkeypatch.setenv("NTKDYN_CACHE", cache)
+    assert default.cache_root() == cache
+    assert default.default_model_dir(build=False, recipe=recipe) == path
+    # the default recipe is the shipped model, never built
+    assert default.default_model_dir(build=False) == default.SHIPPED_DIR

@@ -1,4 +1,5 @@
-"""Tests for ntkdyn.sft (data format, loss, training, evaluation, CLI) and ntkdyn.default (the cached base model)."""
+"""Tests for ntkdyn.sft (data format, loss, training, CLI); the evaluation
+is tested in test_evaluation.py."""
 import json
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import ntkdyn as nd
-from ntkdyn import default, sft, tasks
+from ntkdyn import sft, tasks
 from ntkdyn.models.lm import LM
 
 TOK = tasks.CharTokenizer()
@@ -85,7 +86,7 @@ def test_draw_sft_data_is_mixed_and_deterministic():
     assert np.mean([task.reward(p, a) for p, a in zip(*sft.draw_sft_data(task, 50, 0, 1.0))]) == 1.0
 
 
-@pytest.mark.parametrize("family", sft.FAMILIES)
+@pytest.mark.parametrize("family", sft.BASE_FAMILIES)
 def test_default_config_sizes(family):
     tiny = sft.default_config(TOK.vocab_size, family, "tiny")
     big = sft.default_config(TOK.vocab_size, family, "default")
@@ -127,21 +128,6 @@ def test_train_lowers_loss_and_writes_hf_dir(tiny_run):
     assert hf_tok.eos_token_id == TOK.eos_id and hf_tok.pad_token_id == TOK.pad_id
 
 
-def test_evaluate_counts(tiny_run):
-    _, lm = tiny_run
-    task = tasks.get("sum")
-    ev = sft.evaluate(lm, task, n_prompts=2, samples=8, seed=1)
-    assert ev["n_prompts"] == 2 and ev["samples"] == 8 and ev["frac_correct"] == ev["reward"]
-    assert 1 <= ev["distinct"] <= 8 and 0 <= ev["distinct_correct"] <= ev["distinct"]
-    assert 0 <= ev["frac_truncated"] <= ev["frac_malformed"] <= 1
-    # the whole test split of "sum" when it holds fewer prompts than asked
-    assert sft.evaluate(lm, task, n_prompts=1000, samples=1)["n_prompts"] == len(task.split_prompts("test"))
-    texts, finished = sft.decode_completions(TOK, [[TOK.encode("5")[0], TOK.eos_id, 0], [4, 5, 6]],
-                                             [[1, 1, 0], [1, 1, 1]])
-    assert texts[0] == "5" and finished.tolist() == [True, False]
-    assert sft.completion_rewards(task, ["sum 20:"] * 2, ["0+20", "0+20"], [True, False]).tolist() == [1.0, 0.0]
-
-
 @pytest.mark.parametrize("kw, match", [
     (dict(task_name="nope"), "unknown task"),
     (dict(family="bert"), "family"),
@@ -173,37 +159,6 @@ def test_non_finite_loss_names_the_step(tmp_path):
         sft.train("sum", str(tmp_path / "nan"), size="tiny", steps=3, batch_size=4, lr=1e30, warmup=0,
                   log_every=1, eval_prompts=0, progress=False)
     assert not os.listdir(tmp_path)
-
-
-def test_default_model_dir_builds_once_and_reuses(tmp_path, monkeypatch):
-    recipe = dict(task="sum", family="gpt_neox", **dict(TINY, eval_prompts=0, progress=None))
-    del recipe["progress"]
-    cache = str(tmp_path / "cache")
-    os.makedirs(cache)
-    stale = os.path.join(cache, f".tmp-{default._dir_name(recipe)}-999999999-abc")  # a killed build's leftovers
-    os.makedirs(stale)
-    with pytest.raises(FileNotFoundError, match="not built"):
-        default.default_model_dir(cache, build=False, recipe=recipe)
-    path = default.default_model_dir(cache, progress=False, recipe=recipe)
-    assert os.path.basename(path) == f"default-sum-gpt_neox-{default.recipe_hash(recipe)}"
-    assert os.path.dirname(path) == cache
-    conf = json.load(open(os.path.join(path, "sft_config.json")))
-    assert conf["recipe_hash"] == default.recipe_hash(recipe) and conf["build_seconds"] > 0
-
-    def boom(*a, **k):
-        raise AssertionError("rebuilt a cached default model")
-
-    monkeypatch.setattr(sft, "train", boom)
-    assert default.default_model_dir(cache, progress=False, recipe=recipe) == path
-    assert default.default_model_dir(cache, build=False, recipe=recipe) == path
-    lm = default.base_model(cache, recipe=recipe)
-    assert lm.config.family == "gpt_neox" and lm.tokenizer is not None
-    assert not [f for f in os.listdir(cache) if f.startswith(".tmp")]  # the stale staging dir was swept too
-    # another recipe is another directory; the environment variable picks the cache
-    assert default.recipe_hash(dict(recipe, steps=4)) != default.recipe_hash(recipe)
-    monkeypatch.setenv("NTKDYN_CACHE", cache)
-    assert default.cache_root() == cache
-    assert default.default_model_dir(build=False, recipe=recipe) == path
 
 
 def test_cli_sft(tmp_path, capsys):

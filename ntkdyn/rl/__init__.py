@@ -3,14 +3,19 @@
     from ntkdyn.rl import RLConfig, train
     summary = train(RLConfig(recipe="cf-rl", task="sum", steps=60, head_steps=8, seed=0, out="runs/cf-rl"))
 
-`objectives` holds the pure pieces (advantages, teacher-forced log-probs, clipped policy-gradient loss, KL
-estimators, parameter-group optimizers); `recipes` the stage plans; `trainer` the loop, logging and checkpoints.
+Modules, following the data: `config` (RLConfig, its validation and errors), `recipes` (the stage plans),
+`objectives` (the pure pieces: advantages, teacher-forced log-probs, clipped policy-gradient loss, KL estimators),
+`step` (the jit-compiled updates and their static specs), `context` (a run resolved and checked before any work),
+`rollout` (prompts, rollouts, rewards: one step on the host), `evaluate` (held-out evaluation, probes, dz_share),
+`checkpoint` and `rundir` (the run directory's files), `trainer` (the loop), `cli` (`ntkdyn rl`).
 """
 from . import objectives, recipes
+from .config import ConfigError, RLConfig, TrainingError
 from .objectives import advantages, completion_logp, kl_penalty, make_optimizer, pg_loss
 from .recipes import RECIPES, Stage, plan
-from .trainer import TIMING_KEYS, ConfigError, RLConfig, TrainingError, enable_compile_cache, read_metrics, train
+from .rundir import TIMING_KEYS, read_metrics
+from .trainer import enable_compile_cache, train
 
 __all__ = ["RLConfig", "train", "ConfigError", "TrainingError", "RECIPES", "Stage", "plan", "read_metrics",
-           "TIMING_KEYS", "enable_compile_cache", "advantages", "completion_logp", "kl_penalty", "pg_loss", "make_optimizer", "objectives",
-           "recipes"]
+           "TIMING_KEYS", "enable_compile_cache", "advantages", "completion_logp", "kl_penalty", "pg_loss",
+           "make_optimizer", "objectives", "recipes"]

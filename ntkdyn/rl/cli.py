@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sys
 
-from .trainer import ConfigError, RLConfig, TrainingError
+from .config import ConfigError, RLConfig, TrainingError
 
 # flag -> (RLConfig key, type, help); a flag left out keeps the RLConfig default (or the --config file's value)
 _FLAGS = [

@@ -9,15 +9,17 @@ Shapes: a step's batch holds P prompts × G samples, flattened prompt-major (row
 * :func:`kl_penalty`   -- per-token KL(π‖π_ref) estimators "k1" and "k3".
 * :func:`aggregate`    -- "token_mean" or "seq_mean_token_mean" (the spec's J: 1/G Σ_j 1/|y_j| Σ_l ...).
 * :func:`pg_loss`      -- the clipped policy-gradient loss −J (+ β·KL) and its aux metrics.
-* :func:`make_optimizer` -- optax optimizer restricted to a parameter group ("all", "head", "backbone").
+* :func:`make_optimizer` -- optax optimizer restricted to a parameter group ("all", "head", "backbone"); it lives in
+  :mod:`ntkdyn.optim` (the one optimizer construction) and is re-exported here.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from ..models.logprobs import gather, log_softmax, token_logp
 from ..models.transformer import apply_head, features
+from ..optim import GROUPS, OPTIMIZERS, group_labels, make_optimizer, trainable_keys
 
 __all__ = ["ADVANTAGE_KINDS", "LOSS_AGGS", "KL_ESTIMATORS", "GROUPS", "OPTIMIZERS", "advantages",
            "completion_logp", "kl_penalty", "aggregate", "pg_loss", "group_labels", "make_optimizer",
@@ -26,8 +28,6 @@ __all__ = ["ADVANTAGE_KINDS", "LOSS_AGGS", "KL_ESTIMATORS", "GROUPS", "OPTIMIZER
 ADVANTAGE_KINDS = ("grpo", "dr_grpo", "rloo", "reinforce")
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean")
 KL_ESTIMATORS = ("k1", "k3")
-GROUPS = ("all", "head", "backbone")
-OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -90,17 +90,12 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
     valid = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((B, N - 1), bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
     h = features(graphdef, cfg, params, ids, positions=positions, key_valid=valid)[0][:, Tp - 1:]  # (B, N, d)
-    z = apply_head(params["head"], h).astype(jnp.float32)  # (B, N, V)
-    out = {}
-    lsm = jax.nn.log_softmax(z, axis=-1)
-    take = lambda l: jnp.take_along_axis(l, completion[..., None], axis=-1)[..., 0]
-    if temperature == 1.0:
-        out["logp"] = take(lsm)
-    else:
-        out["logp"] = take(jax.nn.log_softmax(z / temperature, axis=-1))
+    z = apply_head(params["head"], h)  # (B, N, V)
+    lsm = log_softmax(z)  # the model's own distribution (temperature 1), float32
+    out = {"logp": gather(lsm, completion) if temperature == 1.0 else token_logp(z, completion, temperature)}
     if with_model_stats:
         p = jnp.exp(lsm)
-        out["logp_model"] = take(lsm)
+        out["logp_model"] = gather(lsm, completion)
         out["entropy"] = -jnp.sum(p * jnp.where(p > 0, lsm, 0.0), axis=-1)
         out["max_prob"] = jnp.exp(jnp.max(lsm, axis=-1))
     return out
@@ -166,43 +161,7 @@ def pg_loss(logp, logp_old, adv_B, mask, *, clip_eps: float = 0.2, loss_agg: str
     return aggregate(per_tok, m, loss_agg), aux
 
 
-# ----------------------------------------------------------------------------- parameter groups, optimizers
-
-
-def trainable_keys(group: str) -> tuple[str, ...]:
-    """Top-level parameter keys a group trains: "all" -> (backbone, head); "head" -> (head,) (the classifier W,
-    b); "backbone" -> (backbone,) (ψ)."""
-    if group == "all":
-        return ("backbone", "head")
-    if group in ("head", "backbone"):
-        return (group,)
-    raise ValueError(f"unknown parameter group {group!r}; expected one of {GROUPS}")
-
-
-def group_labels(params, group: str):
-    """optax.multi_transform labels: "train" on the group's leaves, "frozen" elsewhere."""
-    keys = trainable_keys(group)
-    return {k: jax.tree.map(lambda _: "train" if k in keys else "frozen", v) for k, v in params.items()}
-
-
-def make_optimizer(name: str = "adam", lr: float = 1e-4, group: str = "all", *, max_grad_norm: float | None = 1.0,
-                   weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-    """optax optimizer over the full params pytree that updates only `group`: multi_transform with
-    set_to_zero() on the frozen leaves (their optimizer state is empty). `max_grad_norm` clips the global norm of
-    the trainable gradients (None or 0: no clipping)."""
-    if name == "adam":
-        base = optax.adam(lr, b1=b1, b2=b2, eps=eps)
-    elif name == "adamw":
-        base = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    elif name == "sgd":
-        base = optax.sgd(lr)
-    else:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
-    if max_grad_norm:
-        base = optax.chain(optax.clip_by_global_norm(max_grad_norm), base)
-    trainable_keys(group)  # validates
-    return optax.multi_transform({"train": base, "frozen": optax.set_to_zero()},
-                                 lambda params: group_labels(params, group))
+# ----------------------------------------------------------------------------- norms
 
 
 def global_norm(tree):

@@ -5,7 +5,7 @@
            same objective, for `head_steps` steps or `head_epochs` epochs over the train prompts (one epoch by
            default, as the paper); stage 2: full RL for `steps` steps.
 * "lp-ft": linear probing then fine-tuning. Stage 1: the head fitted by supervised cross-entropy
-           (`sft.sequence_ce_loss`) on correct reference answers (`task.sample_answer(correct=True)`), for the same
+           (`sft.sequence_ce`) on correct reference answers (`task.sample_answer(correct=True)`), for the same
            stage-1 budget; stage 2: full RL for `steps` steps.
 
 Stage-1 steps come BEFORE the `steps` full-RL steps (global step numbers continue across stages); `steps=0` runs

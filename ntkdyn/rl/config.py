@@ -1,0 +1,188 @@
+"""The RL run's configuration: RLConfig (every key a run depends on, validated on construction), its errors, and
+reading a config from JSON (a partial file of RLConfig keys, or a run's OUT/config.json).
+
+    cfg = RLConfig(recipe="cf-rl", task="sum", steps=60, head_steps=8, seed=0, out="runs/cf")
+    cfg = RLConfig.from_json("runs/cf/config.json").replace(out="runs/cf2")
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from .. import tasks as _tasks
+from ..io import is_finite_number, read_json
+from ..optim import OPTIMIZERS
+from . import objectives as O
+from .recipes import RECIPES
+
+__all__ = ["RLConfig", "ConfigError", "TrainingError", "RESUMABLE_CHANGES"]
+
+
+class ConfigError(ValueError):
+    """A bad RLConfig value or key (raised before any work)."""
+
+
+class TrainingError(RuntimeError):
+    """The run stopped: a non-finite reward, loss or gradient. The last good checkpoint is kept."""
+
+
+_CHOICES = {
+    "recipe": RECIPES,
+    "optimizer": OPTIMIZERS,
+    "advantage": O.ADVANTAGE_KINDS,
+    "loss_agg": O.LOSS_AGGS,
+    "kl_estimator": O.KL_ESTIMATORS,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """Everything a run depends on. Validated on construction (ConfigError names the key, the value and what is
+    expected); `RLConfig.from_dict` also rejects unknown keys."""
+
+    recipe: str = "rl"  # "rl" | "cf-rl" | "lp-ft" (see ntkdyn.rl.recipes)
+    task: str = _tasks.DEFAULT_TASK  # a task of ntkdyn.tasks
+    model: str | None = None  # HF model directory; None: the embedded default base model
+    out: str | None = None  # run directory (required)
+    steps: int = 100  # full-parameter RL steps (stage 2 for cf-rl / lp-ft)
+    head_steps: int | None = None  # stage-1 steps (cf-rl, lp-ft); ignored by "rl"
+    head_epochs: float | None = None  # or stage-1 epochs over the train prompts (default: 1 epoch)
+    group_size: int = 8  # G samples per prompt
+    prompts_per_step: int = 8  # P prompts per step (batch = P·G rollouts)
+    max_new_tokens: int = 12
+    temperature: float = 1.0  # rollout temperature (the policy's log-probs use the same, as TRL)
+    lr: float = 3e-4  # -> Stage.lr of the RL stage (recipes.plan) -> optim.make_optimizer -> optax
+    head_lr: float | None = None  # stage-1 learning rate (default: lr)
+    optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
+    weight_decay: float = 0.0  # adamw only
+    max_grad_norm: float = 1.0  # global-norm gradient clipping (0: none)
+    advantage: str = "grpo"  # "grpo" | "dr_grpo" | "rloo" | "reinforce"
+    baseline_decay: float = 0.9  # REINFORCE running-baseline EMA decay
+    loss_agg: str = "seq_mean_token_mean"  # or "token_mean"
+    beta: float = 0.0  # KL(π‖π_ref) coefficient; π_ref is the starting model
+    kl_estimator: str = "k3"  # "k1" | "k3"
+    num_iterations: int = 1  # gradient steps per rollout batch (> 1: PPO-style clipped ratio)
+    clip_eps: float = 0.2
+    train_prompts: int | None = None  # size of the train-prompt pool (None: the whole split, or 4096)
+    eval_every: int = 10  # evaluate every k global steps (0: only at step 0 and at the end of each stage)
+    eval_prompts: int = 16  # held-out test prompts (the whole test split when it is smaller)
+    eval_samples: int = 32  # samples per eval prompt: k of pass@k
+    eval_temperature: float = 1.0
+    probe_prompts: int = 8  # the fixed probe set (test prompts with a reference answer)
+    probe_every: int = 10  # dz_share every k stage steps and at each stage's first step (0: never)
+    checkpoint_every: int = 50  # checkpoint every k global steps and at the end (0: only at the end)
+    seed: int = 0
+    resume: bool = False  # continue the run in `out` from its checkpoint
+    overwrite: bool = False  # replace an existing run in `out`
+
+    def __post_init__(self):
+        _validate(self)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "RLConfig":
+        cls._check_keys(d, source)
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: str) -> "RLConfig":
+        """From a JSON object of RLConfig keys, or a run's OUT/config.json."""
+        return cls.from_dict(cls.read_json(path), source=path)
+
+    @classmethod
+    def read_json(cls, path: str) -> dict:
+        """The dict of RLConfig keys in a JSON file (a partial one is fine; unknown keys are rejected)."""
+        try:
+            d = read_json(path, what="config", expect=None)
+        except (OSError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        if isinstance(d, dict) and "config" in d and isinstance(d["config"], dict):  # a run's config.json
+            d = d["config"]
+        cls._check_keys(d, path)
+        return d
+
+    @classmethod
+    def _check_keys(cls, d, source: str) -> None:
+        """d must be a dict whose keys are all RLConfig fields (a partial one is fine)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object / dict of RLConfig keys; got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {known}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **kw) -> "RLConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def _bad(key, value, expected):
+    return ConfigError(f"RLConfig.{key}={value!r}: expected {expected}")
+
+
+def _validate(c: RLConfig):
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    is_num = is_finite_number
+
+    for key, choices in _CHOICES.items():
+        v = getattr(c, key)
+        if not isinstance(v, str) or v not in choices:
+            raise _bad(key, v, f"one of {list(choices)}")
+    if not isinstance(c.task, str) or c.task not in _tasks.names():
+        raise _bad("task", c.task, f"one of the tasks {_tasks.names()}")
+    if c.model is not None and (not isinstance(c.model, (str, os.PathLike)) or not str(c.model)):
+        raise _bad("model", c.model, "a Hugging Face model directory (str) or None for the default base model")
+    if not isinstance(c.out, (str, os.PathLike)) or not str(c.out):
+        raise _bad("out", c.out, "the run directory (a non-empty path)")
+    ints = {"steps": 0, "group_size": 1, "prompts_per_step": 1, "max_new_tokens": 1, "num_iterations": 1,
+            "eval_every": 0, "eval_prompts": 1, "eval_samples": 1, "probe_prompts": 1, "probe_every": 0,
+            "checkpoint_every": 0, "seed": 0}
+    for key, lo in ints.items():
+        v = getattr(c, key)
+        if not is_int(v) or v < lo:
+            raise _bad(key, v, f"an integer >= {lo}")
+    for key, lo in {"head_steps": 0, "train_prompts": 1}.items():
+        v = getattr(c, key)
+        if v is not None and (not is_int(v) or v < lo):
+            raise _bad(key, v, f"None or an integer >= {lo}")
+    if c.head_epochs is not None and (not is_num(c.head_epochs) or c.head_epochs <= 0):
+        raise _bad("head_epochs", c.head_epochs, "None or a number > 0")
+    if c.head_steps is not None and c.head_epochs is not None:
+        raise ConfigError(f"RLConfig: head_steps={c.head_steps!r} and head_epochs={c.head_epochs!r} both set; "
+                          "expected at most one of them (the stage-1 budget)")
+    positive = ("temperature", "lr", "clip_eps", "eval_temperature")
+    for key in positive:
+        v = getattr(c, key)
+        if not is_num(v) or v <= 0:
+            raise _bad(key, v, "a finite number > 0")
+    if c.head_lr is not None and (not is_num(c.head_lr) or c.head_lr <= 0):
+        raise _bad("head_lr", c.head_lr, "None (= lr) or a finite number > 0")
+    for key in ("weight_decay", "max_grad_norm", "beta"):
+        v = getattr(c, key)
+        if not is_num(v) or v < 0:
+            raise _bad(key, v, "a finite number >= 0")
+    if not is_num(c.baseline_decay) or not 0 <= c.baseline_decay < 1:
+        raise _bad("baseline_decay", c.baseline_decay, "a number in [0, 1)")
+    if c.advantage != "reinforce" and c.group_size < 2:
+        raise _bad("group_size", c.group_size, f"an integer >= 2 for the group-relative advantage {c.advantage!r} "
+                                               "(use advantage='reinforce' for single samples)")
+    for key in ("resume", "overwrite"):
+        if not isinstance(getattr(c, key), bool):
+            raise _bad(key, getattr(c, key), "True or False")
+    if c.resume and c.overwrite:
+        raise ConfigError("RLConfig: resume=True and overwrite=True contradict each other; expected at most one")
+
+
+# fields that may differ between a run and its resumption
+
+# fields that may differ between a run and its resumption
+RESUMABLE_CHANGES = ("resume", "overwrite", "steps", "out")

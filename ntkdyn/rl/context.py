@@ -1,0 +1,197 @@
+"""What a run is, resolved and checked before any work: the run directory's state, the model and its tokenizer, the
+train / evaluation / probe prompts, the fixed shapes, the stage plan. `resolve` raises ConfigError on anything
+that would fail later; it writes nothing.
+
+    ctx = resolve(config, mesh=None, reward_fn=None)   # RunContext (frozen)
+    ctx = on_devices(ctx)                              # + base params, probe arrays and features h0 on the mesh
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import tasks as _tasks
+from ..evaluation import held_out_prompts
+from ..io import read_json
+from ..models.transformer import graphdef_for
+from ..sft import make_examples
+from .config import RESUMABLE_CHANGES, ConfigError, RLConfig
+from .recipes import Stage, plan
+from .sharding import Sharding
+from .step import LossSpec, probe_features
+
+__all__ = ["RunContext", "resolve", "on_devices", "EVAL_PROMPT_SEED", "RUN_FILES"]
+
+EVAL_PROMPT_SEED = 0  # the held-out evaluation prompts and the probe set are the same for every run seed
+RUN_FILES = ("metrics.jsonl", "checkpoint", "checkpoint.old", "config.json")  # any of them: `out` holds a run
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """Everything fixed for the whole run (the changing part is trainer.RunState)."""
+
+    c: RLConfig
+    out: str  # absolute run directory
+    saved: dict | None  # the run's config.json when resuming
+    task: Any
+    lm: Any  # the starting model (LM; its graphdef is graphdef_for(cfg)); π_ref
+    model_dir: str
+    train_pool: list[str]
+    eval_prompts: list[str]
+    stages: list[Stage]
+    Tp: int  # prompt length: [bos] + the longest prompt (one fixed shape, one compilation)
+    T_lp: int  # LP-stage teacher-forcing length: prompt + answer (<= 8 characters) + EOS
+    B: int  # rollouts per step: prompts_per_step * group_size
+    B_eval: int  # evaluation samples: eval prompts * eval_samples
+    probe_ids: np.ndarray  # (probe_prompts, T) [bos] + prompt + reference answer + [eos], right-padded
+    probe_mask: np.ndarray  # (probe_prompts, T) float32, 1 on real tokens
+    probe_pos: np.ndarray  # (n, 2) int32 contexts (row, t) predicting an answer token or EOS
+    sh: Sharding
+    key: Any  # jax.random.key(seed): every draw is fold_in(key, stage id / EVAL_ID, step)
+    loss_spec: LossSpec
+    eos: int
+    pad: int
+    reward_fn: Callable[[str, str], float] | None = None
+    # on the devices (on_devices)
+    base_params: Any = None
+    probe_ids_dev: Any = None
+    probe_mask_dev: Any = None
+    h0: Any = None  # probe features of the starting model
+
+    @property
+    def tok(self):
+        return self.lm.tokenizer
+
+    @property
+    def cfg(self):
+        return self.lm.config
+
+    @property
+    def gd(self) -> dict:
+        """The static model arguments of the jitted functions."""
+        return dict(graphdef=self.lm.graphdef, cfg=self.lm.config)
+
+
+def _saved_config(c: RLConfig, out: str) -> dict | None:
+    """The run directory's state: refuse a file or an unasked-for existing run; when resuming, the saved config
+    (whose keys must match, except RESUMABLE_CHANGES)."""
+    has_run = os.path.isdir(out) and any(os.path.exists(os.path.join(out, n)) for n in RUN_FILES)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"RLConfig.out={c.out!r}: exists and is not a directory")
+    if has_run and not (c.resume or c.overwrite):
+        raise ConfigError(f"RLConfig.out={c.out!r}: already holds a run; expected resume=True to continue it, "
+                          "overwrite=True to replace it, or a fresh directory")
+    if not (c.resume and has_run):
+        return None
+    path = os.path.join(out, "config.json")
+    try:
+        saved = read_json(path, what="run config", expect=None)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot resume, the run's config is unreadable: {e}") from None
+    old = saved.get("config", {})
+    diff = {k: (old.get(k), v) for k, v in c.to_dict().items()
+            if k not in RESUMABLE_CHANGES and old.get(k) != v and k in old}
+    if diff:
+        raise ConfigError(f"{path}: cannot resume with a different config; differing keys (saved, given): {diff}")
+    return saved
+
+
+def _load_model(c: RLConfig, saved: dict | None):
+    """(lm, model_dir): RLConfig.model, else the resumed run's, else the default base model; a model without
+    tokenizer files gets the task tokenizer when the vocabularies agree."""
+    from ..models.lm import load
+
+    model_dir = c.model
+    if model_dir is None and saved is not None:
+        model_dir = saved.get("model_dir")
+    if model_dir is None:
+        from ..default import default_model_dir
+
+        model_dir = default_model_dir()
+    model_dir = os.path.abspath(os.fspath(model_dir))
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise ConfigError(f"RLConfig.model={c.model!r}: {model_dir} is not a Hugging Face model directory "
+                          "(no config.json)")
+    lm = load(model_dir)
+    if lm.tokenizer is None:
+        tok = _tasks.CharTokenizer()
+        if tok.vocab_size != lm.config.vocab_size:
+            raise ConfigError(f"RLConfig.model={model_dir}: no tokenizer files, and the model's vocabulary "
+                              f"({lm.config.vocab_size}) is not the task tokenizer's ({tok.vocab_size})")
+        lm.tokenizer = tok
+    lm.graphdef = graphdef_for(lm.config)  # one graphdef per config: every run shares the compiled programs
+    return lm, model_dir
+
+
+def _prompts(c: RLConfig, task):
+    """(train pool, evaluation prompts): the train split (or `train_prompts` of it, or 4096 drawn ones) and the
+    held-out test prompts."""
+    pool = task.split_prompts("train")
+    if pool is None or c.train_prompts is not None and c.train_prompts < len(pool):
+        n = c.train_prompts or 4096
+        pool = task.prompts("train", n, seed=0) if pool is None else pool[:n]
+    return list(pool), held_out_prompts(task, c.eval_prompts, EVAL_PROMPT_SEED, "test")
+
+
+def _shapes(c: RLConfig, cfg, stages, train_pool, eval_prompts, sh: Sharding) -> dict:
+    longest = max(len(p) for p in train_pool + eval_prompts)
+    Tp = 1 + longest  # [bos] + prompt: one fixed prompt length, one compilation
+    if Tp + c.max_new_tokens > cfg.max_positions:
+        raise ConfigError(f"RLConfig.max_new_tokens={c.max_new_tokens}: prompts of up to {Tp} tokens plus "
+                          f"{c.max_new_tokens} new tokens exceed the model's max_positions={cfg.max_positions}")
+    T_lp = Tp + max(c.max_new_tokens, 9)  # prompt + answer (<= 8 characters in every task) + EOS
+    if any(s.kind == "lp" for s in stages) and T_lp > cfg.max_positions:
+        raise ConfigError(f"RLConfig.recipe='lp-ft': reference sequences of {T_lp} tokens exceed the "
+                          f"model's max_positions={cfg.max_positions}")
+    B, B_eval = c.prompts_per_step * c.group_size, len(eval_prompts) * c.eval_samples
+    if sh.size > 1:
+        for what, b in (("prompts_per_step * group_size", B), ("eval prompts * eval_samples", B_eval)):
+            if b % sh.size:
+                raise ConfigError(f"RLConfig: {what} = {b} is not divisible by the mesh's {sh.size} devices on "
+                                  f"axis {sh.axis!r}")
+    return dict(Tp=Tp, T_lp=T_lp, B=B, B_eval=B_eval)
+
+
+def _probe_set(c: RLConfig, task, tok, cfg, eval_prompts) -> dict:
+    """The probe set: the first `probe_prompts` evaluation prompts, each with one correct reference answer."""
+    probe_prompts = eval_prompts[: c.probe_prompts]
+    rng = np.random.default_rng([EVAL_PROMPT_SEED, 7])
+    answers = [task.sample_answer(p, rng, correct=True) for p in probe_prompts]
+    ids, loss_mask = make_examples(task, tok, probe_prompts, answers)
+    if ids.shape[1] > cfg.max_positions:
+        raise ConfigError(f"probe sequences of {ids.shape[1]} tokens exceed max_positions")
+    r, t = np.nonzero(loss_mask[:, 1:])  # contexts (row, t) predicting an answer token or EOS
+    return dict(probe_ids=ids, probe_mask=(ids != tok.pad_id).astype(np.float32),
+                probe_pos=np.stack([r, t], 1).astype(np.int32))
+
+
+def resolve(c: RLConfig, mesh=None, reward_fn=None) -> RunContext:
+    """The RunContext of config `c` (ConfigError on anything that would fail later; nothing is written)."""
+    out = os.path.abspath(os.fspath(c.out))
+    task = _tasks.get(c.task)
+    saved = _saved_config(c, out)
+    lm, model_dir = _load_model(c, saved)
+    sh = Sharding(mesh)
+    train_pool, eval_prompts = _prompts(c, task)
+    stages = plan(c, len(train_pool))
+    cfg = lm.config
+    return RunContext(
+        c=c, out=out, saved=saved, task=task, lm=lm, model_dir=model_dir, train_pool=train_pool,
+        eval_prompts=eval_prompts, stages=stages, **_shapes(c, cfg, stages, train_pool, eval_prompts, sh),
+        **_probe_set(c, task, lm.tokenizer, cfg, eval_prompts), sh=sh, key=jax.random.key(c.seed),
+        loss_spec=LossSpec.of(c), eos=int(cfg.eos_token_id if cfg.eos_token_id is not None else lm.tokenizer.eos_id),
+        pad=int(cfg.pad_token_id or 0), reward_fn=reward_fn)
+
+
+def on_devices(ctx: RunContext) -> RunContext:
+    """ctx with the starting params, the probe arrays and the probe features h0 placed on the devices."""
+    base = ctx.sh.replicate(jax.tree.map(jnp.asarray, ctx.lm.params))
+    probe_ids = ctx.sh.replicate(jnp.asarray(ctx.probe_ids))
+    return dataclasses.replace(ctx, base_params=base, probe_ids_dev=probe_ids,
+                               probe_mask_dev=ctx.sh.replicate(jnp.asarray(ctx.probe_mask)),
+                               h0=probe_features(base, probe_ids, **ctx.gd))

@@ -1,0 +1,148 @@
+"""The jit-compiled pieces of a training step, and their static specs.
+
+Every function here takes arrays and pytrees plus hashable static arguments only: the model's graphdef and
+ModelConfig, the optax optimizer (`stage_optimizer`: one cached object per setting), the LossSpec. Runs with the
+same shapes and settings in one process therefore share the compiled programs.
+
+    tx = stage_optimizer(config, stage)                 # RLConfig.lr -> Stage.lr -> make_optimizer -> optax
+    params, opt_state, metrics, logp = rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref,
+                                                 graphdef=..., cfg=..., tx=tx, ls=LossSpec.of(config))
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .. import metrics as M
+from ..models.transformer import features
+from ..optim import make_optimizer, trainable_keys
+from ..sft import sequence_ce
+from . import objectives as O
+
+__all__ = ["LossSpec", "stage_optimizer", "opt_init", "rl_update", "lp_update", "ref_logp", "confidence",
+           "group_advantages", "probe_features", "probe", "dz_share", "step_key"]
+
+
+class LossSpec(NamedTuple):
+    """The static settings of the clipped policy-gradient loss (objectives.pg_loss)."""
+
+    temperature: float
+    clip_eps: float
+    loss_agg: str
+    beta: float
+    kl_estimator: str
+
+    @classmethod
+    def of(cls, c) -> "LossSpec":
+        return cls(float(c.temperature), float(c.clip_eps), c.loss_agg, float(c.beta), c.kl_estimator)
+
+
+def stage_optimizer(c, stage):
+    """The optimizer of a stage: c.optimizer at stage.lr on stage.group's parameters (the other group frozen)."""
+    return make_optimizer(c.optimizer, stage.lr, stage.group, max_grad_norm=float(c.max_grad_norm) or None,
+                          weight_decay=float(c.weight_decay))
+
+
+@partial(jax.jit, static_argnames=("tx",))
+def opt_init(params, *, tx):
+    return tx.init(params)
+
+
+def _apply_group(tx, params, opt_state, g, keys):
+    """Apply the gradients g (a dict over the trained `keys`): the other top-level keys get zero gradients and are
+    returned as the very same arrays (bit-identical)."""
+    grads = {k: g[k] if k in keys else jax.tree.map(jnp.zeros_like, v) for k, v in params.items()}
+    updates, opt_state = tx.update(grads, opt_state, params)
+    stepped = optax.apply_updates(params, updates)
+    return {k: stepped[k] if k in keys else v for k, v in params.items()}, opt_state
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx", "ls", "group"))
+def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphdef, cfg, tx, ls: LossSpec,
+              group: str):
+    """One gradient step of the clipped policy-gradient loss on a rollout batch, for the parameter group `group`
+    only (the other group's arrays are returned untouched, bit-identical). on_policy (a traced bool, so both
+    cases share one compiled program): π_old = stop_gradient(π), ratio exactly 1; else π_old = logp_old."""
+    keys = trainable_keys(group)
+
+    def loss_fn(train_p, frozen_p):
+        p = {**frozen_p, **train_p}
+        st = O.completion_logp(graphdef, cfg, p, batch["prompt_ids"], batch["prompt_mask"], batch["completion"],
+                               temperature=ls.temperature)
+        old = jnp.where(on_policy, jax.lax.stop_gradient(st["logp"]), logp_old)
+        loss, aux = O.pg_loss(st["logp"], old, batch["adv"], batch["mask"], clip_eps=ls.clip_eps,
+                              loss_agg=ls.loss_agg, logp_ref=logp_ref, beta=ls.beta, kl_estimator=ls.kl_estimator)
+        return loss, (aux, st)
+
+    train_p = {k: params[k] for k in keys}
+    frozen_p = {k: v for k, v in params.items() if k not in keys}
+    (loss, (aux, st)), g = jax.value_and_grad(loss_fn, has_aux=True)(train_p, frozen_p)
+    new, opt_state = _apply_group(tx, params, opt_state, g, keys)
+    m = batch["mask"]
+    out = {"loss": loss, "clip_ratio": aux["clip_ratio"], "entropy": M.masked_mean(st["entropy"], m),
+           "max_prob": M.masked_mean(st["max_prob"], m), "logp": M.masked_mean(st["logp_model"], m)}
+    if logp_ref is not None:
+        out["kl"] = aux["kl"]
+    for k in keys:
+        out[f"grad_norm/{k}"] = O.global_norm(g[k])
+    return new, opt_state, out, st["logp"]
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx"))
+def lp_update(params, opt_state, ids, mask, *, graphdef, cfg, tx):
+    """The linear probe (LP stage of LP-FT): cross-entropy (sft.sequence_ce) on reference answers through the
+    head only; the backbone ψ is returned bit-identical."""
+    loss, g_head = jax.value_and_grad(
+        lambda head: sequence_ce(graphdef, cfg, {"backbone": params["backbone"], "head": head}, ids, mask))(
+        params["head"])
+    new, opt_state = _apply_group(tx, params, opt_state, {"head": g_head}, ("head",))
+    return new, opt_state, {"loss": loss, "grad_norm/head": O.global_norm(g_head)}
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature"))
+def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature):
+    """log π_ref of the completion tokens (π_ref: the starting model) at the rollout temperature."""
+    return O.completion_logp(graphdef, cfg, params, ids, pmask, completion, temperature=temperature,
+                             with_model_stats=False)["logp"]
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def confidence(params, ids, pmask, completion, mask, *, graphdef, cfg):
+    """Mean entropy, max-probability and sampled-token log-prob of the model at the completion tokens."""
+    st = O.completion_logp(graphdef, cfg, params, ids, pmask, completion)
+    return {"entropy": M.masked_mean(st["entropy"], mask), "max_prob": M.masked_mean(st["max_prob"], mask),
+            "logp": M.masked_mean(st["logp_model"], mask)}
+
+
+@partial(jax.jit, static_argnames=("kind", "decay"))
+def group_advantages(r, b, *, kind, decay):
+    """objectives.advantages of rewards r (P, G) with the running baseline b (REINFORCE)."""
+    return O.advantages(r, kind, baseline=b, decay=decay)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def probe_features(params, ids, *, graphdef, cfg):
+    """h (B, T, d) of the probe sequences."""
+    return features(graphdef, cfg, params, ids)[0]
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def probe(params, ids, mask, h0, *, graphdef, cfg):
+    """‖W‖ of the head and the change of the probe features h since the start (h0)."""
+    h = features(graphdef, cfg, params, ids)[0]
+    return {"head_norm": M.head_norm(params["head"]["W"]), "feature_change": M.feature_change(h, h0, mask)}
+
+
+@jax.jit
+def dz_share(dz_gradient, dz_representation):
+    return M.dz_share(dz_gradient, dz_representation)
+
+
+@partial(jax.jit, static_argnames=("stage_id",))
+def step_key(key, step, *, stage_id):
+    """The PRNG key of (stage id, step): fold_in(fold_in(key, stage_id), step)."""
+    return jax.random.fold_in(jax.random.fold_in(key, stage_id), step)

@@ -1,0 +1,54 @@
+"""Tests for ntkdyn.evaluation: decoding, rewards, the shared sample statistics (one correctness threshold) and
+`evaluate` of a model (re-exported as sft.evaluate)."""
+import numpy as np
+import pytest
+
+from ntkdyn import evaluation, sft, tasks
+
+TOK = tasks.CharTokenizer()
+# the recipe of test_sft.TINY (the jitted train step and sampler compile once when both modules run)
+TINY = dict(size="tiny", steps=40, batch_size=16, lr=3e-3, warmup=5, log_every=10, eval_prompts=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("evaluation") / "sum-tiny")
+    return out, sft.train("sum", out, **TINY)
+
+
+def test_evaluate_counts(tiny_run):
+    _, lm = tiny_run
+    task = tasks.get("sum")
+    ev = sft.evaluate(lm, task, n_prompts=2, samples=8, seed=1)
+    assert ev["n_prompts"] == 2 and ev["samples"] == 8 and ev["frac_correct"] == ev["reward"]
+    assert 1 <= ev["distinct"] <= 8 and 0 <= ev["distinct_correct"] <= ev["distinct"]
+    assert 0 <= ev["frac_truncated"] <= ev["frac_malformed"] <= 1
+    # the whole test split of "sum" when it holds fewer prompts than asked
+    assert sft.evaluate(lm, task, n_prompts=1000, samples=1)["n_prompts"] == len(task.split_prompts("test"))
+    texts, finished = sft.decode_completions(TOK, [[TOK.encode("5")[0], TOK.eos_id, 0], [4, 5, 6]],
+                                             [[1, 1, 0], [1, 1, 1]])
+    assert texts[0] == "5" and finished.tolist() == [True, False]
+    assert sft.completion_rewards(task, ["sum 20:"] * 2, ["0+20", "0+20"], [True, False]).tolist() == [1.0, 0.0]
+
+
+def test_sample_stats_hand_values():
+    texts = ["1+2", "1+2", "0+3", "x", "2+2", "2+2", "3+1", "3+1"]
+    rewards = np.array([1.0, 1.0, 0.95, 0.0, 0.5, 0.0, 0.0, 0.0])
+    st = evaluation.sample_stats(texts, rewards, 4)
+    assert st["reward"] == pytest.approx(rewards.mean()) and st["reward_std"] == pytest.approx(rewards.std())
+    assert st["frac_correct"] == 3 / 8  # reward >= CORRECT = 0.9 (graded: 0.95 counts)
+    assert st["unique_answers"] == (3 + 2) / 2 and st["unique_correct"] == (2 + 0) / 2
+    assert evaluation.pass_ks(4) == [1, 2, 4] and evaluation.pass_ks(6) == [1, 2, 4, 6]
+    np.testing.assert_allclose(st["pass_at_k_curve"], [(3 / 4 + 0) / 2, (1 + 0) / 2, (1 + 0) / 2])  # c=3 of n=4, c=0
+    assert sft.CORRECT == evaluation.CORRECT == 0.9
+    p = evaluation.completion_rewards(tasks.get("sum"), ["sum 20:"] * 2, ["0+20", "x"], [True, True],
+                                      reward_fn=lambda prompt, text: len(text))
+    assert p.tolist() == [4.0, 1.0]
+
+
+def test_held_out_prompts():
+    task = tasks.get("sum")
+    assert evaluation.held_out_prompts(task, 1000) == list(task.split_prompts("test"))
+    assert evaluation.held_out_prompts(task, 3, seed=0) == task.prompts("test", 3, 0)
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        evaluation.task_of("nope")

@@ -1,0 +1,35 @@
+"""ntkdyn.rl.config: bad values and keys are rejected before any work, naming the key and what is expected."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ntkdyn.rl import ConfigError, RLConfig, train
+
+
+def test_bad_config_rejected_before_work(tmp_path):
+    with pytest.raises(ConfigError, match=r"lr=-1.*finite number > 0"):
+        RLConfig(out="x", lr=-1)
+    with pytest.raises(ConfigError, match=r"advantage='ppo'.*grpo"):
+        RLConfig(out="x", advantage="ppo")
+    with pytest.raises(ConfigError, match=r"group_size=1"):
+        RLConfig(out="x", group_size=1)
+    with pytest.raises(ConfigError, match=r"task='nope'"):
+        RLConfig(out="x", task="nope")
+    with pytest.raises(ConfigError, match=r"steps=2.5"):
+        RLConfig(out="x", steps=2.5)
+    with pytest.raises(ConfigError, match=r"out=None"):
+        RLConfig()
+    with pytest.raises(ConfigError, match=r"unknown key.*learning_rate"):
+        RLConfig.from_dict({"out": "x", "learning_rate": 1e-3})
+    with pytest.raises(ConfigError, match="head_steps.*head_epochs"):
+        RLConfig(out="x", recipe="cf-rl", head_steps=2, head_epochs=1.0)
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
+        train(RLConfig(model=str(tmp_path / "missing"), out=str(out)), progress=False)
+    assert not out.exists()  # nothing was written
+    p = tmp_path / "cfg.json"
+    p.write_text(json.dumps({"out": "x", "stepz": 3}))
+    with pytest.raises(ConfigError, match=r"cfg.json: unknown key.*stepz"):
+        RLConfig.from_json(str(p))
