@@ -42,8 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import metrics
+from .metrics import first_order_entropy_change, token_entropy
+from .models.lm import check_ids
+from .models.logprobs import gather
 from .models.transformer import apply_head, features
+from .ntk.contexts import context_index
 
 __all__ = ["OneStep", "one_step", "split_update", "policy_gradient_objective", "probe_index"]
 
@@ -77,26 +80,9 @@ class OneStep(NamedTuple):
 
 
 def probe_index(probe_ids, probe_pos):
-    """(rows, positions) int32 arrays (P,) from probe_pos (P,) (row i at position probe_pos[i]) or (P, 2)."""
-    ids = np.asarray(probe_ids)
-    pp = np.asarray(probe_pos)
-    if ids.ndim != 2:
-        raise ValueError(f"probe_ids must be 2-D (rows, time); got shape {ids.shape}")
-    if not np.issubdtype(pp.dtype, np.integer):
-        raise ValueError(f"probe_pos must be integers; got dtype {pp.dtype}")
-    if pp.ndim == 1:
-        if pp.shape[0] != ids.shape[0]:
-            raise ValueError(f"probe_pos of shape {pp.shape} gives one position per row, but probe_ids has "
-                             f"{ids.shape[0]} rows; pass (P, 2) (row, position) pairs instead")
-        rows, pos = np.arange(pp.shape[0]), pp
-    elif pp.ndim == 2 and pp.shape[1] == 2:
-        rows, pos = pp[:, 0], pp[:, 1]
-    else:
-        raise ValueError(f"probe_pos must be (P,) positions or (P, 2) (row, position) pairs; got shape {pp.shape}")
-    if rows.size and (rows.min() < 0 or rows.max() >= ids.shape[0]):
-        raise ValueError(f"probe_pos rows must lie in [0, {ids.shape[0]}); got {rows.min()}..{rows.max()}")
-    if pos.size and (pos.min() < 0 or pos.max() >= ids.shape[1]):
-        raise ValueError(f"probe_pos positions must lie in [0, {ids.shape[1]}); got {pos.min()}..{pos.max()}")
+    """(rows, positions) int32 arrays (P,) from probe_pos (P,) (row i at position probe_pos[i]) or (P, 2)
+    (validated by ntk.contexts.context_index, the one context validation)."""
+    rows, pos = context_index(probe_ids, probe_pos, "probe_ids", "probe_pos", allow_empty=True)
     return jnp.asarray(rows, jnp.int32), jnp.asarray(pos, jnp.int32)
 
 
@@ -110,6 +96,47 @@ def _token_weights(completion_mask, B):
         raise ValueError("completion_mask[:, 0] must be 0: the first token has no context to be predicted from")
     count = np.maximum(m.sum(1, keepdims=True), 1.0)
     return m / count / B
+
+
+def _check_step_args(optimizer, lr, beta, ref_params):
+    import optax
+
+    if isinstance(optimizer, str) and optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd', 'adam' or an optax.GradientTransformation; got {optimizer!r}")
+    if not isinstance(optimizer, str) and not isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError(f"optimizer must be 'sgd', 'adam' or an optax.GradientTransformation; "
+                         f"got {type(optimizer).__name__}")
+    if not np.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive number; got {lr!r}")
+    if not np.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be >= 0; got {beta!r}")
+    if beta > 0 and ref_params is None:
+        raise ValueError("beta > 0 needs ref_params (the reference policy of the KL term)")
+
+
+def _batch_inputs(cfg, ids, completion_mask, advantages, probe_ids, probe_pos):
+    """Validated inputs: ids (B, T) int32, advantages (B,) float64, token weights w (B, T) (numpy), probe ids and
+    the probe contexts (rows, positions)."""
+    ids = check_ids(cfg, ids, "ids")
+    B = ids.shape[0]
+    adv = np.asarray(advantages, dtype=np.float64).reshape(-1)
+    if adv.shape != (B,):
+        raise ValueError(f"advantages must be (B,) = ({B},); got shape {np.shape(advantages)}")
+    w_np = _token_weights(completion_mask, B)
+    if w_np.shape != tuple(ids.shape):
+        raise ValueError(f"completion_mask shape {w_np.shape} != ids shape {tuple(ids.shape)}")
+    probe_ids = check_ids(cfg, probe_ids, "probe_ids")
+    rows, pos = probe_index(probe_ids, probe_pos)
+    return ids, adv, w_np, probe_ids, rows, pos
+
+
+def _reference_logp(lm, ids, ref_params, beta, dtype):
+    """log π_ref (B, T−1, V) at the positions that predict ids[:, 1:], the β actually used and whether the KL term
+    is on. β = 0: the KL term is computed on zeros but carries no weight (one compiled _gradient for both cases)."""
+    if ref_params is not None and beta > 0:
+        ref_logp = jax.nn.log_softmax(lm.head(lm.features(ids, ref_params), ref_params)[:, :-1], -1)
+        return ref_logp.astype(dtype), beta, True
+    return jnp.zeros((ids.shape[0], ids.shape[1] - 1, lm.config.vocab_size), dtype), 0.0, False
 
 
 # ----------------------------------------------------------------------------- pure core
@@ -135,9 +162,10 @@ def _probe_h(graphdef, cfg, params, ids, rows, pos):
 def policy_gradient_objective(z, ids, w, advantages, ref_logp=None, beta=0.0):
     """J from logits z (B, T, V): Σ_bt w_bt A_b log π(ids[b,t]|c_{b,t−1}) − β Σ_bt w_bt KL(π‖π_ref)(c_{b,t−1}).
 
-    w (B, T) token weights (w[:, 0] = 0), ref_logp (B, T−1, V) reference log-probs (or None). Returns (J, KL)."""
+    w (B, T) token weights (w[:, 0] = 0), ref_logp (B, T−1, V) reference log-probs (or None). Returns (J, KL).
+    (log π in the dtype of z: float64 under x64, which the O(η²) checks need.)"""
     logp = jax.nn.log_softmax(z[:, :-1], axis=-1)
-    tok = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+    tok = gather(logp, ids[:, 1:])
     w = w[:, 1:]
     J = jnp.sum(w * advantages[:, None] * tok)  # spec §2: (1/G) Σ_j (1/|y_j|) Σ_l A_j log π(y_jl | c_jl)
     if ref_logp is None:
@@ -198,80 +226,25 @@ def one_step(lm, ids, completion_mask, advantages, probe_ids, probe_pos, *, lr, 
     The prediction is the JVP of the probe logits in the direction of the actual update u (spec §2); see the module
     docstring for the split and the tied-head / Adam conventions. Returns OneStep.
     """
-    import optax
-
-    if isinstance(optimizer, str) and optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd', 'adam' or an optax.GradientTransformation; got {optimizer!r}")
-    if not isinstance(optimizer, str) and not isinstance(optimizer, optax.GradientTransformation):
-        raise ValueError(f"optimizer must be 'sgd', 'adam' or an optax.GradientTransformation; "
-                         f"got {type(optimizer).__name__}")
-    if not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive number; got {lr!r}")
-    if not np.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be >= 0; got {beta!r}")
-    if beta > 0 and ref_params is None:
-        raise ValueError("beta > 0 needs ref_params (the reference policy of the KL term)")
+    _check_step_args(optimizer, lr, beta, ref_params)
     params = lm.params if params is None else params
     graphdef, cfg = lm.graphdef, lm.config
-    ids = lm.check_ids(ids)
-    B = ids.shape[0]
+    ids, adv, w_np, probe_ids, rows, pos = _batch_inputs(cfg, ids, completion_mask, advantages, probe_ids, probe_pos)
     dtype = params["head"]["W"].dtype
-    adv = np.asarray(advantages, dtype=np.float64).reshape(-1)
-    if adv.shape != (B,):
-        raise ValueError(f"advantages must be (B,) = ({B},); got shape {np.shape(advantages)}")
-    w_np = _token_weights(completion_mask, B)
-    if w_np.shape != tuple(ids.shape):
-        raise ValueError(f"completion_mask shape {w_np.shape} != ids shape {tuple(ids.shape)}")
-    probe_ids = lm.check_ids(probe_ids)
-    rows, pos = probe_index(probe_ids, probe_pos)
-    use_kl = ref_params is not None and beta > 0
-    if use_kl:  # log π_ref at the positions that predict ids[:, 1:]
-        ref_logp = jax.nn.log_softmax(lm.head(lm.features(ids, ref_params), ref_params)[:, :-1], -1)
-    else:  # β = 0: the KL term is computed but carries no weight (one compiled _gradient for both cases)
-        beta = 0.0
-        ref_logp = jnp.zeros((B, ids.shape[1] - 1, cfg.vocab_size), dtype)
-    ref_logp = ref_logp.astype(dtype)
+    ref_logp, beta, use_kl = _reference_logp(lm, ids, ref_params, beta, dtype)
 
     J, kl, g, h_u, v_head, v_in, v_bb = _gradient(graphdef, cfg, params, ids, jnp.asarray(w_np, dtype),
                                                   jnp.asarray(adv, dtype), ref_logp, jnp.asarray(beta, dtype))
-    tied = cfg.tie_word_embeddings
     v = {"backbone": v_bb, "head": dict(v_head)}
-    if tied:
+    if cfg.tie_word_embeddings:
         v["head"]["W"] = v_head["W"] + v_in  # ∇_W J = head use + input-table use
-
-    # the optimizer's parameter change u and its split between the head use and the input use of W
-    new_state = None
-    if isinstance(optimizer, str) and optimizer == "sgd":
-        u = _scale(v, lr)  # θ⁺ = θ + η ∇_θ J
-        u_head = _scale(dict(v_head), lr)  # head use of W (and b): η v_head
-    else:
-        if isinstance(optimizer, str):
-            tx = optax.adam(lr, **(adam_kw or {}))
-        else:
-            tx = optimizer
-        if opt_state is None:
-            opt_state = tx.init(params)
-        u, new_state = tx.update(_scale(v, -1.0), opt_state, params)  # optax minimises −J
-        u = jax.tree.map(lambda x, p: x.astype(p.dtype), u, params)
-        u_head = dict(u["head"])
-        if tied:  # split u_W by the elementwise preconditioner P = u_W / ∇_W J: head use P ⊙ v_head
-            vW, uW = v["head"]["W"], u["head"]["W"]
-            nz = vW != 0
-            u_head["W"] = jnp.where(nz, uW * v_head["W"] / jnp.where(nz, vW, 1), 0)
+    u, u_head, new_state = _parameter_change(optimizer, lr, adam_kw, opt_state, params, v, v_head, cfg)
 
     # Δz_pred = J_θ(c_o)(θ⁺ − θ), split by parameter group (the cheap route), and the real z⁺ − z
     params_after = _tree_add(params, u)
     core = _split_update(graphdef, cfg, params, params_after, probe_ids, rows, pos)
     z, h_o, dz_pred, dz_act = core["z_before"], core["h"], core["dz_total_first_order"], core["dz_actual"]
-    if not tied:  # untied: the parameter groups are the kernel's R and G
-        dz_R, dz_G, dz_X = core["dz_representation"], core["dz_gradient"], None
-    else:  # tied: move the cross paths out of the parameter-group split into X (module docstring)
-        dW = params_after["head"]["W"] - params["head"]["W"]
-        u_in = dW - u_head["W"]  # the realised ΔW = head-use part + input-use part
-        head_as_input = _input_use(graphdef, cfg, params, u_head["W"], probe_ids, rows, pos)
-        dz_R = h_o @ u_head["W"].T + (core["dz_representation"] - h_o @ dW.T)  # (η v_head) h (+ Δb)
-        dz_X = h_o @ u_in.T + head_as_input  # (η v_in) h + W·JVP(h; δW_in = η v_head)
-        dz_G = core["dz_gradient"] - head_as_input  # W·JVP(h; δW_in = η v_in, δψ)
+    dz_R, dz_G, dz_X = _kernel_split(graphdef, cfg, params, params_after, u_head, core, probe_ids, rows, pos)
 
     # trained contexts c_u: position t−1 of every trained token t
     bb, tt = np.nonzero(w_np[:, 1:])
@@ -288,10 +261,46 @@ def one_step(lm, ids, completion_mask, advantages, probe_ids, probe_pos, *, lr, 
         dz_predicted=dz_pred, dz_representation=dz_R, dz_gradient=dz_G, dz_cross=dz_X, dz_actual=dz_act,
         dlogp_predicted=dz_pred - jnp.sum(pi * dz_pred, -1, keepdims=True),  # (I − 1πᵀ) Δz
         dlogp_actual=logp_after - logp,
-        dH_predicted=metrics.first_order_entropy_change(z, dz_pred),
-        dH_actual=metrics.token_entropy(z_after) - metrics.token_entropy(z),
+        dH_predicted=first_order_entropy_change(z, dz_pred),
+        dH_actual=token_entropy(z_after) - token_entropy(z),
         rel_error=rel, s=s, g=g_N, contexts=contexts, z=z, h=h_o, objective=float(J),
         kl=float(kl) if use_kl else None, update=u, params_after=params_after, opt_state=new_state)
+
+
+def _parameter_change(optimizer, lr, adam_kw, opt_state, params, v, v_head, cfg):
+    """The optimizer's parameter change u from the gradient v = ∇_θ J, its head-use part u_head (W and b as the
+    head; module docstring) and the new optimizer state (None for "sgd")."""
+    import optax
+
+    if isinstance(optimizer, str) and optimizer == "sgd":
+        u = _scale(v, lr)  # θ⁺ = θ + η ∇_θ J
+        return u, _scale(dict(v_head), lr), None  # head use of W (and b): η v_head
+    tx = optax.adam(lr, **(adam_kw or {})) if isinstance(optimizer, str) else optimizer
+    if opt_state is None:
+        opt_state = tx.init(params)
+    u, new_state = tx.update(_scale(v, -1.0), opt_state, params)  # optax minimises −J
+    u = jax.tree.map(lambda x, p: x.astype(p.dtype), u, params)
+    u_head = dict(u["head"])
+    if cfg.tie_word_embeddings:  # split u_W by the elementwise preconditioner P = u_W / ∇_W J: head use P ⊙ v_head
+        vW, uW = v["head"]["W"], u["head"]["W"]
+        nz = vW != 0
+        u_head["W"] = jnp.where(nz, uW * v_head["W"] / jnp.where(nz, vW, 1), 0)
+    return u, u_head, new_state
+
+
+def _kernel_split(graphdef, cfg, params, params_after, u_head, core, probe_ids, rows, pos):
+    """(Δz_R, Δz_G, Δz_X) in the kernel convention from the parameter-group split `core` of _split_update."""
+    if not cfg.tie_word_embeddings:  # untied: the parameter groups are the kernel's R and G
+        return core["dz_representation"], core["dz_gradient"], None
+    # tied: move the cross paths out of the parameter-group split into X (module docstring)
+    h_o = core["h"]
+    dW = params_after["head"]["W"] - params["head"]["W"]
+    u_in = dW - u_head["W"]  # the realised ΔW = head-use part + input-use part
+    head_as_input = _input_use(graphdef, cfg, params, u_head["W"], probe_ids, rows, pos)
+    dz_R = h_o @ u_head["W"].T + (core["dz_representation"] - h_o @ dW.T)  # (η v_head) h (+ Δb)
+    dz_X = h_o @ u_in.T + head_as_input  # (η v_in) h + W·JVP(h; δW_in = η v_head)
+    dz_G = core["dz_gradient"] - head_as_input  # W·JVP(h; δW_in = η v_in, δψ)
+    return dz_R, dz_G, dz_X
 
 
 # ----------------------------------------------------------------------------- cheap route
@@ -323,7 +332,7 @@ def split_update(lm, params_before, params_after, probe_ids, probe_pos) -> dict:
     dz_gradient); the kernel's cross term X is thereby shared between the two (module docstring).
     One forward + one JVP over the probes (plus the forward at params_after for dz_actual), jit-compiled.
     """
-    probe_ids = lm.check_ids(probe_ids)
+    probe_ids = check_ids(lm.config, probe_ids, "probe_ids")
     rows, pos = probe_index(probe_ids, probe_pos)
     out = _split_update(lm.graphdef, lm.config, params_before, params_after, probe_ids, rows, pos)
     return {k: out[k] for k in ("dz_representation", "dz_gradient", "dz_total_first_order", "dz_actual")}

@@ -322,20 +322,3 @@ def test_kernel_route_equals_jvp_route(refs, name, x64):
     else:
         assert k.cross is None and r.dz_cross is None
     np.testing.assert_allclose(LR * np.einsum("oukl,ul->ok", k.total(), g), r.dz_predicted, rtol=1e-7, atol=1e-12)
-
-
-# ----------------------------------------------------------------------------- experiment script
-
-
-def test_one_step_experiment_cli_arguments():
-    """`ntkdyn one-step` wiring: the experiment exposes add_arguments / run_cli / run (run itself is exercised by
-    the reproduction; it samples and compiles a real model, too slow for this module)."""
-    import argparse
-
-    from experiments import one_step
-
-    p = argparse.ArgumentParser()
-    one_step.add_arguments(p)
-    a = p.parse_args(["--model", "m", "--lr", "0.02", "--group", "4"])
-    assert (a.model, a.lr, a.group, a.task, a.float32) == ("m", 0.02, 4, "sum", False)
-    assert callable(one_step.run_cli) and callable(one_step.run) and callable(one_step.main)

@@ -15,8 +15,8 @@ __all__ = ["log_softmax", "gather", "token_logp", "next_token_logp"]
 
 
 def log_softmax(z, temperature: float = 1.0):
-    """log π_T(· | c) = log_softmax(z / T) in float32, over the last axis."""
-    z = z.astype(jnp.float32)
+    """log π_T(· | c) = log_softmax(z / T) over the last axis, in float32 (float64 stays float64)."""
+    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
     return jax.nn.log_softmax(z if temperature == 1.0 else z / temperature, axis=-1)
 
 

@@ -15,13 +15,12 @@ where s(c_o, c_u) > 0.
 Writes OUT/one_step.json, OUT/one_step_scatter.png (+ .pdf) (predicted vs real Δ log π) and OUT/one_step_split.png
 (per-probe ‖Δz_R‖, ‖Δz_G‖ (, ‖Δz_X‖) and the Prop-2 panel).
 
-    python -m experiments.one_step --model DIR --out runs/one_step      # or: ntkdyn one-step ...
-    from experiments.one_step import run; run(lm, "sum", "runs/one_step")   # -> dict of the numbers
+    python -m ntkdyn.experiments.one_step --model DIR --out runs/one_step      # or: ntkdyn one-step ...
+    from ntkdyn.experiments.one_step import run; run(lm, "sum", "runs/one_step")   # -> dict of the numbers
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,35 +29,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkdyn import dynamics, metrics, sft
-from ntkdyn import tasks as _tasks
-from ntkdyn.rl.objectives import advantages as _advantages
+from ..dynamics import one_step as dynamics_one_step
+from ..dynamics import split_update
+from ..io import write_json
+from ..metrics import dz_share, pairwise_cosine
+from ..models.padding import pad_right
+from ..models.tokenizer import CharTokenizer
+from ..rl.objectives import advantages as _advantages
+from ..sft import MAX_NEW_TOKENS, completion_rewards, decode_completions, prompt_ids
+from ..tasks import DEFAULT_TASK
+from ..tasks import get as get_task
+from ..tasks import names as task_names
 
 __all__ = ["run", "main", "add_arguments", "run_cli", "DEFAULTS"]
 
 DEFAULTS = dict(n_prompts=4, group=8, lr=3e-3, probe_prompts=8, completion_positions=3, prop2_samples=6,
-                max_new_tokens=sft.MAX_NEW_TOKENS, temperature=1.0, x64=True)
+                max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, x64=True)
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def _right_pad(rows, pad):
-    T = max(len(r) for r in rows)
-    ids = np.full((len(rows), T), pad, np.int32)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-    return ids
 
 
 def _sample(lm, tok, prompts, seed, max_new_tokens, temperature):
     """One sampler call (one compile) for all prompts: rows [bos]+prompt+completion (incl. EOS), the prompt
     lengths, the completion texts, whether each finished with EOS, and the model's log-prob of every completion
     token (a list per row)."""
-    heads = sft.prompt_ids(tok, prompts)
+    heads = prompt_ids(tok, prompts)
     gen = lm.generate(heads, max_new_tokens, temperature=temperature, seed=seed, stop_token=tok.eos_id)
     tokens, gmask, lpm = np.asarray(gen.tokens), np.asarray(gen.mask), np.asarray(gen.logp_model)
-    texts, finished = sft.decode_completions(tok, tokens, gmask, tok.eos_id)
+    texts, finished = decode_completions(tok, tokens, gmask, tok.eos_id)
     rows = [list(h) + t[m.astype(bool)].tolist() for h, t, m in zip(heads, tokens, gmask)]
     logps = [lp[m.astype(bool)].tolist() for lp, m in zip(lpm, gmask)]
     return rows, [len(h) for h in heads], texts, finished, logps
@@ -69,8 +68,8 @@ def _rollouts(task, tok, prompts, group, sampled):
     and token_logp (B, T): log π(ids[b, t] | ids[b, <t]) at the completion tokens."""
     flat = [p for p in prompts for _ in range(group)]
     rows, starts, texts, finished, logps = sampled
-    rewards = sft.completion_rewards(task, flat, texts, finished)
-    ids = _right_pad(rows, tok.pad_id)
+    rewards = completion_rewards(task, flat, texts, finished)
+    ids = pad_right(rows, tok.pad_id)[0]
     mask = np.zeros(ids.shape, np.int32)
     token_logp = np.zeros(ids.shape, np.float64)
     for i, (r, s, lp) in enumerate(zip(rows, starts, logps)):
@@ -100,7 +99,7 @@ def _probes(tok, sampled, completion_positions):
             if last + k <= len(row) - 2:  # a completion position whose next token is still a completion token
                 pos.append((i, last + k))
                 kind.append("completion")
-    return _right_pad(rows, tok.pad_id), np.asarray(pos, np.int32), kind
+    return pad_right(rows, tok.pad_id)[0], np.asarray(pos, np.int32), kind
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -119,8 +118,8 @@ def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: in
     """Run the one-step experiment on `lm` (an ntkdyn LM with a tokenizer) and `task` (a Task or its name); write
     OUT/one_step.json and the figures (plots=True) and return the numbers (the JSON's content)."""
     t0 = time.perf_counter()
-    task = _tasks.get(task) if isinstance(task, str) else task
-    tok = lm.tokenizer if lm.tokenizer is not None else _tasks.CharTokenizer()
+    task = get_task(task) if isinstance(task, str) else task
+    tok = lm.tokenizer if lm.tokenizer is not None else CharTokenizer()
     if tok.vocab_size > lm.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary is "
                          f"{lm.config.vocab_size}; pass a model trained on the task's tokenizer")
@@ -143,19 +142,10 @@ def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: in
         dtype = jnp.float64 if x64 else jnp.float32
         params = jax.tree.map(lambda x: jnp.asarray(x, dtype), lm.params)
         # --- the group step (claim 4: first-order prediction vs the real step)
-        r = dynamics.one_step(lm, roll["ids"], roll["mask"], adv, probe_ids, probe_pos, lr=lr, params=params)
-        cheap = dynamics.split_update(lm, params, r.params_after, probe_ids, probe_pos)
-        share = metrics.dz_share(r.dz_gradient + (0 if r.dz_cross is None else r.dz_cross), r.dz_representation)
-        share_cheap = metrics.dz_share(cheap["dz_gradient"], cheap["dz_representation"])
-        dz_norm = float(jnp.linalg.norm(r.dz_predicted))
-        rel_per_probe = _norms(r.dz_predicted - r.dz_actual) / np.maximum(_norms(r.dz_actual), 1e-300)
-        rel_logp = float(np.linalg.norm(r.dlogp_predicted - r.dlogp_actual) / np.linalg.norm(r.dlogp_actual))
-        s_all = np.asarray(r.s)
-        h_probe = np.asarray(r.h)
-
+        r = dynamics_one_step(lm, roll["ids"], roll["mask"], adv, probe_ids, probe_pos, lr=lr, params=params)
+        cheap = split_update(lm, params, r.params_after, probe_ids, probe_pos)
         # --- Proposition 2: single-sample updates with A > 0 at unrelated (held-out) probe contexts
         prop2 = _proposition2(lm, tok, params, roll, adv, probe_ids, probe_pos, lr, prop2_samples, seed)
-
         result = {
             "model": model_name, "family": lm.config.family, "tied_head": bool(lm.config.tie_word_embeddings),
             "num_params": lm.num_params, "task": task.name, "seed": seed, "lr": lr, "optimizer": "sgd",
@@ -165,43 +155,53 @@ def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: in
             "reward_mean": float(roll["rewards"].mean()),
             "frac_reward_zero_std": float(np.mean(roll["rewards"].reshape(n_prompts, group).std(1) == 0)),
             "n_probes": int(len(probe_pos)), "probe_prompts": probe_prompt_list,
-            "objective": r.objective,
-            # claim 4
-            "rel_error": r.rel_error,
-            "rel_error_per_probe_median": float(np.median(rel_per_probe)),
-            "rel_error_per_probe_max": float(np.max(rel_per_probe)),
-            "rel_error_dlogp": rel_logp,
-            "dz_norm": dz_norm,
-            "dH_predicted_mean": float(jnp.mean(r.dH_predicted)), "dH_actual_mean": float(jnp.mean(r.dH_actual)),
-            # the split (kernel convention; for a tied head the cross term X is counted with the gradient part)
-            "share_representation": float(share["representation"]), "share_gradient": float(share["gradient"]),
-            "share_cross": (None if r.dz_cross is None
-                            else float(jnp.linalg.norm(r.dz_cross) / jnp.linalg.norm(r.dz_predicted))),
-            # what the trainer logs (split_update: parameter-group convention)
-            "share_cheap_representation": float(share_cheap["representation"]),
-            "share_cheap_gradient": float(share_cheap["gradient"]),
-            "per_probe": {
-                "kind": probe_kind, "pos": probe_pos.tolist(),
-                "norm_dz_R": _norms(r.dz_representation).tolist(), "norm_dz_G": _norms(r.dz_gradient).tolist(),
-                "norm_dz_X": None if r.dz_cross is None else _norms(r.dz_cross).tolist(),
-                "norm_dz_actual": _norms(r.dz_actual).tolist(), "rel_error": rel_per_probe.tolist(),
-                "dH_predicted": np.asarray(r.dH_predicted).tolist(), "dH_actual": np.asarray(r.dH_actual).tolist(),
-            },
-            # feature similarity behind R (claim 1): s = h_o·h_u between probes and trained contexts
-            "s_mean": float(s_all.mean()), "s_std": float(s_all.std()), "frac_s_positive": float(np.mean(s_all > 0)),
-            "probe_cosine_mean": float(metrics.pairwise_cosine(jnp.asarray(h_probe))),
+            **_step_numbers(r, cheap, probe_kind, probe_pos),
             # claim 3
             "prop2": prop2,
         }
     result["seconds"] = round(time.perf_counter() - t0, 2)
     if plots:
         result["figures"] = _figures(r, result, out_dir)
-    path = os.path.join(out_dir, "one_step.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
+    write_json(os.path.join(out_dir, "one_step.json"), result)
     return result
+
+
+def _step_numbers(r, cheap, probe_kind, probe_pos) -> dict:
+    """The numbers of the group step: the first-order prediction against the real step (claim 4), the R/G(/X)
+    split of Δz in the kernel convention and in the trainer's parameter-group convention (`cheap`, from
+    split_update), per-probe values, and the feature similarity s behind R (claim 1)."""
+    share = dz_share(r.dz_gradient + (0 if r.dz_cross is None else r.dz_cross), r.dz_representation)
+    share_cheap = dz_share(cheap["dz_gradient"], cheap["dz_representation"])
+    rel_per_probe = _norms(r.dz_predicted - r.dz_actual) / np.maximum(_norms(r.dz_actual), 1e-300)
+    s_all = np.asarray(r.s)
+    return {
+        "objective": r.objective,
+        # claim 4
+        "rel_error": r.rel_error,
+        "rel_error_per_probe_median": float(np.median(rel_per_probe)),
+        "rel_error_per_probe_max": float(np.max(rel_per_probe)),
+        "rel_error_dlogp": float(np.linalg.norm(r.dlogp_predicted - r.dlogp_actual)
+                                 / np.linalg.norm(r.dlogp_actual)),
+        "dz_norm": float(jnp.linalg.norm(r.dz_predicted)),
+        "dH_predicted_mean": float(jnp.mean(r.dH_predicted)), "dH_actual_mean": float(jnp.mean(r.dH_actual)),
+        # the split (kernel convention; for a tied head the cross term X is counted with the gradient part)
+        "share_representation": float(share["representation"]), "share_gradient": float(share["gradient"]),
+        "share_cross": (None if r.dz_cross is None
+                        else float(jnp.linalg.norm(r.dz_cross) / jnp.linalg.norm(r.dz_predicted))),
+        # what the trainer logs (split_update: parameter-group convention)
+        "share_cheap_representation": float(share_cheap["representation"]),
+        "share_cheap_gradient": float(share_cheap["gradient"]),
+        "per_probe": {
+            "kind": probe_kind, "pos": probe_pos.tolist(),
+            "norm_dz_R": _norms(r.dz_representation).tolist(), "norm_dz_G": _norms(r.dz_gradient).tolist(),
+            "norm_dz_X": None if r.dz_cross is None else _norms(r.dz_cross).tolist(),
+            "norm_dz_actual": _norms(r.dz_actual).tolist(), "rel_error": rel_per_probe.tolist(),
+            "dH_predicted": np.asarray(r.dH_predicted).tolist(), "dH_actual": np.asarray(r.dH_actual).tolist(),
+        },
+        # feature similarity behind R (claim 1): s = h_o·h_u between probes and trained contexts
+        "s_mean": float(s_all.mean()), "s_std": float(s_all.std()), "frac_s_positive": float(np.mean(s_all > 0)),
+        "probe_cosine_mean": float(pairwise_cosine(jnp.asarray(np.asarray(r.h)))),
+    }
 
 
 def _token_name(tok, y):
@@ -242,7 +242,7 @@ def _proposition2(lm, tok, params, roll, adv, probe_ids, probe_pos, lr, n_sample
         mask[b, t] = 1
         a = np.zeros(B)
         a[b] = 1.0 if synthetic else float(adv[b])
-        r = dynamics.one_step(lm, roll["ids"], mask, a, probe_ids, probe_pos, lr=lr, params=params)
+        r = dynamics_one_step(lm, roll["ids"], mask, a, probe_ids, probe_pos, lr=lr, params=params)
         y = int(roll["ids"][b, t])
         s = np.asarray(r.s)[:, 0]
         argmax_R = np.asarray(jnp.argmax(r.dz_representation, -1))
@@ -275,11 +275,11 @@ def _figures(r, res, out_dir):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ntkdyn import plots
+    from ..plots import plot_one_step, save
 
     files = []
     # (a) predicted vs real Δ log π over every (probe, token) entry
-    files += plots.plot_one_step(r.dlogp_predicted, r.dlogp_actual, os.path.join(out_dir, "one_step_scatter"))
+    files += plot_one_step(r.dlogp_predicted, r.dlogp_actual, os.path.join(out_dir, "one_step_scatter"))
 
     # (b) per-probe norms of the parts of Δz, and the Prop-2 panel
     pp = res["per_probe"]
@@ -316,7 +316,7 @@ def _figures(r, res, out_dir):
                   f"{100 * p2['frac_logp_y_up']:.0f}%, argmax Δz_R = y_u at {100 * p2['frac_argmax_dzR_is_y']:.0f}%,"
                   f"\ns > 0 at {100 * p2['frac_s_positive']:.0f}% of (sample, probe) pairs", fontsize=9)
     ax2.legend(fontsize=7)
-    files += plots.save(fig, os.path.join(out_dir, "one_step_split"))
+    files += save(fig, os.path.join(out_dir, "one_step_split"))
     return files
 
 
@@ -326,7 +326,7 @@ def _figures(r, res, out_dir):
 def add_arguments(p):
     p.add_argument("--model", default=None,
                    help="Hugging Face model directory (default: the embedded default base model)")
-    p.add_argument("--task", default=_tasks.DEFAULT_TASK, help=f"task name (one of {', '.join(_tasks.names())})")
+    p.add_argument("--task", default=DEFAULT_TASK, help=f"task name (one of {', '.join(task_names())})")
     p.add_argument("--out", default="runs/one_step", help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="SGD learning rate of the step")
@@ -342,15 +342,15 @@ def add_arguments(p):
 
 
 def run_cli(args) -> int:
-    import ntkdyn as nd
+    from ..models import load
 
     if args.model:
-        lm, name = nd.load(args.model), args.model
+        lm, name = load(args.model), args.model
     else:
-        from ntkdyn import default
+        from ..default import default_model_dir
 
-        name = default.default_model_dir()
-        lm = nd.load(name)
+        name = default_model_dir()
+        lm = load(name)
     res = run(lm, args.task, args.out, seed=args.seed, n_prompts=args.prompts, group=args.group, lr=args.lr,
               probe_prompts=args.probe_prompts, completion_positions=args.completion_positions,
               prop2_samples=args.prop2_samples, x64=not args.float32, plots=not args.no_plots, model_name=name)

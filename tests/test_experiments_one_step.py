@@ -1,0 +1,17 @@
+"""Tests for ntkdyn.experiments.one_step (the `ntkdyn one-step` command). The experiment itself samples and compiles
+a real model, too slow for the unit tests: the reproduction and the baseline comparison run it."""
+from __future__ import annotations
+
+import argparse
+
+from ntkdyn.experiments import one_step
+
+
+def test_one_step_experiment_cli_arguments():
+    """`ntkdyn one-step` wiring: the experiment exposes add_arguments / run_cli / run (run itself is exercised by
+    the reproduction; it samples and compiles a real model, too slow for this module)."""
+    p = argparse.ArgumentParser()
+    one_step.add_arguments(p)
+    a = p.parse_args(["--model", "m", "--lr", "0.02", "--group", "4"])
+    assert (a.model, a.lr, a.group, a.task, a.float32) == ("m", 0.02, 4, "sum", False)
+    assert callable(one_step.run_cli) and callable(one_step.run) and callable(one_step.main)
