@@ -1,5 +1,5 @@
-"""`ntkdyn reproduce` end to end on the tiny profile (a tiny SFT base model, a handful of RL steps): every figure
-(PNG and PDF) and every claim line of summary.md is written."""
+"""ntkdyn.reproduce.pipeline: `ntkdyn reproduce` end to end on the tiny profile (a tiny SFT base model, a handful
+of RL steps): every figure (PNG and PDF) and every claim line of summary.md is written."""
 import json
 import os
 import subprocess
@@ -30,3 +30,21 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     for recipe in ("rl", "cf-rl", "lp-ft"):
         assert (out / "runs" / f"{recipe}-seed0" / "final" / "config.json").is_file()
     assert "summary.md" in proc.stdout
+
+
+def test_same_config(tmp_path):
+    from ntkdyn.reproduce.pipeline import _same_config
+
+    cfg = dict(recipe="rl", steps=4, seed=0)
+    assert not _same_config(str(tmp_path), cfg)  # no config.json
+    (tmp_path / "config.json").write_text(json.dumps({"config": dict(cfg, lr=1e-3), "n_params": 5}))
+    assert _same_config(str(tmp_path), cfg)  # the RLConfig fields nested under "config"
+    assert not _same_config(str(tmp_path), dict(cfg, steps=5))
+    (tmp_path / "config.json").write_text("[1, 2]")
+    assert not _same_config(str(tmp_path), cfg)
+
+
+def test_profiles():
+    assert set(reproduce.PROFILES) == {"full", "quick", "tiny"}
+    keys = set(reproduce.PROFILES["full"])
+    assert all(set(p) - {"base"} == keys for p in reproduce.PROFILES.values())

@@ -1,0 +1,191 @@
+"""The reproduction pipeline and its profiles: base model, feature and kernel analyses, the one-step experiment,
+the training runs of the three recipes, figures, claims and summary.md (see the package docstring)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import jax
+
+from ..experiments.features import feature_analysis
+from ..experiments.kernel import kernel_analysis
+from ..io import read_json, write_text
+from ..plots.training import plot_all
+from ..rl.recipes import RECIPES
+from ..tasks import DEFAULT_TASK
+from ..tasks import get as get_task
+from .verdicts import claims
+from .summary import write_summary
+
+__all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "add_arguments", "run_cli"]
+
+# per profile: seeds, full-RL steps, stage-1 steps, rollout shape, eval cadence
+PROFILES = {
+    "full": dict(seeds=(0, 1, 2), steps=200, head_steps=16, prompts_per_step=8, group_size=8, eval_every=20,
+                 eval_prompts=16, eval_samples=32, probe_every=5, lr=3e-4, head_lr=3e-3, feature_prompts=32),
+    "quick": dict(seeds=(0,), steps=40, head_steps=16, prompts_per_step=8, group_size=8, eval_every=10,
+                  eval_prompts=16, eval_samples=32, probe_every=5, lr=3e-4, head_lr=3e-3, feature_prompts=16),
+    # for the end-to-end test: a tiny base model and a handful of steps
+    "tiny": dict(seeds=(0,), steps=4, head_steps=2, prompts_per_step=2, group_size=4, eval_every=2,
+                 eval_prompts=4, eval_samples=8, probe_every=2, lr=1e-3, head_lr=1e-2, feature_prompts=6,
+                 base=dict(size="tiny", steps=150, eval_prompts=4, eval_samples=4)),
+}
+FIGURES = ("fig_reward", "fig_confidence", "fig_diversity", "fig_dz_share", "fig_head_norm", "fig_features",
+           "fig_kernel", "fig_one_step")
+CLAIMS = 8
+
+
+def _log(msg, progress=True):
+    if progress:
+        print(f"[reproduce] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------- stages
+def _base_model(out, prof, model, task, progress) -> str:
+    """The base model's directory: `model` when given; a profile with its own (tiny) base model builds it once
+    into OUT/base; else the embedded default base model."""
+    if model:
+        return model
+    if "base" in prof:
+        from ..sft import train as sft_train  # the heavier training imports only when they run
+
+        model_dir = os.path.join(out, "base")
+        if not os.path.isfile(os.path.join(model_dir, "config.json")):
+            sft_train(task.name, model_dir, progress=progress, **prof["base"])
+        return model_dir
+    from ..default import default_model_dir
+
+    return default_model_dir(progress=progress)
+
+
+def _one_step(lm, task, out, figures_dir, model_dir):
+    """The one-step experiment into OUT/one_step; its figures copied into the figures directory as
+    fig_one_step(.png|.pdf) and fig_one_step_split. Returns (its result dict, its directory, the copied files)."""
+    from ..experiments import one_step as one_step_exp
+
+    os_dir = os.path.join(out, "one_step")
+    one = one_step_exp.run(lm, task, os_dir, seed=0, model_name=model_dir)
+    files = []
+    for src in one.get("figures", []):
+        base = os.path.basename(src).replace("one_step_scatter", "fig_one_step").replace("one_step_split",
+                                                                                            "fig_one_step_split")
+        dst = os.path.join(figures_dir, base)
+        shutil.copyfile(src, dst)
+        files.append(dst)
+    return one, os_dir, files
+
+
+def _rl_runs(model_dir, task, runs_root, prof, progress):
+    """Every recipe × seed of the profile under `runs_root`: a finished run with the same config is reused, an
+    interrupted one resumed from its checkpoint."""
+    from ..rl import RLConfig
+    from ..rl import train as rl_train
+
+    done = []
+    for recipe in RECIPES:
+        for seed in prof["seeds"]:
+            out = os.path.join(runs_root, f"{recipe}-seed{seed}")
+            cfg = dict(recipe=recipe, task=task.name, model=model_dir, out=out, steps=prof["steps"],
+                       head_steps=None if recipe == "rl" else prof["head_steps"], seed=seed,
+                       prompts_per_step=prof["prompts_per_step"], group_size=prof["group_size"],
+                       eval_every=prof["eval_every"], eval_prompts=prof["eval_prompts"],
+                       eval_samples=prof["eval_samples"], probe_every=prof["probe_every"], lr=prof["lr"],
+                       head_lr=prof["head_lr"], checkpoint_every=max(prof["steps"] // 3, 1))
+            final = os.path.join(out, "final")
+            if os.path.isdir(final) and _same_config(out, cfg):
+                _log(f"{recipe} seed {seed}: finished earlier, reused ({out})", progress)
+                done.append(out)
+                continue
+            resume = os.path.isdir(os.path.join(out, "checkpoint")) and _same_config(out, cfg)
+            _log(f"{recipe} seed {seed}: {'resuming' if resume else 'training'} -> {out}", progress)
+            rl_train(RLConfig(**cfg, resume=resume, overwrite=not resume), progress=progress)
+            done.append(out)
+    return done
+
+
+def _same_config(out, cfg):
+    """Whether the run in `out` was made with the fields of `cfg` (False when it has no readable config)."""
+    try:
+        old = read_json(os.path.join(out, "config.json"), what="run config")
+    except (OSError, ValueError):
+        return False
+    old = old.get("config", old)  # ntkdyn.rl nests the RLConfig fields under "config"
+    return all(old.get(k) == v for k, v in cfg.items())
+
+
+# ------------------------------------------------------------------------------------------------- driver
+def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, model=None, task=None,
+        progress=True, seeds=None) -> dict:
+    """Run everything; returns {"files": [...], "claims": [...], "minutes": ...}."""
+    from ..models import load
+
+    t0 = time.time()
+    name = profile or ("quick" if quick else "full")
+    prof = dict(PROFILES[name])
+    if seeds is not None:
+        prof["seeds"] = tuple(seeds)
+    task = get_task(task or DEFAULT_TASK)
+    figures_dir = figures_dir or ("figures" if name == "full" else os.path.join(out, "figures"))
+    os.makedirs(figures_dir, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
+
+    _log("base model", progress)
+    model_dir = _base_model(out, prof, model, task, progress)
+    lm = load(model_dir)
+    if lm.tokenizer is None:
+        raise ValueError(f"{model_dir}: the model has no tokenizer.json; reproduce needs one for its tasks")
+
+    _log("feature similarity and kernel picture (claim 1)", progress)
+    feats = feature_analysis(lm, task, figures_dir, n_prompts=prof["feature_prompts"])
+    kern = kernel_analysis(lm, task, figures_dir)
+
+    _log("one-step prediction (claims 3, 4)", progress)
+    one, os_dir, one_files = _one_step(lm, task, out, figures_dir, model_dir)
+    files = list(feats["files"]) + list(kern["files"]) + one_files
+
+    _log("training runs (claims 2, 5-8)", progress)
+    runs_root = os.path.join(out, "runs")
+    _rl_runs(model_dir, task, runs_root, prof, progress)
+    files += plot_all(runs_root, figures_dir)
+
+    minutes = (time.time() - t0) / 60
+    claim_list = claims(runs_root, feats, one)
+    meta = dict(profile=name, date=time.strftime("%Y-%m-%d"), minutes=minutes,
+                machine=f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()}",
+                model=model_dir if model or "base" in prof else "the embedded default base model",
+                num_params=lm.num_params, family=lm.config.family, task=task.name, seeds=prof["seeds"],
+                steps=prof["steps"], head_steps=prof["head_steps"], lr=prof["lr"], head_lr=prof["head_lr"],
+                feature_table=feats["table"])
+    summary = os.path.join(figures_dir, "summary.md")
+    write_summary(summary, claim_list, meta)
+    files.append(summary)
+    # reproduce.json keeps its layout: the features' numbers appear once, under their table labels
+    features_record = {k: v for k, v in feats.items() if k != "stats"}
+    write_text(os.path.join(out, "reproduce.json"),
+               json.dumps(dict(meta=meta, claims=claim_list, kernel=kern, features=features_record,
+                               one_step_dir=os_dir, files=files), indent=2, default=str))
+    print(f"[reproduce] done in {minutes:.1f} min; wrote:")
+    for f in files:
+        print("  " + f)
+    return dict(files=files, claims=claim_list, minutes=minutes)
+
+
+def add_arguments(p):
+    p.add_argument("--quick", action="store_true", help="1 seed, fewer steps, same figures (about 10 minutes)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                   help="explicit profile (tiny: the end-to-end test's configuration)")
+    p.add_argument("--out", default="runs/reproduce", help="run directory (training runs, one-step, logs)")
+    p.add_argument("--figures", default=None,
+                   help="where figures and summary.md go (default: figures/ for the full run, OUT/figures otherwise)")
+    p.add_argument("--model", default=None, help="base model directory (default: the embedded default)")
+    p.add_argument("--task", default=None, help=f"task (default: {DEFAULT_TASK})")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_cli(args) -> int:
+    run(args.out, quick=args.quick, profile=args.profile, figures_dir=args.figures, model=args.model,
+        task=args.task, progress=not args.no_progress, seeds=args.seeds)
+    return 0
