@@ -2,7 +2,8 @@
 representation (R) and gradient (G) components. See README.md and docs/spec.md.
 
     import ntkdyn as nd
-    lm = nd.load(path); k = nd.ntk.decompose(lm, ids, pos); r = nd.dynamics.one_step(...); nd.tasks.get("sum")
+    lm = nd.load("smollm2-135m-instruct")    # a known name, a Hugging Face directory or a .gguf file
+    k = nd.ntk.decompose(lm, ids, pos); r = nd.dynamics.one_step(...); nd.tasks.get("sum")
 """
 import importlib
 
@@ -10,9 +11,17 @@ from . import dynamics, metrics, ntk, tasks
 from .models import LM, CheckpointError, Generation, ModelConfig, load
 
 __version__ = "0.1.0"
-__all__ = ["LM", "CheckpointError", "Generation", "ModelConfig", "load", "ntk", "dynamics", "metrics", "tasks",
-           "rl", "sft", "plots", "default", "reproduce"]
-_LAZY = ("rl", "sft", "plots", "default", "reproduce")  # heavier imports (optax, matplotlib) on first use
+# heavier imports (optax, matplotlib, datasets) on first use
+_LAZY = ("rl", "sft", "plots", "default", "reproduce", "experiments", "evaluation", "optim", "io", "cache")
+__all__ = ["LM", "CheckpointError", "Generation", "ModelConfig", "load", "load_reward_model", "ntk", "dynamics",
+           "metrics", "tasks", *_LAZY]
+
+
+def load_reward_model(name_or_path, **kw):
+    """A sequence-classification reward model (see ntkdyn.models.classifier.load_reward_model)."""
+    from .models.classifier import load_reward_model as _load
+
+    return _load(name_or_path, **kw)
 
 
 def __getattr__(name):

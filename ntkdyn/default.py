@@ -26,6 +26,7 @@ import shutil
 import time
 
 from . import tasks as _tasks
+from .cache import cache_root
 from .io import read_json, read_jsonl, write_json
 
 __all__ = ["RECIPE", "SHIPPED_DIR", "cache_root", "recipe_hash", "shipped_info", "default_model_dir", "base_model",
@@ -40,17 +41,6 @@ _FORMAT = 1  # bump when the on-disk layout or the training code changes what a 
 
 #: The shipped default model (config.json, model.safetensors, tokenizer files, sft_config.json, SHIPPED.json).
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
-
-
-def cache_root(cache_dir: str | None = None) -> str:
-    """The cache directory: ``cache_dir`` if given, else ``$NTKDYN_CACHE``, else ``$XDG_CACHE_HOME/ntkdyn`` or
-    ``~/.cache/ntkdyn``."""
-    if cache_dir:
-        return os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
-    if os.environ.get("NTKDYN_CACHE"):
-        return os.path.abspath(os.path.expanduser(os.environ["NTKDYN_CACHE"]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.abspath(os.path.join(base, "ntkdyn"))
 
 
 def recipe_hash(recipe: dict) -> str:

@@ -15,7 +15,6 @@ jax.numpy and are jit-able; string / bool options are static (use `static_argnam
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from ..io import atomic_dir
 from .config import CheckpointError, ModelConfig
 from .transformer import abstract_params
 
@@ -180,17 +179,22 @@ def read_weights(path: str) -> dict:
                           "weights (.bin checkpoints are not read: convert them with transformers first)")
 
 
+def generation_config(cfg: ModelConfig, tokenizer=None) -> dict:
+    """generation_config.json: bos/pad ids and every EOS id (the tokenizer's `eos_ids` when it has several)."""
+    eos = list(getattr(tokenizer, "eos_ids", None) or [])
+    eos = eos if len(eos) > 1 else cfg.eos_token_id
+    return {k: v for k, v in dict(bos_token_id=cfg.bos_token_id, eos_token_id=eos,
+                                  pad_token_id=cfg.pad_token_id).items() if v is not None}
+
+
 def write_model_dir(path: str, cfg: ModelConfig, params, tokenizer=None, max_shard_bytes: int = 2 ** 31):
     """Write config.json + safetensors (sharded with an index above max_shard_bytes) (+ tokenizer) atomically:
-    everything goes to a temporary sibling directory that is renamed into place at the end."""
+    everything goes to a temporary sibling directory that replaces `path` whole at the end (ntkdyn.io.atomic_dir;
+    an existing regular file at `path` is refused and left untouched)."""
     from safetensors.numpy import save_file
 
     state = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in to_hf_state(cfg, params).items()}
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
-    try:
+    with atomic_dir(path, what="model directory") as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg.to_hf(), f, indent=2)
         shards, cur, size = [], {}, 0
@@ -213,18 +217,9 @@ def write_model_dir(path: str, cfg: ModelConfig, params, tokenizer=None, max_sha
                 json.dump({"metadata": {"total_size": sum(v.nbytes for v in state.values())}, "weight_map": wmap},
                           f, indent=2)
         with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-            json.dump({k: v for k, v in dict(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
-                                             pad_token_id=cfg.pad_token_id).items() if v is not None}, f)
+            json.dump(generation_config(cfg, tokenizer), f)
         if tokenizer is not None:
             tokenizer.save(tmp)
-        if os.path.exists(path):
-            old = path + ".old-" + os.path.basename(tmp)
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+        for name in os.listdir(tmp):  # safetensors writes 0600 files; a saved model is an ordinary directory
+            os.chmod(os.path.join(tmp, name), 0o644)
+    return os.path.abspath(path)

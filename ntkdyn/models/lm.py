@@ -1,7 +1,6 @@
 """The LM facade: config, params {"backbone", "head"}, pure jit-compiled logits/features, sampler, load/save."""
 from __future__ import annotations
 
-import os
 from functools import partial
 
 import jax
@@ -9,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import hf
-from .config import CheckpointError, ModelConfig, read_config
+from .config import ModelConfig, read_config
 from .padding import pad_left
 from .sampling import Generation, sample
 from .tokenizer import load_tokenizer
@@ -74,14 +73,15 @@ class LM:
         """Sample continuations with a KV cache. `prompt_ids`: (B, Tp) left-padded array (with `prompt_mask`, 1 on
         real tokens) or a list of token lists of different lengths (left-padded here). temperature=0 is greedy.
         stop_token defaults to the config's eos_token_id. Returns Generation(tokens, logp, logp_model, mask)."""
+        _check_sampling(max_new_tokens, temperature, top_k, top_p)
+        if not isinstance(prompt_ids, (np.ndarray, jax.Array)) and not len(prompt_ids):
+            raise ValueError("prompt_ids holds no prompt; expected at least one list of token ids")
         ids, mask = pad_left(prompt_ids, self.config.pad_token_id or 0) if prompt_mask is None else (
             np.asarray(prompt_ids), np.asarray(prompt_mask))
-        self.check_ids(ids)
+        self.check_ids(ids, "prompt_ids")
         if ids.shape[1] + max_new_tokens > self.config.max_positions:
             raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                              f"max_positions={self.config.max_positions}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
         if stop_token is None:
             stop_token = self.config.eos_token_id if self.config.eos_token_id is not None else -1
         key = jax.random.key(seed) if key is None else key
@@ -94,6 +94,31 @@ class LM:
     def save(self, path: str, params=None) -> str:
         """Hugging Face layout (config.json + model.safetensors [+ tokenizer]), written atomically."""
         return hf.write_model_dir(path, self.config, self.params if params is None else params, self.tokenizer)
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
+    """Sampler settings in range (no silent clamping): ValueError/TypeError naming the argument."""
+    def number(name, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number; got {v!r} ({type(v).__name__})")
+        if not np.isfinite(v):
+            raise ValueError(f"{name} must be finite; got {v!r}")
+
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+        raise TypeError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    number("temperature", temperature)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy); got {temperature!r}")
+    number("top_p", top_p)
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1]; got {top_p!r}")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+            raise TypeError(f"top_k must be None or an integer >= 1; got {top_k!r}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be None or an integer >= 1; got {top_k}")
 
 
 def check_ids(cfg: ModelConfig, ids, name: str = "ids", *, allow_traced: bool = True):
@@ -121,11 +146,14 @@ def check_ids(cfg: ModelConfig, ids, name: str = "ids", *, allow_traced: bool = 
     return jnp.asarray(a, jnp.int32)
 
 
-def load(path: str, dtype=jnp.float32, tokenizer: bool = True) -> LM:
-    """Open a Hugging Face model directory (config.json + safetensors [+ tokenizer.json]).
-    Weights stored in bf16/fp16 are computed in `dtype` (float32 by default)."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: not a directory; expected a Hugging Face model directory")
+def load(name_or_path: str, dtype=jnp.float32, tokenizer: bool = True) -> LM:
+    """Open a model: a Hugging Face directory (config.json + safetensors [+ tokenizer files]), a .gguf file
+    (converted once into the cache) or a known model name such as "smollm2-135m-instruct" (fetched and converted
+    on first use; see ntkdyn.models.known). Weights stored in bf16/fp16 are computed in `dtype` (float32 by
+    default)."""
+    from .known import resolve  # known -> gguf -> hf: imported on use, the directory path needs none of it
+
+    path = resolve(name_or_path)
     cfg = read_config(path)
     params = hf.from_hf_state(cfg, hf.read_weights(path), source=path, dtype=dtype)
     tok = load_tokenizer(path) if tokenizer else None

@@ -54,7 +54,7 @@ class RunState:
 
 def enable_compile_cache(path: str | None = None) -> str | None:
     """Turn on JAX's persistent compilation cache (compiled programs are reused by later processes: a run's
-    first steps no longer wait for XLA) in `path`, default `<ntkdyn cache>/xla` (see ntkdyn.default.cache_root).
+    first steps no longer wait for XLA) in `path`, default `<ntkdyn cache>/xla` (see ntkdyn.cache.cache_root).
     A cache directory already configured (jax_compilation_cache_dir / JAX_COMPILATION_CACHE_DIR) is kept;
     NTKDYN_NO_COMPILE_CACHE=1 disables. Returns the directory in use, or None."""
     current = jax.config.jax_compilation_cache_dir
@@ -63,7 +63,7 @@ def enable_compile_cache(path: str | None = None) -> str | None:
     if os.environ.get("NTKDYN_NO_COMPILE_CACHE"):
         return None
     try:
-        from ..default import cache_root
+        from ..cache import cache_root
 
         path = path or os.path.join(cache_root(), "xla")
         os.makedirs(path, exist_ok=True)
