@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .io import is_finite_number
+
 from .metrics import first_order_entropy_change, token_entropy
 from .models.lm import check_ids
 from .models.logprobs import gather
@@ -106,10 +108,12 @@ def _check_step_args(optimizer, lr, beta, ref_params):
     if not isinstance(optimizer, str) and not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(f"optimizer must be 'sgd', 'adam' or an optax.GradientTransformation; "
                          f"got {type(optimizer).__name__}")
-    if not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive number; got {lr!r}")
-    if not np.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be >= 0; got {beta!r}")
+    for name, v, lo in (("lr", lr, "> 0"), ("beta", beta, ">= 0")):
+        if not is_finite_number(v):
+            err = ValueError if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else TypeError
+            raise err(f"{name} must be a finite number {lo}; got {v!r} ({type(v).__name__})")
+    if lr <= 0 or beta < 0:
+        raise ValueError(f"lr must be > 0 and beta >= 0; got lr={lr!r}, beta={beta!r}")
     if beta > 0 and ref_params is None:
         raise ValueError("beta > 0 needs ref_params (the reference policy of the KL term)")
 
@@ -119,9 +123,16 @@ def _batch_inputs(cfg, ids, completion_mask, advantages, probe_ids, probe_pos):
     the probe contexts (rows, positions)."""
     ids = check_ids(cfg, ids, "ids")
     B = ids.shape[0]
-    adv = np.asarray(advantages, dtype=np.float64).reshape(-1)
+    try:
+        adv = np.asarray(advantages, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"advantages must be an array of B = {B} numbers; got {advantages!r}") from None
+    adv = adv.reshape(-1) if adv.size == B else adv
     if adv.shape != (B,):
         raise ValueError(f"advantages must be (B,) = ({B},); got shape {np.shape(advantages)}")
+    if not np.all(np.isfinite(adv)):
+        bad = np.flatnonzero(~np.isfinite(adv))
+        raise ValueError(f"advantages must be finite; row(s) {bad[:5].tolist()} hold {adv[bad[:5]].tolist()}")
     w_np = _token_weights(completion_mask, B)
     if w_np.shape != tuple(ids.shape):
         raise ValueError(f"completion_mask shape {w_np.shape} != ids shape {tuple(ids.shape)}")

@@ -22,7 +22,7 @@ from ..io import atomic_dir, read_json, write_json
 from .config import TrainingError
 from .step import opt_init
 
-__all__ = ["save", "find", "restore_optimizer", "note", "recover"]
+__all__ = ["save", "find", "exists", "restore_optimizer", "note", "recover"]
 
 _LEGACY_OLD = "checkpoint.old"  # the moved-aside previous checkpoint of older versions
 
@@ -53,6 +53,12 @@ def recover(out: str) -> None:
         if os.path.isfile(os.path.join(old, "state.json")):
             os.rename(old, _dir(out))
             return
+
+
+def exists(out: str) -> bool:
+    """Whether OUT holds a checkpoint to resume from (in place, or moved aside by a kill during a replacement)."""
+    candidates = [_dir(out), os.path.join(out, _LEGACY_OLD)] + glob.glob(os.path.join(out, ".tmp-checkpoint-*.old"))
+    return any(os.path.isfile(os.path.join(d, "state.json")) for d in candidates)
 
 
 def is_leftover(name: str) -> bool:

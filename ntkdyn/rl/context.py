@@ -20,6 +20,7 @@ from ..evaluation import held_out_prompts
 from ..io import read_json
 from ..models.transformer import graphdef_for
 from ..sft import make_examples
+from . import checkpoint
 from .config import RESUMABLE_CHANGES, ConfigError, RLConfig
 from .recipes import Stage, plan
 from .sharding import Sharding
@@ -86,8 +87,15 @@ def _saved_config(c: RLConfig, out: str) -> dict | None:
     if has_run and not (c.resume or c.overwrite):
         raise ConfigError(f"RLConfig.out={c.out!r}: already holds a run; expected resume=True to continue it, "
                           "overwrite=True to replace it, or a fresh directory")
-    if not (c.resume and has_run):
+    if c.resume and not has_run:
+        raise ConfigError(f"RLConfig.out={c.out!r}: resume=True, but the directory holds no run (no config.json, "
+                          "metrics.jsonl or checkpoint): nothing to resume; expected the directory of an earlier "
+                          "run, or resume=False to start a fresh one")
+    if not c.resume:
         return None
+    if not checkpoint.exists(out):
+        raise ConfigError(f"RLConfig.out={c.out!r}: resume=True, but the run has no checkpoint (it stopped before "
+                          "its first one): nothing to resume from; expected overwrite=True to start it again")
     path = os.path.join(out, "config.json")
     try:
         saved = read_json(path, what="run config", expect=None)
