@@ -14,6 +14,24 @@ from typing import Any
 # model_type in config.json -> our family
 FAMILIES = {"gpt2": "gpt2", "gpt_neox": "gpt_neox", "llama": "llama", "qwen2": "llama"}
 
+# integer fields and their smallest allowed value (head_dim 0 means d_model // n_heads)
+_POSITIVE_INTS = {"vocab_size": 1, "d_model": 1, "n_layers": 1, "n_heads": 1, "n_kv_heads": 1, "d_ff": 1,
+                  "max_positions": 1, "head_dim": 0}
+
+
+def _check_int(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CheckpointError(f"{name}={v!r}: expected an integer >= {lo}, got {type(v).__name__}")
+    if v < lo:
+        raise CheckpointError(f"{name}={v!r}: expected an integer >= {lo}")
+    return v
+
+
+def _check_number(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+        raise CheckpointError(f"{name}={v!r}: expected a finite number")
+    return v
+
 
 class CheckpointError(ValueError):
     """A checkpoint directory or config that cannot be read as asked."""
@@ -49,6 +67,16 @@ class ModelConfig:
     def __post_init__(self):
         if self.family not in ("gpt2", "gpt_neox", "llama"):
             raise CheckpointError(f"unknown family {self.family!r}; expected one of gpt2, gpt_neox, llama")
+        for name, lo in _POSITIVE_INTS.items():
+            _check_int(f"ModelConfig.{name}", getattr(self, name), lo)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            v = getattr(self, name)
+            if v is not None:
+                _check_int(f"ModelConfig.{name}", v, 0)
+        for name in ("norm_eps", "rope_theta", "rotary_pct"):
+            _check_number(f"ModelConfig.{name}", getattr(self, name))
+        if not 0 <= self.rotary_pct <= 1:
+            raise CheckpointError(f"ModelConfig.rotary_pct={self.rotary_pct!r}: expected a number in [0, 1]")
         if self.head_dim == 0:
             if self.d_model % self.n_heads:
                 raise CheckpointError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
@@ -68,6 +96,9 @@ class ModelConfig:
     # ------------------------------------------------------------------ Hugging Face config.json
     @classmethod
     def from_hf(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{source}: expected a JSON object of config keys; got {type(d).__name__}")
+        _check_hf_values(d, source)
         mt = d.get("model_type")
         if mt not in FAMILIES:
             raise CheckpointError(
@@ -155,6 +186,27 @@ class ModelConfig:
         return base
 
 
+# config.json keys that must be positive integers when present (any dialect), and the finite numbers
+_HF_INTS = ("vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads", "n_head",
+            "num_key_value_heads", "intermediate_size", "n_inner", "max_position_embeddings", "n_positions", "n_ctx",
+            "head_dim")
+_HF_NUMBERS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_theta", "rotary_pct",
+               "rotary_emb_base", "partial_rotary_factor")
+
+
+def _check_hf_values(d: dict, source: str) -> None:
+    """Types and ranges of the architecture keys of a config.json, each error naming the key."""
+    for k in _HF_INTS:
+        if d.get(k) is not None:
+            _check_int(f"{source}: {k}", d[k], 1)
+    for k in _HF_NUMBERS:
+        if d.get(k) is not None:
+            _check_number(f"{source}: {k}", d[k])
+    hidden, heads = d.get("hidden_size", d.get("n_embd")), d.get("num_attention_heads", d.get("n_head"))
+    if hidden and heads and not d.get("head_dim") and hidden % heads:
+        raise CheckpointError(f"{source}: hidden_size={hidden} is not divisible by num_attention_heads={heads}")
+
+
 def read_config(path: str) -> ModelConfig:
     f = os.path.join(path, "config.json")
     if not os.path.isfile(f):
@@ -163,6 +215,6 @@ def read_config(path: str) -> ModelConfig:
     try:
         with open(f) as fh:
             d = json.load(fh)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e}); expected a JSON object of config keys") from None
     return ModelConfig.from_hf(d, source=f)

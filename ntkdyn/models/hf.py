@@ -161,8 +161,15 @@ def read_weights(path: str) -> dict:
     index = os.path.join(path, "model.safetensors.index.json")
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index) as f:
+                wmap = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{index}: not valid JSON ({e}); expected a sharded-safetensors index") from None
+        if not isinstance(wmap, dict) or not isinstance(wmap.get("weight_map"), dict) or not wmap["weight_map"]:
+            raise CheckpointError(f"{index}: no weight_map; expected a JSON object with a non-empty "
+                                  "\"weight_map\" {tensor name: shard file}")
+        files = sorted(set(map(str, wmap["weight_map"].values())))
         state = {}
         for fn in files:
             fp = os.path.join(path, fn)
