@@ -118,10 +118,41 @@ def test_claims_records(tmp_path):
     out = C.claims(write_runs(tmp_path), {"stats": STATS, "table": {}}, one)
     assert [c["n"] for c in out] == list(range(1, 9))
     for c in out:
-        assert list(c) == ["n", "claim", "numbers", "holds", "verdict", "note"]
-        assert c["verdict"] == C.VERDICTS[c["holds"]]
+        assert list(c) == ["n", "claim", "numbers", "holds", "verdict", "note", "verdict_mean", "per_seed"]
+        assert c["verdict_mean"] == C.VERDICTS[c["holds"]]
+        seeds = [p["seed"] for p in c["per_seed"]]
+        # the run-based claims are judged per seed too (2 seeds in the synthetic runs); the others once
+        assert seeds == ([0, 1] if c["n"] in (2, 5, 6, 7, 8) else [])
+        assert c["verdict"] == C.robust_verdict(c["holds"], [p["holds"] for p in c["per_seed"]])
+    by_n = {c["n"]: c for c in out}
+    # claim 6: seed 0 and seed 1 have the same share curves, so each seed alone is "not supported" as the mean is
+    assert [p["verdict"] for p in by_n[6]["per_seed"]] == ["not supported", "not supported"]
+    assert by_n[6]["verdict"] == "not supported"
+    assert "RL 0.600, CF-RL 0.600" in by_n[6]["per_seed"][0]["numbers"]  # one seed: the value alone
     empty = C.claims(tmp_path / "nothing", {"stats": STATS}, one)
     assert [c["verdict"] for c in empty][1:] == ["not measured"] * 7
+
+
+@pytest.mark.parametrize("mean, seeds, verdict", [
+    (True, [True, True, True], "supported"), (False, [False, False], "not supported"),
+    (True, [True, False, True], "mixed"), (False, [True, True], "mixed"), (None, [], "not measured"),
+    (True, [], "supported"), (None, [None, True], "supported"), (None, [None, None], "not measured")])
+def test_robust_verdict(mean, seeds, verdict):
+    assert C.robust_verdict(mean, seeds) == verdict
+
+
+def test_robustness_table():
+    from ntkdyn.reproduce.pipeline import robustness_markdown
+
+    def claim(n, verdict, per):
+        return dict(n=n, claim=f"claim {n}", verdict=verdict, per_seed=[dict(verdict=v) for v in per])
+
+    results = {0: [claim(1, "supported", []), claim(2, "mixed", ["supported", "not supported"])],
+               5: [claim(1, "supported", []), claim(2, "supported", ["supported", "supported"])]}
+    text = robustness_markdown(results, {0: 0.285, 5: None})
+    assert "| base seed 0 (reward 0.285) | base seed 5 |" in text
+    assert "| 2 | claim 2 | **mixed** (supported, not supported) | **supported** (supported, supported) |" in text
+    assert "same on every base model: [1]" in text
 
 
 @pytest.mark.parametrize("holds, verdict", [(True, "supported"), (False, "not supported"), (None, "not measured")])

@@ -11,7 +11,7 @@ import jax
 
 from ..experiments.features import feature_analysis
 from ..experiments.kernel import kernel_analysis
-from ..io import read_json, write_text
+from ..io import check_writable_dir, read_json, write_text
 from ..plots.training import plot_all
 from ..rl.recipes import RECIPES
 from ..tasks import DEFAULT_TASK
@@ -19,7 +19,7 @@ from ..tasks import get as get_task
 from .verdicts import claims
 from .summary import write_summary
 
-__all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "add_arguments", "run_cli"]
+__all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "run_base_seeds", "robustness_markdown", "add_arguments", "run_cli"]
 
 # per profile: seeds, full-RL steps, stage-1 steps, rollout shape, eval cadence
 PROFILES = {
@@ -123,11 +123,19 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
 
     t0 = time.time()
     name = profile or ("quick" if quick else "full")
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}")
     prof = dict(PROFILES[name])
     if seeds is not None:
         prof["seeds"] = tuple(seeds)
     task = get_task(task or DEFAULT_TASK)
+    if model:  # a bad --model fails here, before anything is written
+        from ..models.known import resolve
+
+        model = resolve(model)
     figures_dir = figures_dir or ("figures" if name == "full" else os.path.join(out, "figures"))
+    check_writable_dir(out, "reproduction directory")
+    check_writable_dir(figures_dir, "figures directory")
     os.makedirs(figures_dir, exist_ok=True)
     os.makedirs(out, exist_ok=True)
 
@@ -172,6 +180,62 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
     return dict(files=files, claims=claim_list, minutes=minutes)
 
 
+def run_base_seeds(out="runs/reproduce", base_seeds=(0, 1, 2), *, quick=False, profile=None, figures_dir=None,
+                   task=None, progress=True, seeds=None) -> dict:
+    """The whole reproduction once per independently trained base model: the default recipe with each of
+    `base_seeds` as its seed (the recipe's own seed is the shipped model, whose reproduction is OUT itself; the
+    others are built into the cache and reproduced under OUT/base-seed<b>). Writes robustness.md (verdicts per base
+    model and per RL seed) beside summary.md and returns {base seed: claims}."""
+    from ..default import RECIPE, default_model_dir
+
+    name = profile or ("quick" if quick else "full")
+    figures_dir = figures_dir or ("figures" if name == "full" else os.path.join(out, "figures"))
+    results, rewards = {}, {}
+    for b in base_seeds:
+        own = b == RECIPE["seed"]
+        model_dir = default_model_dir(progress=progress, recipe=None if own else dict(RECIPE, seed=b))
+        _log(f"base seed {b}: {model_dir}", progress)
+        sub = out if own else os.path.join(out, f"base-seed{b}")
+        r = run(sub, quick=quick, profile=profile, figures_dir=figures_dir if own else os.path.join(sub, "figures"),
+                model=None if own else model_dir, task=task, progress=progress, seeds=seeds)
+        results[b], rewards[b] = r["claims"], _base_reward(model_dir)
+    path = os.path.join(figures_dir, "robustness.md")
+    write_text(path, robustness_markdown(results, rewards))
+    print(f"[reproduce] wrote {path}")
+    return results
+
+
+def _base_reward(model_dir):
+    from ..default import _last_eval
+
+    ev = _last_eval(model_dir)
+    return None if ev is None else ev["reward"]
+
+
+def robustness_markdown(results: dict, rewards: dict) -> str:
+    """robustness.md: one row per claim, one column per base model (its verdict over RL seeds, with the per-seed
+    verdicts), and the base models' held-out rewards."""
+    bases = list(results)
+    head = " | ".join(f"base seed {b}" + (f" (reward {rewards[b]:.3f})" if rewards.get(b) is not None else "")
+                      for b in bases)
+    lines = ["# Robustness of the verdicts to the base model", "",
+             "Each column is a whole reproduction from a base model trained by the default recipe with another "
+             "seed; a cell is the verdict over that reproduction's RL seeds (supported / not supported / mixed) "
+             "and, in brackets, the verdict of each RL seed.", "",
+             f"| # | claim | {head} |", "|---|---|" + "---|" * len(bases)]
+    for i, c in enumerate(results[bases[0]]):
+        cells = []
+        for b in bases:
+            cb = results[b][i]
+            per = ", ".join(p["verdict"] for p in cb.get("per_seed", []))
+            cells.append(f"**{cb['verdict']}**" + (f" ({per})" if per else ""))
+        lines.append(f"| {c['n']} | {c['claim']} | " + " | ".join(cells) + " |")
+    agree = [c["n"] for i, c in enumerate(results[bases[0]])
+             if len({results[b][i]["verdict"] for b in bases}) == 1]
+    lines += ["", f"Claims whose verdict is the same on every base model: {agree}.", ""]
+    return "\n".join(lines)
+
+
 def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="1 seed, fewer steps, same figures (about 10 minutes)")
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
@@ -182,10 +246,20 @@ def add_arguments(p):
     p.add_argument("--model", default=None, help="base model directory (default: the embedded default)")
     p.add_argument("--task", default=None, help=f"task (default: {DEFAULT_TASK})")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
+    p.add_argument("--base-seeds", type=int, nargs="+", default=None,
+                   help="repeat the whole reproduction over base models trained with these recipe seeds (the "
+                        "recipe's own seed is the shipped model) and write robustness.md")
     p.add_argument("--no-progress", action="store_true")
 
 
 def run_cli(args) -> int:
+    if args.base_seeds:
+        if args.model:
+            raise ValueError("--base-seeds retrains the default recipe's base model; it cannot be combined with "
+                             "--model")
+        run_base_seeds(args.out, args.base_seeds, quick=args.quick, profile=args.profile, figures_dir=args.figures,
+                       task=args.task, progress=not args.no_progress, seeds=args.seeds)
+        return 0
     run(args.out, quick=args.quick, profile=args.profile, figures_dir=args.figures, model=args.model,
         task=args.task, progress=not args.no_progress, seeds=args.seeds)
     return 0

@@ -19,12 +19,21 @@ def summary_markdown(claim_list, meta) -> str:
              f"full-RL steps each (Adam, lr {meta['lr']:g}), {meta['head_steps']} stage-1 steps for CF-RL and LP-FT "
              f"(head lr {meta['head_lr']:g}). Numbers are mean ± std over seeds unless a single value is shown; the "
              "thresholds behind each verdict are stated with it.", "",
-             "| # | claim (spec §5) | verdict |", "|---|---|---|"]
+             "Verdicts: *supported* / *not supported* when the mean over seeds and every seed agree, *mixed* when "
+             "they disagree (claims 2 and 5-8 are judged on each seed's runs alone as well as on the mean; claims "
+             "1, 3 and 4 are measured once, on the base model).", "",
+             "| # | claim (spec §5) | verdict | on the mean | per seed |", "|---|---|---|---|---|"]
     for c in claim_list:
-        lines.append(f"| {c['n']} | {c['claim']} | **{c['verdict']}** |")
+        seeds = ", ".join(f"{p['seed']}: {p['verdict']}" for p in c.get("per_seed", [])) or "(one measurement)"
+        lines.append(f"| {c['n']} | {c['claim']} | **{c['verdict']}** | {c.get('verdict_mean', c['verdict'])} | "
+                     f"{seeds} |")
     lines.append("")
     for c in claim_list:
         lines += [f"## Claim {c['n']}: {c['verdict']}", "", c["claim"], "", f"Measured: {c['numbers']}.", ""]
+        for p in c.get("per_seed", []):
+            lines += [f"- seed {p['seed']}: {p['verdict']}; {p['numbers']}"]
+        if c.get("per_seed"):
+            lines.append("")
         if c["note"]:
             lines += [f"Note: {c['note']}.", ""]
     lines += ["## Feature similarity of the base model (Table 1 analogue)", "",

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..plots.runs import load_runs, parse_curve
 
-__all__ = ["ClaimResult", "claims", "mean_std", "fmt_mean_std", "fmt_number", "claim1_features",
+__all__ = ["ClaimResult", "claims", "robust_verdict", "mean_std", "fmt_mean_std", "fmt_number", "claim1_features",
            "claim2_confidence_diversity", "claim3_prop2", "claim4_first_order", "claim5_cf_rl_speed",
            "claim6_gradient_share", "claim7_confidence", "claim8_head_norm"]
 
@@ -311,20 +311,46 @@ def claim8_head_norm(rl_runs, cf_runs, lp_runs) -> ClaimResult:
         f"{fmt_mean_std(fc_lp)}", holds)
 
 
+def _run_claims(rl_runs, cf_runs, lp_runs) -> list[ClaimResult]:
+    """The claims measured on training runs (2, 5, 6, 7, 8)."""
+    return [claim2_confidence_diversity(rl_runs), claim5_cf_rl_speed(rl_runs, cf_runs),
+            claim6_gradient_share(rl_runs, cf_runs), claim7_confidence(rl_runs, cf_runs),
+            claim8_head_norm(rl_runs, cf_runs, lp_runs)]
+
+
+def robust_verdict(holds_mean, holds_per_seed) -> str:
+    """The verdict over seeds: "supported" / "not supported" when the mean over seeds and every seed agree,
+    "mixed" when they disagree, "not measured" when nothing was measured. One measurement (a claim on the base
+    model, or one seed) is its own verdict."""
+    measured = [h for h in holds_per_seed if h is not None]
+    if holds_mean is None and not measured:
+        return VERDICTS[None]
+    votes = set(measured) | ({holds_mean} if holds_mean is not None else set())
+    return VERDICTS[votes.pop()] if len(votes) == 1 else "mixed"
+
+
 def claims(runs_root, features, one_step) -> list[dict]:
     """The eight claims of spec §5 on a reproduction's outputs: the training runs under `runs_root`, the feature
     analysis's result (its "stats") and the one-step experiment's result. Each a dict(n, claim, numbers, holds,
-    verdict, note) (`ClaimResult.as_dict`)."""
+    verdict, note) (`ClaimResult.as_dict`) plus `per_seed` (the run-based claims 2 and 5-8 judged on each seed's
+    runs alone: seed, holds, verdict, numbers; empty for the claims measured once on the base model),
+    `verdict_mean` (the verdict on the mean over seeds) and `verdict` the robust verdict (`robust_verdict`:
+    "mixed" when the seeds disagree with each other or with the mean)."""
     R = load_runs(runs_root)
     rl_runs, cf_runs, lp_runs = R.get("rl", []), R.get("cf-rl", []), R.get("lp-ft", [])
-    results = [
-        claim1_features(features["stats"]),
-        claim2_confidence_diversity(rl_runs),
-        claim3_prop2(one_step),
-        claim4_first_order(one_step),
-        claim5_cf_rl_speed(rl_runs, cf_runs),
-        claim6_gradient_share(rl_runs, cf_runs),
-        claim7_confidence(rl_runs, cf_runs),
-        claim8_head_norm(rl_runs, cf_runs, lp_runs),
-    ]
-    return [c.as_dict() for c in results]
+    by_n = {c.n: c for c in [claim1_features(features["stats"]), claim3_prop2(one_step),
+                              claim4_first_order(one_step), *_run_claims(rl_runs, cf_runs, lp_runs)]}
+    seeds = sorted({r.seed for r in rl_runs + cf_runs + lp_runs if r.seed is not None})
+    per_seed = {n: [] for n in by_n}
+    if len(seeds) > 1:
+        for seed in seeds:
+            pick = [[r for r in runs if r.seed == seed] for runs in (rl_runs, cf_runs, lp_runs)]
+            for c in _run_claims(*pick):
+                per_seed[c.n].append(dict(seed=seed, holds=c.holds, verdict=c.verdict, numbers=c.numbers))
+    out = []
+    for n in sorted(by_n):
+        d = by_n[n].as_dict()
+        d.update(verdict_mean=d["verdict"], per_seed=per_seed[n],
+                 verdict=robust_verdict(d["holds"], [p["holds"] for p in per_seed[n]]))
+        out.append(d)
+    return out
