@@ -6,6 +6,10 @@ backbone reads its input embedding from the head table, which is passed in expli
 
 Attention is written for one code path that serves both teacher forcing and the KV-cache sampler: queries sit
 at absolute slots `q_slot` of a key buffer; a key slot is visible when it is valid and not in the future.
+
+Structured derivatives (ntkdyn/structured.py) pass `taps=Taps(...)` through `features`: zero-valued additive taps
+at every Dense output and at the looked-up embedding rows, and a record of every Dense input. Without `taps`
+(the default) nothing of this runs and every number is unchanged.
 """
 from __future__ import annotations
 
@@ -18,6 +22,60 @@ from flax import nnx
 from .config import ModelConfig
 
 _INIT = jax.nn.initializers.normal(0.02)
+EMBED = ("embed",)  # the Taps key of the looked-up embedding rows x (after adding GPT-2's positions)
+
+
+class Taps:
+    """Zero-valued additive taps at every Dense output and at the looked-up embedding rows, and a record of what
+    those layers read, for structured derivatives (ntkdyn/structured.py).
+
+    Pass `taps=Taps(values_BxTxM)` to `features` (or Backbone.__call__). Keys are the paths of the Dense modules
+    in params["backbone"], e.g. ("layers", 3, "attn", "q"), and EMBED for the embedding rows. Each Dense adds
+    values_BxTxM[key] (B, T, m) to its output y = x @ kernel (+ bias) and records its input u = x (B, T, n) in
+    `inputs_BxTxN[key]`; the lookup adds values_BxTxM[EMBED] (B, T, d) to x and records `ids_BxT` and
+    `positions_BxT`. With values None nothing is added (record only: run it under jax.eval_shape to learn the
+    tap shapes). The VJP with respect to zero taps is the cotangent δ of every Dense output (and of the looked-up
+    rows), from one backward pass through the activations only; a kernel's gradient Σ_t δ_t u_tᵀ is never formed.
+    A Taps object is filled during one call: create a fresh one per call (inside the traced function).
+    """
+
+    def __init__(self, values_BxTxM=None, _path=(), _record=None):
+        self.values_BxTxM = values_BxTxM
+        self.path = _path
+        self._record = {"inputs": {}, "lookup": None} if _record is None else _record
+
+    def scope(self, *names) -> "Taps":
+        """A view for a submodule (the path extended by `names`), sharing the values and the record."""
+        return Taps(self.values_BxTxM, self.path + names, self._record)
+
+    @property
+    def inputs_BxTxN(self) -> dict:
+        return self._record["inputs"]
+
+    @property
+    def ids_BxT(self):
+        return self._record["lookup"][0]
+
+    @property
+    def positions_BxT(self):
+        return self._record["lookup"][1]
+
+    def _add(self, key, y):
+        return y if self.values_BxTxM is None else y + self.values_BxTxM[key].astype(y.dtype)
+
+    def dense(self, x, y):
+        """Record the input x of the Dense at this path and return its output y plus the tap."""
+        self._record["inputs"][self.path] = x
+        return self._add(self.path, y)
+
+    def embed(self, ids, positions, x):
+        """Record the lookup (ids, positions) and return the looked-up rows x plus the tap."""
+        self._record["lookup"] = (ids, positions)
+        return self._add(EMBED, x)
+
+
+def _scope(taps, *names):
+    return None if taps is None else taps.scope(*names)
 
 
 def _param(rngs, shape, init=_INIT):
@@ -31,9 +89,10 @@ class Dense(nnx.Module):
         self.kernel = _param(rngs, (d_in, d_out))
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if bias else None
 
-    def __call__(self, x):
+    def __call__(self, x, taps=None):
         y = x @ self.kernel[...]
-        return y + self.bias[...] if self.bias is not None else y
+        y = y + self.bias[...] if self.bias is not None else y
+        return y if taps is None else taps.dense(x, y)
 
 
 class Norm(nnx.Module):
@@ -88,15 +147,16 @@ class Attention(nnx.Module):
         self.o = Dense(cfg.n_heads * hd, d, cfg.out_bias, rngs)
         self.cfg = cfg
 
-    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0):
+    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0, taps=None):
         """x (B,T,d); positions (B,T); q_slot (T,) absolute key slots of the queries; key_valid (B,S).
-        cache: (k, v) buffers (B,S,KV,hd) written at `start`, or None (keys are x's own tokens, S = T)."""
+        cache: (k, v) buffers (B,S,KV,hd) written at `start`, or None (keys are x's own tokens, S = T).
+        taps: a Taps view for this module (see Taps), or None."""
         cfg = self.cfg
         B, T, _ = x.shape
         hd, H, KV = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        q = rope(self.q(x).reshape(B, T, H, hd), positions, cfg.rotary_dim, cfg.rope_theta)
-        k = rope(self.k(x).reshape(B, T, KV, hd), positions, cfg.rotary_dim, cfg.rope_theta)
-        v = self.v(x).reshape(B, T, KV, hd)
+        q = rope(self.q(x, _scope(taps, "q")).reshape(B, T, H, hd), positions, cfg.rotary_dim, cfg.rope_theta)
+        k = rope(self.k(x, _scope(taps, "k")).reshape(B, T, KV, hd), positions, cfg.rotary_dim, cfg.rope_theta)
+        v = self.v(x, _scope(taps, "v")).reshape(B, T, KV, hd)
         if cache is not None:
             k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, start, 0, 0))
             v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, start, 0, 0))
@@ -108,7 +168,7 @@ class Attention(nnx.Module):
         scores = jnp.where(visible[:, None, None], scores, jnp.finfo(scores.dtype).min)
         p = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(B, T, H * hd)
-        return self.o(out), cache
+        return self.o(out, _scope(taps, "o")), cache
 
 
 class MLP(nnx.Module):
@@ -119,10 +179,11 @@ class MLP(nnx.Module):
         self.down = Dense(cfg.d_ff, cfg.d_model, cfg.out_bias, rngs)
         self.act = activation(cfg.activation)
 
-    def __call__(self, x):
+    def __call__(self, x, taps=None):
         if self.gated:  # SwiGLU
-            return self.down(self.act(self.gate(x)) * self.up(x))
-        return self.down(self.act(self.up(x)))
+            g = self.act(self.gate(x, _scope(taps, "gate")))
+            return self.down(g * self.up(x, _scope(taps, "up")), _scope(taps, "down"))
+        return self.down(self.act(self.up(x, _scope(taps, "up"))), _scope(taps, "down"))
 
 
 class Block(nnx.Module):
@@ -134,12 +195,12 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs)
         self.parallel = cfg.parallel_residual
 
-    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0):
-        a, cache = self.attn(self.ln1(x), positions, q_slot, key_valid, cache, start)
+    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0, taps=None):
+        a, cache = self.attn(self.ln1(x), positions, q_slot, key_valid, cache, start, _scope(taps, "attn"))
         if self.parallel:  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
-            return x + a + self.mlp(self.ln2(x)), cache
+            return x + a + self.mlp(self.ln2(x), _scope(taps, "mlp")), cache
         x = x + a
-        return x + self.mlp(self.ln2(x)), cache
+        return x + self.mlp(self.ln2(x), _scope(taps, "mlp")), cache
 
 
 class Backbone(nnx.Module):
@@ -154,9 +215,11 @@ class Backbone(nnx.Module):
         self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
         self.ln_f = Norm(cfg.d_model, cfg.norm_eps, cfg.family == "llama")
 
-    def __call__(self, ids, head_table=None, positions=None, q_slot=None, key_valid=None, caches=None, start=0):
+    def __call__(self, ids, head_table=None, positions=None, q_slot=None, key_valid=None, caches=None, start=0,
+                 taps=None):
         """ids (B,T). head_table: W, the input table of a tied model. positions default to 0..T-1, q_slot to
-        start..start+T-1, key_valid to all-true. caches: list of per-layer (k, v) or None. Returns (h, caches)."""
+        start..start+T-1, key_valid to all-true. caches: list of per-layer (k, v) or None. taps: a Taps (zero
+        taps and a record of layer inputs, for structured derivatives) or None. Returns (h, caches)."""
         B, T = ids.shape
         table = head_table if self.embed is None else self.embed.embedding[...]
         x = jnp.take(table, ids, axis=0)
@@ -170,9 +233,12 @@ class Backbone(nnx.Module):
             key_valid = jnp.ones((B, S), bool)
         if self.pos is not None:
             x = x + jnp.take(self.pos.embedding[...], positions, axis=0)
+        if taps is not None:
+            x = taps.embed(ids, positions, x)
         new = []
         for i, layer in enumerate(self.layers):
-            x, c = layer(x, positions, q_slot, key_valid, None if caches is None else caches[i], start)
+            x, c = layer(x, positions, q_slot, key_valid, None if caches is None else caches[i], start,
+                         _scope(taps, "layers", i))
             new.append(c)
         return self.ln_f(x), (new if caches is not None else None)
 
@@ -205,7 +271,8 @@ def apply_head(head, h):
 
 
 def features(graphdef, cfg: ModelConfig, params, ids, **kw):
-    """h(c) for every position of ids: the output of the final norm. Pure in params."""
+    """h(c) for every position of ids: the output of the final norm. Pure in params. Keywords go to
+    Backbone.__call__ (positions, q_slot, key_valid, caches, start, taps)."""
     backbone = nnx.merge(graphdef, params["backbone"])
     table = params["head"]["W"] if cfg.tie_word_embeddings else None
     return backbone(ids, table, **kw)

@@ -1,0 +1,219 @@
+"""Tests for ntkdyn.structured (and the Taps of models/transformer.py): exact eNTK blocks from structured
+derivatives, in float64, against an independent brute-force jax.jacrev of the logits (one context at a time, V = 41
+cotangents) and against ntk.decompose.
+
+Tiny random models of every family: GPT-2 (tied, learned positions, biases), GPT-NeoX parallel and sequential
+(partial rotary, biases), Llama with GQA (untied and tied), Qwen2 (qkv bias). Chunks of 5 cotangents (d = 16: four
+chunks, the last one padded) and blocks of 4 contexts (6 contexts: two blocks, padded) make every loop run several
+times.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntkdyn as nd
+from ntkdyn import ntk, structured as st
+from ntkdyn.models.transformer import EMBED, Taps, apply_head, features, graphdef_for, init_params
+
+V, D = 41, 16
+TOL = 1e-10
+IDS = np.array([[5, 9, 5, 11, 9], [3, 9, 7, 3, 12]], np.int32)  # repeated tokens exercise the table terms
+CTX = np.array([[0, 0], [0, 1], [0, 2], [0, 3], [0, 4], [1, 3]], np.int32)
+IDS_B = np.array([[7, 9, 5, 2, 11, 4, 8]], np.int32)  # rectangular kernels: b contexts in another array
+CTX_B = np.array([[0, 6], [0, 2], [0, 4]], np.int32)
+SMALL_S = np.array([3, 9, 40, 11])  # |S| <= d: the rows of W_S are the cotangents
+LARGE_S = np.arange(20, 1, -1)  # |S| > d: M first, then W_S M W_Sᵀ
+FORCE = dict(chunk=5, block=4)
+
+FAMILIES = {
+    "gpt2": dict(family="gpt2", tie_word_embeddings=True, qkv_bias=True, out_bias=True, activation="gelu_new"),
+    "neox_parallel": dict(family="gpt_neox", n_heads=2, n_kv_heads=2, qkv_bias=True, out_bias=True,
+                          rotary_pct=0.25, parallel_residual=True),
+    "neox_sequential": dict(family="gpt_neox", n_heads=2, n_kv_heads=2, qkv_bias=True, out_bias=True,
+                            rotary_pct=0.5),
+    "llama_gqa": dict(family="llama", n_kv_heads=2, activation="silu"),
+    "llama_tied": dict(family="llama", tie_word_embeddings=True, activation="silu"),
+    "qwen2": dict(family="llama", n_kv_heads=2, qkv_bias=True, activation="silu"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)
+
+
+def _rel(x, ref):
+    x, ref = np.asarray(x), np.asarray(ref)
+    assert x.shape == ref.shape, (x.shape, ref.shape)
+    return float(np.abs(x - ref).max() / np.abs(ref).max())
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name):
+    """A tiny model with float64 parameters drawn on the host: weights N(0, 0.15²), norm scales near 1, biases."""
+    kw = dict(vocab_size=V, d_model=D, n_layers=2, n_heads=4, n_kv_heads=4, d_ff=24, max_positions=32)
+    cfg = nd.ModelConfig(**{**kw, **FAMILIES[name]})
+    graphdef, params = init_params(cfg, 0)
+    rng = np.random.default_rng(sorted(FAMILIES).index(name))
+
+    def draw(path, x):
+        key = path[-1].key
+        if key == "scale":
+            return 1.0 + 0.1 * rng.standard_normal(x.shape)
+        return (0.1 if key == "bias" else 0.15) * rng.standard_normal(x.shape)
+
+    params = jax.tree_util.tree_map_with_path(draw, params)
+    if "b" not in params["head"] and name == "neox_sequential":
+        params["head"]["b"] = 0.1 * rng.standard_normal(V)  # a head bias: s = h·h' + 1
+    return cfg, graphdef_for(cfg), params
+
+
+# ----------------------------------------------------------------------------------------------- references
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "untied"))
+def _jac(graphdef, cfg, untied, theta, ids, row, pos):
+    """∂z(c)/∂θ (V, P) of one context by jax.jacrev (V = 41 cotangents); untied: the table cloned (input copy
+    'table_in' separate from the head)."""
+
+    def z(th):
+        inner = {"backbone": th["backbone"], "head": {"W": th["table_in"]} if untied else th["head"]}
+        return apply_head(th["head"], features(graphdef, cfg, inner, ids[row][None])[0][0])[pos]
+
+    J = jax.jacrev(z)(theta)
+    return jnp.concatenate([j.reshape(cfg.vocab_size, -1) for j in jax.tree.leaves(J)], axis=1)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(name, untied=False):
+    """Θ (N, N, V, V) on (IDS, CTX) and Θ (Na, Nb, V, V) between CTX[:5] and (IDS_B, CTX_B), brute force."""
+    cfg, graphdef, params = _model(name)
+    theta = {**params, "table_in": params["head"]["W"]} if untied else params
+    Ja = np.stack([_jac(graphdef, cfg, untied, theta, IDS, r, p) for r, p in CTX])
+    Jb = np.stack([_jac(graphdef, cfg, untied, theta, IDS_B, r, p) for r, p in CTX_B])
+    return np.einsum("avp,bwp->abvw", Ja, Ja), np.einsum("avp,bwp->abvw", Ja[:5], Jb)
+
+
+def _total(k):
+    t = k.representation[:, :, None, None] * np.eye(V) + np.asarray(k.gradient)
+    return t if k.cross is None else t + np.asarray(k.cross)
+
+
+def _kernel(name, output="full", rect=False, **kw):
+    cfg, graphdef, params = _model(name)
+    b = (IDS_B, CTX_B[:, 0], CTX_B[:, 1]) if rect else (None, None, None)
+    ctx = CTX[:5] if rect else CTX
+    return st.structured_kernel(graphdef, cfg, params, IDS, ctx[:, 0], ctx[:, 1], *b, output=output,
+                                **{**FORCE, **kw})
+
+
+# ----------------------------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_full_kernel_matches_bruteforce(name):
+    cfg = _model(name)[0]
+    ref, ref_rect = _reference(name)
+    k = _kernel(name)
+    assert k.gradient.dtype == jnp.float64 and k.gradient.shape == (6, 6, V, V)
+    assert k.plan.n_chunks == 4 and k.plan.blocks_a == 2 and k.plan.sweeps > k.plan.n_chunks
+    assert _rel(_total(k), ref) < TOL
+    assert (k.cross is not None) == cfg.tie_word_embeddings
+    kr = _kernel(name, rect=True)
+    assert kr.gradient.shape == (5, 3, V, V) and _rel(_total(kr), ref_rect) < TOL
+    if cfg.tie_word_embeddings:  # the untied view: same G, no X, equal to the cloned-table brute force
+        ku = _kernel(name, untied=True)
+        assert ku.cross is None
+        assert _rel(_total(ku), _reference(name, untied=True)[0]) < TOL
+        np.testing.assert_allclose(ku.gradient, k.gradient, rtol=0, atol=TOL * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_trace_subset_hidden_match_full_and_decompose(name):
+    cfg, graphdef, params = _model(name)
+    lm = nd.LM(cfg, params, graphdef=graphdef)
+    full = _kernel(name)
+    G, X = np.asarray(full.gradient), full.cross
+    for out, kw, take in (("trace", {}, lambda K: np.trace(K, axis1=2, axis2=3)),
+                          ("subset", dict(tokens=SMALL_S), lambda K: K[:, :, SMALL_S][:, :, :, SMALL_S]),
+                          ("subset", dict(tokens=LARGE_S), lambda K: K[:, :, LARGE_S][:, :, :, LARGE_S])):
+        k = _kernel(name, out, **kw)
+        assert _rel(k.gradient, take(G)) < TOL
+        ref = ntk.decompose(lm, IDS, CTX, params=params, output=out, **kw)
+        assert _rel(k.gradient, ref.gradient) < TOL
+        np.testing.assert_allclose(k.representation, ref.representation, rtol=1e-12)
+        if X is None:
+            assert k.cross is None and ref.cross is None
+        else:
+            assert _rel(k.cross, take(np.asarray(X))) < TOL and _rel(k.cross, ref.cross) < TOL
+    assert _kernel(name, "subset", tokens=SMALL_S).plan.basis == "subset"
+    assert _kernel(name, "subset", tokens=LARGE_S).plan.basis == "identity"
+    M = _kernel(name, "hidden")
+    assert M.cross is None and M.gradient.shape == (6, 6, D, D)
+    W = np.asarray(params["head"]["W"])
+    assert _rel(np.einsum("vk,abkl,wl->abvw", W, M.gradient, W), G) < TOL
+    assert _rel(M.gradient, ntk.hidden_kernel(lm, IDS, CTX, params=params)) < TOL
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])
+def test_rectangular_trace_and_budget_plans(name):
+    """Rectangular traces (for a tied head, the cross rows W[id_t] follow L's rows in the last chunks, on both
+    sides); plans chosen by the memory budget alone give the same numbers."""
+    _, ref_rect = _reference(name)
+    k = _kernel(name, "trace", rect=True)
+    full = _kernel(name, rect=True)
+    assert _rel(k.gradient, np.trace(np.asarray(full.gradient), axis1=2, axis2=3)) < TOL
+    if full.cross is not None:
+        assert k.plan.cross_rows == 7 and k.plan.n_chunks == 5  # 16 rows of L, then W[id_t] for t < max(5, 7)
+        assert _rel(k.cross, np.trace(np.asarray(full.cross), axis1=2, axis2=3)) < TOL
+    np.testing.assert_allclose(np.trace(_total(full), axis1=2, axis2=3), np.trace(ref_rect, axis1=2, axis2=3),
+                               rtol=TOL)
+    for budget in (1 << 30, 600_000):
+        kb = _kernel(name, "trace", chunk=None, block=None, memory_budget=budget)
+        if budget < 1 << 20:
+            assert kb.plan.sweeps > 1 and kb.plan.predicted_bytes <= budget
+        else:
+            assert kb.plan.sweeps == 1 and kb.plan.n_chunks == 1 and kb.plan.blocks_a == 1
+        assert _rel(kb.gradient, _kernel(name, "trace").gradient) < TOL
+
+
+# ----------------------------------------------------------------------------------------------- taps, plans
+def test_taps_default_path_unchanged_and_weight_gradients():
+    """Zero taps change no number; the VJP w.r.t. the taps gives δ with Σ_t u_t δ_tᵀ = the kernel gradient."""
+    cfg, graphdef, params = _model("qwen2")
+    ids = jnp.asarray(IDS)
+    h = features(graphdef, cfg, params, ids)[0]
+    rec = Taps()
+    np.testing.assert_array_equal(features(graphdef, cfg, params, ids, taps=rec)[0], h)
+    shapes = {k: v.shape for k, v in rec.inputs_BxTxN.items()}
+    assert shapes[("layers", 1, "mlp", "down")] == (2, 5, 24) and rec.ids_BxT.shape == (2, 5)
+    zeros = {k: jnp.zeros(v.shape[:2] + (params["backbone"]["layers"][k[1]][k[2]][k[3]]["kernel"].shape[1],))
+             for k, v in rec.inputs_BxTxN.items()}
+    zeros[EMBED] = jnp.zeros((2, 5, D))
+    np.testing.assert_array_equal(features(graphdef, cfg, params, ids, taps=Taps(zeros))[0], h)
+
+    def f(kernel, values):
+        p = jax.tree.map(lambda x: x, params)
+        p["backbone"]["layers"][0]["attn"]["k"]["kernel"] = kernel
+        taps = Taps(values)
+        return jnp.sum(features(graphdef, cfg, p, ids, taps=taps)[0][:, 3] ** 2), taps.inputs_BxTxN
+
+    kernel = params["backbone"]["layers"][0]["attn"]["k"]["kernel"]
+    (gk, gv), u = jax.grad(f, argnums=(0, 1), has_aux=True)(kernel, zeros)
+    key = ("layers", 0, "attn", "k")
+    np.testing.assert_allclose(np.einsum("btn,btm->nm", u[key], gv[key]), gk, rtol=1e-12, atol=1e-14)
+
+
+def test_bad_arguments():
+    cfg, graphdef, params = _model("llama_gqa")
+    args = (graphdef, cfg, params, IDS, CTX[:, 0], CTX[:, 1])
+    with pytest.raises(ValueError, match="unknown output"):
+        st.structured_kernel(*args, output="hutchinson")
+    with pytest.raises(ValueError, match="tokens"):
+        st.structured_kernel(*args, output="subset")
+    with pytest.raises(ValueError, match="chunk"):
+        st.structured_kernel(*args, chunk=0)
