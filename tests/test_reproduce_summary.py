@@ -41,3 +41,10 @@ def test_write_summary(tmp_path):
     write_summary(str(path), CLAIMS, META)
     assert path.read_text() == summary_markdown(CLAIMS, META)
     assert sorted(p.name for p in path.parent.iterdir()) == ["summary.md"]  # written atomically, nothing left over
+
+
+def test_table_cells_escape_pipes():
+    claims = [dict(CLAIMS[0], claim="raises log π(y_u | c_o).")]
+    md = summary_markdown(claims, META)
+    assert "| 1 | raises log π(y_u \\| c_o). | **supported** |" in md
+    assert "## Claim 1: supported\n\nraises log π(y_u | c_o)." in md  # prose keeps the plain bar

@@ -17,7 +17,7 @@ from ..rl.recipes import RECIPES
 from ..tasks import DEFAULT_TASK
 from ..tasks import get as get_task
 from .verdicts import claims
-from .summary import write_summary
+from .summary import table_cell, write_summary
 
 __all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "run_base_seeds", "robustness_markdown", "add_arguments", "run_cli"]
 
@@ -229,7 +229,7 @@ def robustness_markdown(results: dict, rewards: dict) -> str:
             cb = results[b][i]
             per = ", ".join(p["verdict"] for p in cb.get("per_seed", []))
             cells.append(f"**{cb['verdict']}**" + (f" ({per})" if per else ""))
-        lines.append(f"| {c['n']} | {c['claim']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {c['n']} | {table_cell(c['claim'])} | " + " | ".join(cells) + " |")
     agree = [c["n"] for i, c in enumerate(results[bases[0]])
              if len({results[b][i]["verdict"] for b in bases}) == 1]
     lines += ["", f"Claims whose verdict is the same on every base model: {agree}.", ""]

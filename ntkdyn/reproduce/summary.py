@@ -5,7 +5,12 @@ from __future__ import annotations
 from ..io import write_text
 from ..plots.analysis import feature_table_markdown
 
-__all__ = ["summary_markdown", "write_summary"]
+__all__ = ["summary_markdown", "write_summary", "table_cell"]
+
+
+def table_cell(text: str) -> str:
+    """Text for a Markdown table cell (a literal "|", as in log π(y | c), would end the cell)."""
+    return str(text).replace("|", "\\|")
 
 
 def summary_markdown(claim_list, meta) -> str:
@@ -25,7 +30,8 @@ def summary_markdown(claim_list, meta) -> str:
              "| # | claim (spec §5) | verdict | on the mean | per seed |", "|---|---|---|---|---|"]
     for c in claim_list:
         seeds = ", ".join(f"{p['seed']}: {p['verdict']}" for p in c.get("per_seed", [])) or "(one measurement)"
-        lines.append(f"| {c['n']} | {c['claim']} | **{c['verdict']}** | {c.get('verdict_mean', c['verdict'])} | "
+        lines.append(f"| {c['n']} | {table_cell(c['claim'])} | **{c['verdict']}** | "
+                     f"{c.get('verdict_mean', c['verdict'])} | "
                      f"{seeds} |")
     lines.append("")
     for c in claim_list:
