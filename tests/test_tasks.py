@@ -224,3 +224,33 @@ def test_sampling_with_replacement_when_split_is_small():
     many = task.prompts("test", 3 * len(pool), seed=0)
     assert len(many) == 3 * len(pool)
     assert set(many) <= set(pool)
+
+
+def test_resolve_and_the_common_task_interface():
+    assert tasks.names() == ["sum", "multiple", "word"]  # the character tasks only (rl/sft validate against it)
+    assert tasks.all_names() == tasks.names() + ["add", "mul", "two-sum", "list-multiples"]
+    for name in tasks.all_names():
+        task = tasks.resolve(name)
+        assert isinstance(task, tasks.Task) and task.name == name
+        rows = task.rows("train", 3, seed=0)
+        assert [r["prompt"] for r in rows] == task.prompts("train", 3, seed=0)
+        pool = task.split_rows("test")
+        assert pool is None or [r["prompt"] for r in pool] == task.split_prompts("test")
+        p = rows[0]["prompt"]
+        assert task.reward(p, task.reference(p)) == 1.0
+        assert task.canonical(p, task.reference(p)) in task.correct_answers(p)
+        (fn,) = task.reward_funcs()
+        assert fn.__name__ == name and task.reward_weights() is None
+    assert tasks.resolve("sum") is tasks.get("sum")
+    with pytest.raises(ValueError, match="unknown task 'nope'.*'sum', 'multiple', 'word', 'add'"):
+        tasks.resolve("nope")
+    with pytest.raises(ValueError, match="takes no parameters"):
+        tasks.resolve("sum", lo=3)
+
+
+def test_character_task_reward_function_matches_reward():
+    task = tasks.get("word")
+    prompts = task.prompts("test", 5, seed=0)
+    texts = ["qate", "", "abc", "zzzz", None]
+    out = tasks.RewardSet(task.reward_funcs())(prompts, texts)
+    assert out.rewards.tolist() == [task.reward(p, t) for p, t in zip(prompts, texts)]

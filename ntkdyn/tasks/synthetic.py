@@ -1,9 +1,10 @@
-"""Synthetic tasks with verifiable rewards and many correct answers per prompt.
+"""Synthetic character tasks with verifiable rewards and many correct answers per prompt.
 
 Each task maps a short prompt (<= 16 characters) to a large, enumerable set of
 short correct answers (<= 8 characters), so that the diversity of a policy's
 answers can be measured exactly. All prompts and answers use only
-:data:`ntkdyn.models.tokenizer.CHARSET`.
+:data:`ntkdyn.models.tokenizer.CHARSET`; only ntkdyn's own character model (the
+embedded default model) understands them.
 
 Conventions shared by every task:
 
@@ -17,9 +18,7 @@ Conventions shared by every task:
   *prompt* is a caller bug and raises ``ValueError``.
 * ``prompts(split, n, seed)`` partitions the prompt space deterministically by
   a CRC32 hash of the prompt text (about 20% of prompts are "test"), so the
-  splits never share a prompt. It returns ``n`` distinct prompts drawn without
-  replacement when the split has at least ``n`` of them, otherwise it samples
-  with replacement. The result depends only on ``(split, n, seed)``.
+  splits never share a prompt (:class:`ntkdyn.tasks.base.Task`).
 
 Use :func:`names` / :func:`get` to access the registry.
 """
@@ -28,10 +27,11 @@ from __future__ import annotations
 
 import itertools
 import re
-import zlib
 from functools import lru_cache
 
 import numpy as np
+
+from .base import SPLITS, Task
 
 __all__ = [
     "Task",
@@ -44,109 +44,8 @@ __all__ = [
     "get",
 ]
 
-SPLITS = ("train", "test")
 DEFAULT_TASK = "sum"
-
-#: Completions longer than this (after stripping trailing whitespace) score 0.
-MAX_COMPLETION_CHARS = 32
-_TEST_PERCENT = 20  # share of the prompt space in the test split
 _NUMBER = "(0|[1-9][0-9]*)"  # canonical non-negative decimal, ASCII digits only
-
-
-class Task:
-    """Base class: a prompt space, a split rule, a reward and its optimal set.
-
-    Subclasses define ``name``, ``description``, ``binary`` and implement
-    :meth:`parse`, :meth:`reward`, :meth:`correct_answers`, :meth:`sample_answer`
-    and either :meth:`all_prompts` (small prompt spaces) or
-    :meth:`_random_prompt` (large ones).
-    """
-
-    name: str = ""
-    description: str = ""
-    binary: bool = True
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r})"
-
-    # ----- prompt space and splits -------------------------------------------
-    def split_of(self, prompt: str) -> str:
-        """``"train"`` or ``"test"``: the split ``prompt`` belongs to (a fixed
-        function of the prompt text)."""
-        h = zlib.crc32(f"{self.name}|{prompt}".encode()) % 100
-        return "test" if h < _TEST_PERCENT else "train"
-
-    def all_prompts(self) -> list[str] | None:
-        """Every prompt of the task, in a fixed order, or ``None`` when the
-        prompt space is too large to enumerate."""
-        return None
-
-    def _random_prompt(self, rng: np.random.Generator) -> str:
-        """One uniformly random prompt (needed when :meth:`all_prompts` is None)."""
-        raise NotImplementedError
-
-    def split_prompts(self, split: str) -> list[str] | None:
-        """All prompts of ``split`` (``None`` if the space is not enumerable)."""
-        _check_split(split)
-        return _split_pool(self, split)
-
-    def prompts(self, split: str, n: int, seed: int = 0) -> list[str]:
-        """``n`` prompts of ``split`` (``"train"`` or ``"test"``), deterministic
-        in ``seed``.
-
-        Distinct prompts when the split holds at least ``n`` of them; otherwise
-        drawn with replacement (so repeats occur).
-        """
-        _check_split(split)
-        n = int(n)
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        rng = np.random.default_rng(seed)
-        pool = _split_pool_cached(self, split)
-        if pool is not None:
-            idx = rng.choice(len(pool), size=n, replace=n > len(pool))
-            return [pool[i] for i in idx]
-        out, seen = [], set()
-        while len(out) < n:
-            p = self._random_prompt(rng)
-            if p not in seen and self.split_of(p) == split:
-                seen.add(p)
-                out.append(p)
-        return out
-
-    # ----- answers ------------------------------------------------------------
-    def parse(self, prompt: str) -> tuple:
-        """Parameters of ``prompt``; raises ``ValueError`` if it is malformed."""
-        raise NotImplementedError
-
-    def reward(self, prompt: str, completion: str) -> float:
-        """Reward in [0, 1] of ``completion`` for ``prompt`` (never raises on
-        the completion)."""
-        raise NotImplementedError
-
-    def correct_answers(self, prompt: str) -> list[str]:
-        """All answers with reward 1 (binary) / >= 0.9 (graded), in a fixed order."""
-        raise NotImplementedError
-
-    def answer_space_size(self, prompt: str) -> int:
-        """Number of correct (binary) / near-optimal, reward >= 0.9 (graded)
-        answers."""
-        return len(self.correct_answers(prompt))
-
-    def sample_answer(self, prompt: str, rng: np.random.Generator, correct: bool) -> str:
-        """A well-formed answer: uniformly random among the correct ones if
-        ``correct``, else a wrong one (reward 0 for binary tasks, <= 0.5 for
-        graded)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def normalize(completion) -> str | None:
-        """The completion as scored (trailing whitespace removed), or ``None``
-        when it is not a string or is longer than ``MAX_COMPLETION_CHARS``."""
-        if not isinstance(completion, str):
-            return None
-        text = completion.rstrip()
-        return text if len(text) <= MAX_COMPLETION_CHARS else None
 
 
 class SumTask(Task):
@@ -354,24 +253,6 @@ def _word_answers(letters: str, n: int) -> tuple[str, ...]:
     return tuple(
         letters[0] + "".join(p) for p in itertools.permutations(sorted(letters[1:]), n - 1)
     )
-
-
-@lru_cache(maxsize=None)
-def _split_pool_cached(task: Task, split: str) -> tuple[str, ...] | None:
-    everything = task.all_prompts()
-    if everything is None:
-        return None
-    return tuple(p for p in everything if task.split_of(p) == split)
-
-
-def _split_pool(task: Task, split: str) -> list[str] | None:
-    pool = _split_pool_cached(task, split)
-    return None if pool is None else list(pool)
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 _REGISTRY: dict[str, Task] = {t.name: t for t in (SumTask(), MultipleTask(), WordTask())}
