@@ -1,8 +1,9 @@
 """Scoring sampled completions: the one evaluation used by SFT (`sft.evaluate`) and by the RL trainer.
 
-A completion is the generated tokens up to and including EOS (:func:`decode_completions`); one without EOS inside
-``max_new_tokens`` is truncated and scores 0 (:func:`completion_rewards`). A completion is correct when its reward
-is at least :data:`CORRECT` (reward 1 for a binary task, the near-optimal answers of a graded one: the task's
+A completion is the generated tokens up to and including its first EOS id (:func:`decode_completions`; every id
+of ``tokenizer.eos_ids_of``: a chat model's end-of-turn and end-of-text); one without EOS inside
+``max_new_tokens`` is truncated and scores 0 (:func:`completion_rewards`, unless ``score_truncated``). A
+completion is correct when its reward is at least :data:`CORRECT` (reward 1 for a binary task, the near-optimal answers of a graded one: the task's
 correct set, ``tasks.Task.correct_answers``). :func:`sample_stats` turns the rewards and texts of ``samples``
 completions per prompt into the reported numbers (reward, pass@k curve, distinct answers, ...); :func:`evaluate`
 samples a model (``lm.generate``) on held-out prompts and scores it. The RL trainer samples with its own sharded,
@@ -14,7 +15,7 @@ import numpy as np
 
 from . import metrics as M
 from . import tasks as _tasks
-from .models.tokenizer import encode_prompt
+from .models.tokenizer import encode_prompt, eos_ids_of
 
 __all__ = ["CORRECT", "MAX_NEW_TOKENS", "decode_completions", "completion_rewards", "well_formed",
            "held_out_prompts", "pass_ks", "sample_stats", "task_of", "evaluate"]
@@ -22,25 +23,28 @@ __all__ = ["CORRECT", "MAX_NEW_TOKENS", "decode_completions", "completion_reward
 CORRECT = 0.9  # reward at or above which a completion is in the task's correct set (tasks.Task.correct_answers)
 
 
-def decode_completions(tokenizer, tokens, mask, eos_id: int | None = None):
-    """Texts of sampled completions (``Generation.tokens`` / ``.mask``, (B, N)): the tokens before EOS, decoded.
+def decode_completions(tokenizer, tokens, mask, eos_id=None):
+    """Texts of sampled completions (``Generation.tokens`` / ``.mask``, (B, N)): the tokens before the first EOS,
+    decoded. ``eos_id``: an id or a sequence of ids (default: every EOS id of the tokenizer, ``eos_ids_of``).
     Returns ``(texts, finished)``; ``finished[i]`` is False when row i hit ``max_new_tokens`` without EOS."""
-    eos = tokenizer.eos_id if eos_id is None else eos_id
+    eos = eos_ids_of(tokenizer) if eos_id is None else np.asarray(eos_id).reshape(-1).tolist()
+    eos = set(int(i) for i in eos)
     tokens, mask = np.asarray(tokens), np.asarray(mask)
     texts, finished = [], []
     for row, m in zip(tokens, mask):
         row = row[m.astype(bool)].tolist()
-        done = eos in row
-        texts.append(tokenizer.decode(row[: row.index(eos)] if done else row))
-        finished.append(done)
+        end = next((i for i, t in enumerate(row) if t in eos), None)
+        texts.append(tokenizer.decode(row if end is None else row[:end]))
+        finished.append(end is not None)
     return texts, np.asarray(finished, bool)
 
 
-def completion_rewards(task, prompts, texts, finished, reward_fn=None) -> np.ndarray:
+def completion_rewards(task, prompts, texts, finished, reward_fn=None, score_truncated: bool = False) -> np.ndarray:
     """float64 rewards: ``reward_fn(prompt, text)`` (default ``task.reward``) of each completion; a truncated
-    completion (no EOS) scores 0."""
+    completion (no EOS) scores 0, unless ``score_truncated`` (then it is scored like the others, as TRL does)."""
     fn = reward_fn or task.reward
-    return np.asarray([float(fn(p, t)) if f else 0.0 for p, t, f in zip(prompts, texts, finished)], np.float64)
+    return np.asarray([float(fn(p, t)) if f or score_truncated else 0.0 for p, t, f in zip(prompts, texts, finished)],
+                      np.float64)
 
 
 def well_formed(task, text: str) -> bool:
@@ -104,7 +108,8 @@ def task_of(task):
 
 
 def evaluate(lm, task, n_prompts: int = 64, samples: int = 32, seed: int = 0, split: str = "test", *,
-             max_new_tokens: int = MAX_NEW_TOKENS, temperature: float = 1.0, chunk: int = 1024) -> dict:
+             max_new_tokens: int = MAX_NEW_TOKENS, temperature: float = 1.0, chunk: int = 1024,
+             chat: bool | None = None) -> dict:
     """Sample ``samples`` completions per held-out prompt at ``temperature`` (stopping at EOS) and score them.
 
     Prompts: ``n_prompts`` of ``split`` (the whole split when it holds fewer, e.g. the 16 test prompts of "sum").
@@ -113,7 +118,8 @@ def evaluate(lm, task, n_prompts: int = 64, samples: int = 32, seed: int = 0, sp
     completions per prompt, mean over prompts), ``distinct_correct`` (distinct completions in the correct set),
     ``answer_space`` (mean size of the correct set per prompt, ``task.answer_space_size``), ``frac_malformed`` (no
     EOS or not in the task's answer format), ``frac_truncated`` (no EOS), ``mean_length`` (completion tokens incl.
-    EOS), ``n_prompts`` and ``samples``."""
+    EOS), ``n_prompts`` and ``samples``. Prompts are encoded by ``encode_prompt(tok, p, chat=chat)`` (the chat
+    template when the tokenizer has one, for ``chat=None``); sampling stops at every EOS id of the model."""
     task = task_of(task)
     if lm.tokenizer is None:
         raise ValueError("evaluate needs a model with a tokenizer (lm.tokenizer is None)")
@@ -122,12 +128,13 @@ def evaluate(lm, task, n_prompts: int = 64, samples: int = 32, seed: int = 0, sp
     prompts = held_out_prompts(task, n_prompts, seed, split)
     tok = lm.tokenizer
     flat = [p for p in prompts for _ in range(samples)]
-    ids = [encode_prompt(tok, p) for p in flat]
+    ids = [encode_prompt(tok, p, chat=chat) for p in flat]
+    eos = eos_ids_of(tok, lm.config)
     texts, finished, lengths = [], [], []
     for i in range(0, len(ids), chunk):
         g = lm.generate(ids[i: i + chunk], max_new_tokens, temperature=temperature, seed=seed + i,
-                        stop_token=tok.eos_id)
-        t, f = decode_completions(tok, g.tokens, g.mask, tok.eos_id)
+                        stop_token=eos)
+        t, f = decode_completions(tok, g.tokens, g.mask, eos)
         texts += t
         finished.append(f)
         lengths.append(np.asarray(g.mask).sum(1))

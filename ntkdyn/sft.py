@@ -2,12 +2,15 @@
 
 Data format (used by the WHOLE toolkit: SFT, RL rollouts, LP-FT, the kernels' probe contexts):
 
-* a training sequence is ``[bos] + encode(prompt) + encode(answer) + [eos]`` with the character tokenizer of
-  :mod:`ntkdyn.tasks` (pad=0, bos=1, eos=2); the answer follows the prompt directly (``"sum 47:" + "12+35"``);
+* a training sequence is ``encode_prompt(prompt) + encode(answer) + [eos]``: with the character tokenizer of
+  :mod:`ntkdyn.tasks` (pad=0, bos=1, eos=2) ``[bos] + encode(prompt) + encode(answer) + [eos]``, the answer
+  following the prompt directly (``"sum 47:" + "12+35"``); with a chat model's tokenizer the prompt is rendered by
+  its chat template (a user turn and the generation prompt) and the answer + EOS (its end-of-turn token) is the
+  assistant turn;
 * batches of sequences are RIGHT-padded with ``pad`` (:func:`make_examples`); the loss mask is 1 on the tokens that
   are prediction targets, the answer tokens and the EOS, and 0 on BOS, the prompt and the padding;
-* an RL rollout prompt is ``[bos] + encode(prompt)`` (:func:`prompt_ids`; LEFT-padded for the sampler by
-  ``lm.generate``), and the completion is the generated tokens up to and including EOS
+* an RL rollout prompt is ``encode_prompt(prompt)`` (:func:`prompt_ids`; LEFT-padded for the sampler by
+  ``lm.generate``), and the completion is the generated tokens up to and including the first EOS id
   (:func:`decode_completions`). A completion without EOS inside ``max_new_tokens`` is truncated: it scores 0
   (:func:`completion_rewards`) and counts as malformed. Scoring and :func:`evaluate` live in
   :mod:`ntkdyn.evaluation` (shared with the RL trainer) and are re-exported here.
@@ -23,6 +26,7 @@ Quick start::
 
     from ntkdyn import sft, tasks
     lm = sft.train("sum", "runs/sum-base")           # AdamW, warmup + cosine; writes a HF model dir + logs
+    lm = sft.train("sum", "runs/smol-sum", model="smollm2-135m-instruct", lr=1e-5, steps=20)   # fine-tune
     sft.evaluate(lm, tasks.get("sum"))               # {"reward": ..., "distinct": ..., "frac_malformed": ...}
     ids, loss_mask = sft.make_examples(tasks.get("sum"), lm.tokenizer, ["sum 47:"], ["12+35"])
     sft.sequence_ce_loss(lm, lm.params, ids, loss_mask)   # pure in params (jax.grad works)
@@ -47,8 +51,8 @@ from .io import append_jsonl, atomic_dir, read_jsonl, write_json
 from .models.config import ModelConfig
 from .models.lm import LM
 from .models.logprobs import next_token_logp
-from .models.padding import pad_right
-from .models.tokenizer import encode_prompt
+from .examples import make_examples, prompt_ids
+from .models.tokenizer import CHAT_CHOICES, chat_enabled
 from .optim import make_optimizer, matrices_only
 
 __all__ = [
@@ -84,42 +88,6 @@ _SHAPES = {"default": (128, 4, 4, 4), "tiny": (64, 2, 4, 3)}
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def prompt_ids(tokenizer, prompts) -> list[list[int]]:
-    """The RL rollout prompts: ``[bos] + encode(prompt)`` for every prompt (lists of different lengths; pass them
-    to ``lm.generate``, which left-pads)."""
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, not one string")
-    return [encode_prompt(tokenizer, p) for p in prompts]
-
-
-def make_examples(task, tokenizer, prompts, answers, length: int | None = None):
-    """Teacher-forcing batch of ``[bos] + prompt + answer + [eos]`` sequences.
-
-    Returns ``(ids, loss_mask)``: ``ids`` (B, T) int32 RIGHT-padded with ``tokenizer.pad_id``, and ``loss_mask``
-    (B, T) float32, 1 exactly on the answer tokens and the EOS (the prediction targets). ``T`` is the longest
-    sequence, or ``length`` when given (a fixed shape avoids recompiling a jitted step).
-    """
-    prompts, answers = list(prompts), list(answers)
-    if len(prompts) != len(answers):
-        raise ValueError(f"make_examples: {len(prompts)} prompts but {len(answers)} answers")
-    if not prompts:
-        raise ValueError("make_examples: no examples")
-    if task is not None:
-        for p in prompts[:1]:
-            task.parse(p)  # a prompt of another task is a caller bug: fail early and clearly
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    heads = [encode_prompt(tokenizer, p) for p in prompts]
-    rows = [h + list(tokenizer.encode(a)) + [tokenizer.eos_id] for h, a in zip(heads, answers)]
-    T = max(len(r) for r in rows)
-    if length is not None and length < T:
-        raise ValueError(f"make_examples: length={length} is shorter than the longest sequence ({T} tokens)")
-    ids, real = pad_right(rows, pad, length)
-    mask = real.astype(np.float32)
-    for i, h in enumerate(heads):
-        mask[i, : len(h)] = 0.0  # BOS and the prompt are context, not targets
-    return ids, mask
 
 
 def draw_sft_data(task, n: int, seed: int = 0, correct_frac: float = DEFAULTS["correct_frac"]):
@@ -252,8 +220,14 @@ def train(task_name: str = _tasks.DEFAULT_TASK, out_dir: str = "runs/sft", *, fa
           clean_frac: float = DEFAULTS["clean_frac"], warmup: int = DEFAULTS["warmup"],
           weight_decay: float = DEFAULTS["weight_decay"],
           log_every: int = DEFAULTS["log_every"], eval_prompts: int = DEFAULTS["eval_prompts"],
-          eval_samples: int = DEFAULTS["eval_samples"], progress: bool = True) -> LM:
-    """Train a base model from scratch on ``task_name`` by SFT and write it to ``out_dir``.
+          eval_samples: int = DEFAULTS["eval_samples"], progress: bool = True, model: str | None = None,
+          chat: bool | None = None) -> LM:
+    """Train a base model from scratch on ``task_name`` by SFT (or fine-tune ``model``) and write it to ``out_dir``.
+
+    ``model``: None trains a new :func:`default_config` model (``family``, ``size``) with the character tokenizer;
+    a model directory, .gguf file or known name (``"smollm2-135m-instruct"``) is fine-tuned from its weights with
+    its own tokenizer (``family`` / ``size`` are then unused). ``chat``: the chat-template switch of
+    :func:`make_examples` (None: on when the tokenizer has a template).
 
     ``steps`` AdamW steps (warmup then cosine decay to 5% of ``lr``, global-norm clip 1, weight decay on matrices)
     on fresh batches of :func:`draw_sft_data` (``batch_size * steps`` examples, seed ``seed``), in two phases: the
@@ -275,11 +249,32 @@ def train(task_name: str = _tasks.DEFAULT_TASK, out_dir: str = "runs/sft", *, fa
                 clean_frac=float(clean_frac), warmup=int(warmup),
                 weight_decay=float(weight_decay), log_every=int(log_every), eval_prompts=int(eval_prompts),
                 eval_samples=int(eval_samples))
-    tok = _tasks.CharTokenizer()
-    cfg = default_config(tok.vocab_size, family, size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
-                         pad_token_id=tok.pad_id)
+    if model is None:
+        tok = _tasks.CharTokenizer()
+        cfg = default_config(tok.vocab_size, family, size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                             pad_token_id=tok.pad_id)
+        lm = LM.init(cfg, seed=args["seed"], tokenizer=tok)
+    else:
+        lm = _pretrained(model)
+        args.update(model=str(model), family=lm.config.family, size=None, chat=chat)
+    chat_enabled(lm.tokenizer, chat)  # a bad switch fails before any work
     with atomic_dir(out_dir, what="sft output directory") as stage:  # staged, renamed into place at the end
-        return _train_in(stage, task, tok, cfg, args, progress)
+        return _train_in(stage, task, lm, args, progress, chat)
+
+
+def _pretrained(model) -> LM:
+    """The model to fine-tune (ntkdyn.models.lm.load: a directory, a .gguf file or a known name); one without
+    tokenizer files gets the character tokenizer when the vocabularies agree."""
+    from .models.lm import load
+
+    lm = load(os.fspath(model))
+    if lm.tokenizer is None:
+        tok = _tasks.CharTokenizer()
+        if tok.vocab_size != lm.config.vocab_size:
+            raise ValueError(f"model {model}: no tokenizer files, and its vocabulary ({lm.config.vocab_size}) is "
+                             f"not the character tokenizer's ({tok.vocab_size})")
+        lm.tokenizer = tok
+    return lm
 
 
 def _version():
@@ -292,7 +287,7 @@ def _version():
         return None
 
 
-def _train_data(task, tok, cfg, args):
+def _train_data(task, tok, cfg, args, chat=None):
     """(ids, loss_mask) of all steps * batch_size examples, in training order.
 
     Phase 1 (the first clean_frac of the steps): correct answers only, which teaches the task's structure fast;
@@ -301,23 +296,26 @@ def _train_data(task, tok, cfg, args):
     n_clean = int(round(args["clean_frac"] * steps)) * B
     p1, a1 = draw_sft_data(task, n_clean, seed=args["seed"], correct_frac=1.0)
     p2, a2 = draw_sft_data(task, steps * B - n_clean, seed=args["seed"] + 100_003, correct_frac=args["correct_frac"])
-    ids_all, mask_all = make_examples(task, tok, p1 + p2, a1 + a2)  # one fixed T: one compilation
+    ids_all, mask_all = make_examples(task, tok, p1 + p2, a1 + a2, chat=chat)  # one fixed T: one compilation
     if ids_all.shape[1] > cfg.max_positions:
         raise ValueError(f"sequences of {ids_all.shape[1]} tokens exceed max_positions={cfg.max_positions}")
     return ids_all, mask_all
 
 
-def _train_in(stage, task, tok, cfg, args, progress):
+def _train_in(stage, task, lm, args, progress, chat=None):
     from tqdm.auto import tqdm
 
     steps, B = args["steps"], args["batch_size"]
+    tok, cfg = lm.tokenizer, lm.config
     conf_path, log_path = os.path.join(stage, "sft_config.json"), os.path.join(stage, "sft_log.jsonl")
-    conf = dict(args, model=cfg.to_hf(), num_params=None,
-                data_format="[bos] + encode(prompt) + encode(answer) + [eos]; loss on answer + eos",
-                version=_version())
+    fmt = ("chat_template(prompt, add_generation_prompt) + encode(answer) + [eos]; loss on answer + eos"
+           if chat_enabled(tok, chat) else "[bos] + encode(prompt) + encode(answer) + [eos]; loss on answer + eos")
+    conf = dict({k: v for k, v in args.items() if k != "model"}, model=cfg.to_hf(), num_params=None,
+                data_format=fmt, version=_version())
+    if "model" in args:
+        conf["base_model"] = args["model"]
     write_json(conf_path, conf)
-    ids_all, mask_all = _train_data(task, tok, cfg, args)
-    lm = LM.init(cfg, seed=args["seed"], tokenizer=tok)
+    ids_all, mask_all = _train_data(task, tok, cfg, args, chat)
     tx, schedule = _optimizer(steps, args["lr"], args["warmup"], args["weight_decay"])
     gd = dict(graphdef=lm.graphdef, cfg=cfg, tx=tx)
     params, opt_state = lm.params, tx.init(lm.params)
@@ -342,7 +340,8 @@ def _train_in(stage, task, tok, cfg, args, progress):
                 pending, last_logged = [], step
     lm = lm.replace(jax.device_get(params))
     if args["eval_prompts"]:
-        ev = evaluate(lm, task, n_prompts=args["eval_prompts"], samples=args["eval_samples"], seed=args["seed"])
+        ev = evaluate(lm, task, n_prompts=args["eval_prompts"], samples=args["eval_samples"], seed=args["seed"],
+                      chat=chat)
         append_jsonl(log_path, dict(step=steps, eval=ev, time=round(time.perf_counter() - t0, 3)))
     # the model files go into the stage itself (lm.save writes a fresh directory, so write next to it and move)
     tmp_model = lm.save(os.path.join(stage, ".model"))
@@ -359,6 +358,10 @@ def _train_in(stage, task, tok, cfg, args, progress):
 def add_arguments(p):
     p.add_argument("--task", default=_tasks.DEFAULT_TASK, help=f"task name, one of {_tasks.names()}")
     p.add_argument("--out", required=True, help="output directory (Hugging Face model dir + sft logs)")
+    p.add_argument("--model", default=None, help="fine-tune this model (a directory, a .gguf file or a known name "
+                   "such as smollm2-135m-instruct) instead of training a new one (--family / --size)")
+    p.add_argument("--chat-template", default="auto", choices=CHAT_CHOICES,
+                   help="render prompts with the tokenizer's chat template (auto: when it has one)")
     p.add_argument("--family", default=DEFAULTS["family"], choices=BASE_FAMILIES)
     p.add_argument("--size", default=DEFAULTS["size"], choices=SIZES)
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
@@ -381,7 +384,8 @@ def run_cli(args) -> int:
         lm = train(args.task, args.out, family=args.family, size=args.size, steps=args.steps,
                    batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
                    correct_frac=args.correct_frac, clean_frac=args.clean_frac,
-                   eval_prompts=args.eval_prompts, eval_samples=args.eval_samples, progress=not args.no_progress)
+                   eval_prompts=args.eval_prompts, eval_samples=args.eval_samples, progress=not args.no_progress,
+                   model=args.model, chat=CHAT_CHOICES[args.chat_template])
     except ValueError as e:
         print(f"ntkdyn sft: error: {e}", file=sys.stderr)
         return 2

@@ -52,3 +52,16 @@ def test_held_out_prompts():
     assert evaluation.held_out_prompts(task, 3, seed=0) == task.prompts("test", 3, 0)
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         evaluation.task_of("nope")
+
+
+def test_several_eos_ids_and_truncated_scoring():
+    five, six = TOK.encode("5")[0], TOK.encode("6")[0]
+    rows, mask = [[five, six, TOK.eos_id], [five, 4, 5], [six, five, 0]], [[1, 1, 1], [1, 1, 1], [1, 1, 1]]
+    texts, finished = evaluation.decode_completions(TOK, rows, mask, eos_id=(TOK.eos_id, six))
+    assert texts == ["5", "5" + TOK.decode([4, 5]), ""] and finished.tolist() == [True, False, True]
+    assert evaluation.decode_completions(TOK, rows, mask)[1].tolist() == [True, False, False]  # default: (eos,)
+    r = evaluation.completion_rewards(tasks.get("sum"), ["sum 5:"] * 3, texts, finished, reward_fn=lambda p, t: 1.0)
+    assert r.tolist() == [1.0, 0.0, 1.0]
+    r = evaluation.completion_rewards(tasks.get("sum"), ["sum 5:"] * 3, texts, finished,
+                                      reward_fn=lambda p, t: 1.0, score_truncated=True)
+    assert r.tolist() == [1.0, 1.0, 1.0]

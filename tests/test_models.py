@@ -94,6 +94,14 @@ def test_sampler_logprobs_and_mask(built):
     np.testing.assert_array_equal(np.asarray(g2.tokens), toks)
     g3 = lm.generate(prompts, 12, temperature=0.7, top_k=20, seed=4, stop_token=2)
     assert not np.array_equal(np.asarray(g3.tokens), toks)
+    # several stop ids: a row ends at the first of them (jnp.isin inside the scan)
+    stops = [2, int(toks[0, 0])]
+    g4 = lm.generate(prompts, 12, temperature=0.7, top_k=20, seed=3, stop_token=stops)
+    m4 = np.asarray(g4.mask)
+    assert m4[0].tolist() == [1] + [0] * 11
+    n1 = next((i + 1 for i, t in enumerate(toks[1]) if t in stops), 12)
+    assert m4[1].sum() == n1 and (np.asarray(g4.tokens)[1, :n1] == toks[1, :n1]).all()
+    assert lm.generate(prompts, 12, temperature=0.7, top_k=20, seed=3, stop_token=[]).mask.sum() == 24  # never
 
 
 def test_top_k_and_top_p_truncate():

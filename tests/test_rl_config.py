@@ -33,3 +33,28 @@ def test_bad_config_rejected_before_work(tmp_path):
     p.write_text(json.dumps({"out": "x", "stepz": 3}))
     with pytest.raises(ConfigError, match=r"cfg.json: unknown key.*stepz"):
         RLConfig.from_json(str(p))
+
+
+def test_chat_template_and_score_truncated_keys():
+    import argparse
+
+    from ntkdyn.rl.cli import add_arguments, config_from_args
+
+    assert RLConfig(out="x").chat_template is None and RLConfig(out="x").score_truncated is False
+    with pytest.raises(ConfigError, match=r"chat_template='on'.*None \(auto"):
+        RLConfig(out="x", chat_template="on")
+    with pytest.raises(ConfigError, match=r"score_truncated=1.*True or False"):
+        RLConfig(out="x", score_truncated=1)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    for flag, want in (("auto", None), ("on", True), ("off", False)):
+        c = config_from_args(p.parse_args(["--out", "x", "--chat-template", flag, "--score-truncated"]))
+        assert c.chat_template is want and c.score_truncated is True
+    assert config_from_args(p.parse_args(["--out", "x"])).score_truncated is False
+
+
+def test_chat_template_on_without_a_template_is_a_config_error(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match=r"chat_template=True.*has none"):
+        train(RLConfig(out=str(out), chat_template=True), progress=False)
+    assert not out.exists()

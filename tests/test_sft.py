@@ -173,3 +173,26 @@ def test_cli_sft(tmp_path, capsys):
     assert nd.load(out).config.family == "gpt_neox"
     assert main(["sft", "--task", "nope", "--out", out, "--no-progress"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_make_examples_real_mask():
+    ids, loss_mask, real = sft.make_examples(tasks.get("sum"), TOK, ["sum 47:", "sum 5:"], ["12+35", "0+5"],
+                                             real_mask=True)
+    assert real.dtype == np.float32 and real.sum(1).tolist() == [14, 11]
+    np.testing.assert_array_equal(real, (ids != TOK.pad_id).astype(np.float32))  # pad 0 is no real token here
+    assert (loss_mask <= real).all()
+
+
+def test_fine_tune_a_given_model(tiny_run, tmp_path):
+    base_out, base = tiny_run
+    out = str(tmp_path / "ft")
+    lm = sft.train("sum", out, **dict(TINY, steps=2, eval_prompts=0), model=base_out)
+    conf = json.load(open(os.path.join(out, "sft_config.json")))
+    assert conf["base_model"] == base_out and conf["family"] == "gpt_neox" and conf["size"] is None
+    assert conf["data_format"].startswith("[bos] + encode(prompt)")
+    assert lm.config == base.config and lm.num_params == base.num_params
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree.leaves(lm.params), jax.tree.leaves(base.params))]
+    assert any(moved)
+    with pytest.raises(ValueError, match="has none"):
+        sft.train("sum", str(tmp_path / "x"), **dict(TINY, steps=1), model=base_out, chat=True)

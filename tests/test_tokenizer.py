@@ -3,6 +3,7 @@ SmolLM2-135M-Instruct tokenizer from the persistent cache, chat templates, savin
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -238,3 +239,52 @@ def test_corrupt_tokenizer_files_raise_naming_the_file(tok, tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("[1, 2")
     with pytest.raises(ValueError, match="tokenizer_config.json"):
         load_tokenizer(str(tmp_path))
+
+
+def test_encode_prompt_chat_switch_and_bos_rules(tok, tmp_path):
+    from ntkdyn.models.tokenizer import chat_enabled, encode_prompt, eos_ids_of
+
+    # the character tokenizer: [bos] + prompt, no template (chat=True is an error, messages too)
+    assert encode_prompt(tok, "sum 4:") == encode_prompt(tok, "sum 4:", chat=False) == [1] + tok.encode("sum 4:")
+    assert encode_prompt(tok, "sum 4:", add_bos=False) == tok.encode("sum 4:")
+    with pytest.raises(ValueError, match="has none"):
+        encode_prompt(tok, "sum 4:", chat=True)
+    with pytest.raises(ValueError, match="no chat template"):
+        encode_prompt(tok, [{"role": "user", "content": "a"}])
+    with pytest.raises(TypeError, match="chat must be None"):
+        chat_enabled(tok, "yes")
+    assert eos_ids_of(tok) == (2,)
+    # an HF tokenizer without a template: tokenizer.json's post-processor, as transformers; without one,
+    # add_bos_token (transformers 5 then adds nothing; transformers 4 and llama.cpp add BOS)
+    from tokenizers import Tokenizer, processors
+
+    cfg = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}
+    for flag, post, want in ((None, False, []), (False, False, []), (True, False, [1]), (False, True, [1])):
+        raw = Tokenizer.from_str(tok.tokenizer.to_str())
+        if post:
+            raw.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+        raw.save(str(tmp_path / "tokenizer.json"))
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+            cfg if flag is None else dict(cfg, add_bos_token=flag)))
+        t, theirs = load_tokenizer(str(tmp_path)), AutoTokenizer.from_pretrained(str(tmp_path))
+        assert encode_prompt(t, "ab") == want + tok.encode("ab")
+        assert encode_prompt(t, "ab", add_bos=False) == tok.encode("ab")
+        if not (flag and not post):
+            assert encode_prompt(t, "ab") == list(theirs("ab")["input_ids"])
+    tok.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(dict(cfg, add_bos_token=True)))
+    # with a template: a string is one user turn; messages are rendered as they are; the template writes BOS
+    (tmp_path / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ bos_token + m['role'][0] + m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}={% endif %}")
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))
+    t = load_tokenizer(str(tmp_path))
+    assert encode_prompt(t, "ab") == [1] + tok.encode("uab=") == encode_prompt(t, "ab", add_bos=False)
+    msgs = [{"role": "system", "content": "x"}, {"role": "user", "content": "ab"}]
+    assert encode_prompt(t, msgs) == [1] + tok.encode("sx") + [1] + tok.encode("uab=")
+    assert encode_prompt(t, "ab", chat=False) == [1] + tok.encode("ab")
+    assert eos_ids_of(t) == (2, 0) and eos_ids_of(t, SimpleNamespace(eos_token_id=7)) == (7, 2, 0)
+    with pytest.raises(TypeError, match="message 0"):
+        encode_prompt(t, [{"role": "user"}])
+    ids, lengths = encode_batch(t, ["a", "ab"], chat=False)
+    assert lengths.tolist() == [2, 3] and ids[0].tolist() == [0, 1] + tok.encode("a")

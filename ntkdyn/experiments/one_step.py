@@ -33,10 +33,11 @@ from ..dynamics import one_step as dynamics_one_step
 from ..dynamics import split_update
 from ..io import write_json
 from ..metrics import dz_share, pairwise_cosine
+from ..evaluation import MAX_NEW_TOKENS, completion_rewards, decode_completions
+from ..examples import prompt_ids
 from ..models.padding import pad_right
-from ..models.tokenizer import CharTokenizer
+from ..models.tokenizer import CHAT_CHOICES, CharTokenizer, eos_ids_of, pad_id_of
 from ..rl.objectives import advantages as _advantages
-from ..sft import MAX_NEW_TOKENS, completion_rewards, decode_completions, prompt_ids
 from ..tasks import DEFAULT_TASK
 from ..tasks import get as get_task
 from ..tasks import names as task_names
@@ -44,32 +45,38 @@ from ..tasks import names as task_names
 __all__ = ["run", "main", "add_arguments", "run_cli", "DEFAULTS"]
 
 DEFAULTS = dict(n_prompts=4, group=8, lr=3e-3, probe_prompts=8, completion_positions=3, prop2_samples=6,
-                max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, x64=True)
+                max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, x64=None)
+
+# x64=None (auto): float64 up to this many parameters (the toolkit's own models), float32 above (a real
+# checkpoint: float64 doubles memory and costs several times the time on a CPU, for no visible change at lr 3e-3)
+X64_MAX_PARAMS = 20_000_000
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def _sample(lm, tok, prompts, seed, max_new_tokens, temperature):
-    """One sampler call (one compile) for all prompts: rows [bos]+prompt+completion (incl. EOS), the prompt
-    lengths, the completion texts, whether each finished with EOS, and the model's log-prob of every completion
-    token (a list per row)."""
-    heads = prompt_ids(tok, prompts)
-    gen = lm.generate(heads, max_new_tokens, temperature=temperature, seed=seed, stop_token=tok.eos_id)
+def _sample(lm, tok, prompts, seed, max_new_tokens, temperature, chat=None):
+    """One sampler call (one compile) for all prompts: rows prompt+completion (incl. EOS; the prompt as
+    encode_prompt makes it: [bos]+prompt, or the chat template's rendering), the prompt lengths, the completion
+    texts, whether each finished with an EOS id, and the model's log-prob of every completion token (a list per
+    row)."""
+    heads = prompt_ids(tok, prompts, chat=chat)
+    eos = eos_ids_of(tok, lm.config)
+    gen = lm.generate(heads, max_new_tokens, temperature=temperature, seed=seed, stop_token=eos)
     tokens, gmask, lpm = np.asarray(gen.tokens), np.asarray(gen.mask), np.asarray(gen.logp_model)
-    texts, finished = decode_completions(tok, tokens, gmask, tok.eos_id)
+    texts, finished = decode_completions(tok, tokens, gmask, eos)
     rows = [list(h) + t[m.astype(bool)].tolist() for h, t, m in zip(heads, tokens, gmask)]
     logps = [lp[m.astype(bool)].tolist() for lp, m in zip(lpm, gmask)]
     return rows, [len(h) for h in heads], texts, finished, logps
 
 
-def _rollouts(task, tok, prompts, group, sampled):
+def _rollouts(task, tok, prompts, group, sampled, reward_fn=None, score_truncated=False):
     """G samples per prompt -> ids (B, T) right-padded [bos]+prompt+completion, completion mask, texts, rewards,
     and token_logp (B, T): log π(ids[b, t] | ids[b, <t]) at the completion tokens."""
     flat = [p for p in prompts for _ in range(group)]
     rows, starts, texts, finished, logps = sampled
-    rewards = completion_rewards(task, flat, texts, finished)
-    ids = pad_right(rows, tok.pad_id)[0]
+    rewards = completion_rewards(task, flat, texts, finished, reward_fn=reward_fn, score_truncated=score_truncated)
+    ids = pad_right(rows, pad_id_of(tok))[0]
     mask = np.zeros(ids.shape, np.int32)
     token_logp = np.zeros(ids.shape, np.float64)
     for i, (r, s, lp) in enumerate(zip(rows, starts, logps)):
@@ -99,7 +106,7 @@ def _probes(tok, sampled, completion_positions):
             if last + k <= len(row) - 2:  # a completion position whose next token is still a completion token
                 pos.append((i, last + k))
                 kind.append("completion")
-    return pad_right(rows, tok.pad_id)[0], np.asarray(pos, np.int32), kind
+    return pad_right(rows, pad_id_of(tok))[0], np.asarray(pos, np.int32), kind
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -113,10 +120,15 @@ def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: in
         group: int = DEFAULTS["group"], lr: float = DEFAULTS["lr"], probe_prompts: int = DEFAULTS["probe_prompts"],
         completion_positions: int = DEFAULTS["completion_positions"],
         prop2_samples: int = DEFAULTS["prop2_samples"], max_new_tokens: int = DEFAULTS["max_new_tokens"],
-        temperature: float = DEFAULTS["temperature"], x64: bool = DEFAULTS["x64"], plots: bool = True,
-        model_name: str | None = None) -> dict:
+        temperature: float = DEFAULTS["temperature"], x64: bool | None = DEFAULTS["x64"], plots: bool = True,
+        model_name: str | None = None, chat: bool | None = None, reward_fn=None,
+        score_truncated: bool = False) -> dict:
     """Run the one-step experiment on `lm` (an ntkdyn LM with a tokenizer) and `task` (a Task or its name); write
-    OUT/one_step.json and the figures (plots=True) and return the numbers (the JSON's content)."""
+    OUT/one_step.json and the figures (plots=True) and return the numbers (the JSON's content).
+
+    x64: float64 (True), float32 (False) or None: float64 up to X64_MAX_PARAMS parameters, float32 above. chat:
+    prompts through the chat template (None: when the tokenizer has one). reward_fn(prompt, text) replaces the
+    task's reward; score_truncated scores completions without EOS too (else they score 0)."""
     t0 = time.perf_counter()
     task = get_task(task) if isinstance(task, str) else task
     tok = lm.tokenizer if lm.tokenizer is not None else CharTokenizer()
@@ -126,15 +138,17 @@ def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: in
     if n_prompts < 1 or group < 2 or lr <= 0 or probe_prompts < 1:
         raise ValueError(f"need n_prompts >= 1, group >= 2, lr > 0, probe_prompts >= 1; got {n_prompts}, "
                          f"{group}, {lr}, {probe_prompts}")
+    if x64 is None:
+        x64 = lm.num_params <= X64_MAX_PARAMS
     os.makedirs(out_dir, exist_ok=True)
 
     # rollouts (float32, the model as it is) and GRPO advantages per group
     prompts = task.prompts("train", n_prompts, seed)
     probe_prompt_list = _probe_prompts(task, probe_prompts, seed)
     flat = [p for p in prompts for _ in range(group)]
-    sampled = _sample(lm, tok, flat + probe_prompt_list, seed, max_new_tokens, temperature)
+    sampled = _sample(lm, tok, flat + probe_prompt_list, seed, max_new_tokens, temperature, chat)
     B = len(flat)
-    roll = _rollouts(task, tok, prompts, group, tuple(x[:B] for x in sampled))
+    roll = _rollouts(task, tok, prompts, group, tuple(x[:B] for x in sampled), reward_fn, score_truncated)
     adv = np.asarray(_advantages(roll["rewards"].reshape(n_prompts, group), "grpo")[0], np.float64).ravel()
     probe_ids, probe_pos, probe_kind = _probes(tok, tuple(x[B:] for x in sampled), completion_positions)
 
@@ -324,8 +338,8 @@ def _figures(r, res, out_dir):
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None,
-                   help="Hugging Face model directory (default: the embedded default base model)")
+    p.add_argument("--model", default=None, help="a Hugging Face model directory, a .gguf file or a known name such "
+                   "as smollm2-135m-instruct (default: the embedded default base model)")
     p.add_argument("--task", default=DEFAULT_TASK, help=f"task name (one of {', '.join(task_names())})")
     p.add_argument("--out", default="runs/one_step", help="output directory")
     p.add_argument("--seed", type=int, default=0)
@@ -337,7 +351,16 @@ def add_arguments(p):
                    help="completion positions probed per held-out prompt (besides the last prompt position)")
     p.add_argument("--prop2-samples", type=int, default=DEFAULTS["prop2_samples"],
                    help="single-sample updates for the Proposition-2 check")
-    p.add_argument("--float32", action="store_true", help="compute in float32 (default float64)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"], help="tokens per sample")
+    p.add_argument("--chat-template", default="auto", choices=list(CHAT_CHOICES),
+                   help="prompts through the tokenizer's chat template (auto: when it has one)")
+    p.add_argument("--score-truncated", action="store_true",
+                   help="score completions cut at --max-new-tokens with the reward too (default: they score 0)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--float32", action="store_true", help="compute in float32")
+    precision.add_argument("--float64", action="store_true",
+                           help=f"compute in float64 (default: float64 up to {X64_MAX_PARAMS:,} parameters, "
+                                "float32 above)")
     p.add_argument("--no-plots", action="store_true")
 
 
@@ -353,7 +376,9 @@ def run_cli(args) -> int:
         lm = load(name)
     res = run(lm, args.task, args.out, seed=args.seed, n_prompts=args.prompts, group=args.group, lr=args.lr,
               probe_prompts=args.probe_prompts, completion_positions=args.completion_positions,
-              prop2_samples=args.prop2_samples, x64=not args.float32, plots=not args.no_plots, model_name=name)
+              prop2_samples=args.prop2_samples, x64=True if args.float64 else False if args.float32 else None,
+              plots=not args.no_plots, model_name=name, max_new_tokens=args.max_new_tokens,
+              chat=CHAT_CHOICES[args.chat_template], score_truncated=args.score_truncated)
     p2 = res["prop2"]
     print(f"model {name} ({res['family']}, {res['num_params']:,} params), task {res['task']}, lr {res['lr']:g}, "
           f"{res['n_samples']} samples (reward {res['reward_mean']:.3f}), {res['n_probes']} held-out probes")

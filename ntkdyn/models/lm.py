@@ -11,7 +11,7 @@ from . import hf
 from .config import ModelConfig, read_config
 from .padding import pad_left
 from .sampling import Generation, sample
-from .tokenizer import load_tokenizer
+from .tokenizer import eos_ids_of, load_tokenizer
 from .transformer import apply_head, features, graphdef_for, init_params
 
 
@@ -68,11 +68,13 @@ class LM:
 
     # ------------------------------------------------------------------ sampling
     def generate(self, prompt_ids, max_new_tokens: int, *, prompt_mask=None, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float = 1.0, stop_token: int | None = None, seed: int = 0,
+                 top_k: int | None = None, top_p: float = 1.0, stop_token=None, seed: int = 0,
                  key=None, params=None) -> Generation:
         """Sample continuations with a KV cache. `prompt_ids`: (B, Tp) left-padded array (with `prompt_mask`, 1 on
         real tokens) or a list of token lists of different lengths (left-padded here). temperature=0 is greedy.
-        stop_token defaults to the config's eos_token_id. Returns Generation(tokens, logp, logp_model, mask)."""
+        stop_token: an id or a sequence of ids (a row stops at the first of them; -1 or [] never stops); default:
+        the config's eos_token_id plus the tokenizer's EOS ids (tokenizer.eos_ids_of). Returns
+        Generation(tokens, logp, logp_model, mask)."""
         _check_sampling(max_new_tokens, temperature, top_k, top_p)
         if not isinstance(prompt_ids, (np.ndarray, jax.Array)) and not len(prompt_ids):
             raise ValueError("prompt_ids holds no prompt; expected at least one list of token ids")
@@ -82,12 +84,13 @@ class LM:
         if ids.shape[1] + max_new_tokens > self.config.max_positions:
             raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                              f"max_positions={self.config.max_positions}")
-        if stop_token is None:
-            stop_token = self.config.eos_token_id if self.config.eos_token_id is not None else -1
+        stops = np.asarray(eos_ids_of(self.tokenizer, self.config) if stop_token is None else stop_token,
+                           np.int64).reshape(-1)
+        stops = jnp.asarray(stops if stops.size else [-1], jnp.int32)  # (S,)
         key = jax.random.key(seed) if key is None else key
         return sample(self.graphdef, self.config, self.params if params is None else params, jnp.asarray(ids),
                       jnp.asarray(mask), key, max_new_tokens=int(max_new_tokens),
-                      temperature=float(temperature), top_k=top_k, top_p=float(top_p), stop_token=int(stop_token),
+                      temperature=float(temperature), top_k=top_k, top_p=float(top_p), stop_token=stops,
                       pad_id=int(self.config.pad_token_id or 0), greedy=temperature == 0)
 
     # ------------------------------------------------------------------ files

@@ -1,7 +1,8 @@
 """A jit-compiled KV-cache sampler: prefill once, then one lax.scan step per new token (no Python per token).
 
 Prompts are left-padded (B, Tp) with a 0/1 mask; each row's positions count its real tokens only, so a row's
-continuation does not depend on how much padding it got.
+continuation does not depend on how much padding it got. A row stops at the first of the stop ids (S,) it samples
+(every EOS / end-of-turn id of the model: `jnp.isin` inside the scan, so one compiled program per shape).
 """
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ def process_logits(z, temperature, top_k, top_p):
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "max_new_tokens", "top_k", "top_p", "greedy"))
 def sample(graphdef, cfg, params, prompt_ids, prompt_mask, key, *, max_new_tokens, temperature=1.0, top_k=None,
            top_p=1.0, stop_token=-1, pad_id=0, greedy=False):
+    """stop_token: (S,) int32 stop ids (a scalar works too); a row is done after sampling any of them."""
     B, Tp = prompt_ids.shape
+    stop_S = jnp.atleast_1d(jnp.asarray(stop_token, jnp.int32))  # (S,)
     S = Tp + max_new_tokens
     prompt_mask = prompt_mask.astype(bool)
     valid = jnp.concatenate([prompt_mask, jnp.ones((B, max_new_tokens), bool)], 1)
@@ -63,7 +66,7 @@ def sample(graphdef, cfg, params, prompt_ids, prompt_mask, key, *, max_new_token
         lpm = jnp.take_along_axis(jax.nn.log_softmax(z.astype(jnp.float32), -1), tok[:, None], 1)[:, 0]
         live = ~done
         tok_out = jnp.where(live, tok, pad_id)
-        done = done | (tok == stop_token)
+        done = done | jnp.isin(tok, stop_S)
         h, caches = features(graphdef, cfg, params, tok_out[:, None], positions=pos[:, None], key_valid=valid,
                              caches=caches, start=Tp + i)
         znew = apply_head(params["head"], h[:, 0])

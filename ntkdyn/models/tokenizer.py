@@ -49,6 +49,9 @@ __all__ = [
     "load_tokenizer",
     "encode_batch",
     "encode_prompt",
+    "chat_enabled",
+    "CHAT_CHOICES",
+    "eos_ids_of",
     "pad_id_of",
 ]
 
@@ -147,7 +150,17 @@ class CharTokenizer:
         config = read_json(os.path.join(directory, _CONFIG_FILE), what=_CONFIG_FILE)
         if not config.get(_MARKER):
             raise ValueError(f"{directory} does not hold an ntkdyn CharTokenizer")
-        return cls(config.get("ntkdyn_charset", CHARSET))
+        tok = cls(config.get("ntkdyn_charset", CHARSET))
+        path = os.path.join(directory, _TOKENIZER_FILE)
+        try:  # the saved tokenizer.json must be the one this charset writes (transformers reads that file)
+            saved = Tokenizer.from_file(path).get_vocab(with_added_tokens=True)
+        except Exception as e:  # tokenizers raises its own Exception type for a corrupt file
+            raise CheckpointError(f"{path}: cannot read the tokenizer ({e}); expected the tokenizer.json that "
+                                  "ntkdyn's CharTokenizer.save writes") from None
+        if saved != tok.tokenizer.get_vocab(with_added_tokens=True):
+            raise CheckpointError(f"{path}: its vocabulary does not match the character set in {_CONFIG_FILE} "
+                                  f"({len(saved)} vs {tok.vocab_size} tokens)")
+        return tok
 
 
 class HFTokenizer:
@@ -301,17 +314,76 @@ def load_tokenizer(directory: str) -> CharTokenizer | HFTokenizer | None:
     return HFTokenizer(directory)
 
 
-def encode_prompt(tokenizer, prompt: str, add_bos: bool = True) -> list[int]:
-    """The ids a model is prompted with: ``[bos] + encode(prompt)`` (no BOS when the tokenizer has none or
-    ``add_bos`` is False). Every rollout, evaluation and teacher-forced example starts with this."""
+#: the ``--chat-template`` choices of the commands -> the ``chat`` switch of :func:`encode_prompt`
+CHAT_CHOICES = {"auto": None, "on": True, "off": False}
+
+
+def chat_enabled(tokenizer, chat: bool | None = None) -> bool:
+    """Whether prompts go through ``tokenizer``'s chat template: ``chat=None`` when it has one, ``True`` requires
+    one (ValueError otherwise), ``False`` never."""
+    has = getattr(tokenizer, "chat_template", None) is not None
+    if chat is None:
+        return has
+    if not isinstance(chat, bool):
+        raise TypeError(f"chat must be None (auto), True or False; got {chat!r}")
+    if chat and not has:
+        raise ValueError(f"chat template requested (chat=True), but the tokenizer {tokenizer!r} has none "
+                         "(tokenizer_config.json has no 'chat_template')")
+    return chat
+
+
+def _check_messages(prompt) -> list[dict]:
+    msgs = list(prompt)
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise TypeError(f"prompt message {i} must be a dict with string 'role' and 'content'; got {m!r}")
+    if not msgs:
+        raise ValueError("prompt is an empty list of chat messages")
+    return msgs
+
+
+def encode_prompt(tokenizer, prompt, add_bos: bool = True, chat: bool | None = None) -> list[int]:
+    """The ids a model is prompted with; every rollout, evaluation and teacher-forced example starts with this.
+
+    ``prompt``: a string or a list of chat messages (``{"role", "content"}``). With the chat template on (see
+    :func:`chat_enabled`: ``chat=None`` means on when the tokenizer has one) a string becomes
+    ``[{"role": "user", "content": prompt}]`` and the messages are rendered with ``add_generation_prompt=True``;
+    the template writes its own BOS (``add_bos`` is not used). Without a template (messages then raise
+    ValueError): a :class:`CharTokenizer` gives ``[bos] + encode(prompt)``; an :class:`HFTokenizer` adds what
+    tokenizer.json's post-processor adds, as ``transformers.AutoTokenizer(prompt)`` does (transformers 5 ignores
+    tokenizer_config's ``add_bos_token`` when there is a tokenizer.json), and, when there is no post-processor,
+    BOS if ``add_bos_token`` is true (transformers 4's and llama.cpp's rule, e.g. a converted GGUF);
+    ``add_bos=False``: no special tokens."""
+    if chat_enabled(tokenizer, chat):
+        msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _check_messages(prompt)
+        return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
     if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a string; got {type(prompt).__name__}")
+        if isinstance(prompt, (list, tuple)):
+            raise ValueError(f"prompt is a list of chat messages, but the tokenizer {tokenizer!r} has no chat "
+                             "template (or it is turned off); expected a string prompt")
+        raise TypeError(f"prompt must be a string or a list of chat messages; got {type(prompt).__name__}")
+    if isinstance(tokenizer, HFTokenizer) and add_bos and tokenizer.tokenizer.post_processor is not None:
+        return list(tokenizer.tokenizer.encode(prompt, add_special_tokens=True).ids)  # the post-processor's rule
+    if isinstance(tokenizer, HFTokenizer):
+        add_bos = add_bos and bool(tokenizer.config.get("add_bos_token", False))
     prefix = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
     return prefix + list(tokenizer.encode(prompt))
 
 
+def eos_ids_of(tokenizer, config=None) -> tuple[int, ...]:
+    """Every id that ends a generation: the model config's ``eos_token_id`` (when ``config`` is given), then the
+    tokenizer's ``eos_ids`` (an HFTokenizer: generation_config.json's EOS ids) or its ``eos_id``; no duplicates."""
+    ids = []
+    if config is not None and getattr(config, "eos_token_id", None) is not None:
+        ids.append(int(config.eos_token_id))
+    if tokenizer is not None:
+        own = getattr(tokenizer, "eos_ids", None)
+        ids += [int(i) for i in (own if own else [tokenizer.eos_id] if tokenizer.eos_id is not None else [])]
+    return tuple(dict.fromkeys(ids))
+
+
 def encode_batch(
-    tokenizer, texts: Sequence[str], add_bos: bool = True
+    tokenizer, texts: Sequence[str], add_bos: bool = True, chat: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encode prompts into one LEFT-padded int32 batch.
 
@@ -320,6 +392,7 @@ def encode_batch(
         texts: the prompts.
         add_bos: prepend ``tokenizer.bos_id`` to every row (skipped when the
             tokenizer has no BOS token).
+        chat: the chat template switch of :func:`encode_prompt`.
 
     Returns:
         ``(ids, lengths)``: ``ids`` of shape ``(B, T)`` with ``T`` the longest
@@ -327,7 +400,7 @@ def encode_batch(
         ``pad_id`` (``eos_id`` if there is no pad token, else 0); ``lengths``
         (int32, shape ``(B,)``) the number of real tokens per row (BOS included).
     """
-    rows = [encode_prompt(tokenizer, t, add_bos) for t in texts]
+    rows = [encode_prompt(tokenizer, t, add_bos, chat) for t in texts]
     if not rows:
         return np.zeros((0, 0), np.int32), np.zeros((0,), np.int32)
     ids, mask = pad_left(rows, pad_id_of(tokenizer))

@@ -11,12 +11,14 @@ import dataclasses
 import json
 import sys
 
+from ..models.tokenizer import CHAT_CHOICES
 from .config import ConfigError, RLConfig, TrainingError
 
 # flag -> (RLConfig key, type, help); a flag left out keeps the RLConfig default (or the --config file's value)
 _FLAGS = [
     ("--recipe", "recipe", str, "rl | cf-rl | lp-ft"),
-    ("--model", "model", str, "Hugging Face model directory (default: the embedded default base model)"),
+    ("--model", "model", str, "a Hugging Face model directory, a .gguf file or a known name such as "
+                              "smollm2-135m-instruct (default: the embedded default base model)"),
     ("--task", "task", str, "task name (default: sum)"),
     ("--steps", "steps", int, "full-parameter RL steps (stage-1 steps come before them; 0: stage 1 alone)"),
     ("--head-steps", "head_steps", int, "stage-1 steps of cf-rl / lp-ft"),
@@ -55,6 +57,11 @@ def add_arguments(p: argparse.ArgumentParser):
     for flag, key, typ, help_ in _FLAGS:
         h = (help_ + "; " if help_ else "") + f"default {defaults[key]!r}"
         p.add_argument(flag, dest=key, type=typ, default=None, help=h)
+    p.add_argument("--chat-template", dest="chat_template", choices=list(CHAT_CHOICES), default=None,
+                   help="prompts through the tokenizer's chat template: auto (when it has one), on, off; "
+                        "default auto")
+    p.add_argument("--score-truncated", dest="score_truncated", action="store_const", const=True, default=None,
+                   help="score completions cut at --max-new-tokens with the reward too (default: they score 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -72,6 +79,10 @@ def config_from_args(args) -> RLConfig:
         v = getattr(args, key, None)
         if v is not None:
             d[key] = v
+    if getattr(args, "chat_template", None) is not None:
+        d["chat_template"] = CHAT_CHOICES[args.chat_template]
+    if getattr(args, "score_truncated", None) is not None:
+        d["score_truncated"] = True
     if getattr(args, "out", None):
         d["out"] = args.out
     d["resume"] = bool(getattr(args, "resume", False))

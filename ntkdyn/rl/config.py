@@ -44,7 +44,7 @@ class RLConfig:
 
     recipe: str = "rl"  # "rl" | "cf-rl" | "lp-ft" (see ntkdyn.rl.recipes)
     task: str = _tasks.DEFAULT_TASK  # a task of ntkdyn.tasks
-    model: str | None = None  # HF model directory; None: the embedded default base model
+    model: str | None = None  # HF model directory, .gguf file or known name; None: the embedded default base model
     out: str | None = None  # run directory (required)
     steps: int = 100  # full-parameter RL steps (stage 2 for cf-rl / lp-ft)
     head_steps: int | None = None  # stage-1 steps (cf-rl, lp-ft); ignored by "rl"
@@ -74,6 +74,8 @@ class RLConfig:
     probe_every: int = 10  # dz_share every k stage steps and at each stage's first step (0: never)
     checkpoint_every: int = 50  # checkpoint every k global steps and at the end (0: only at the end)
     seed: int = 0
+    chat_template: bool | None = None  # prompts through the tokenizer's chat template (None: when it has one)
+    score_truncated: bool = False  # score completions without EOS with the reward too (TRL); False: they score 0
     resume: bool = False  # continue the run in `out` from its checkpoint
     overwrite: bool = False  # replace an existing run in `out`
 
@@ -140,7 +142,8 @@ def _validate(c: RLConfig):
     if not isinstance(c.task, str) or c.task not in _tasks.names():
         raise _bad("task", c.task, f"one of the tasks {_tasks.names()}")
     if c.model is not None and (not isinstance(c.model, (str, os.PathLike)) or not str(c.model)):
-        raise _bad("model", c.model, "a Hugging Face model directory (str) or None for the default base model")
+        raise _bad("model", c.model, "a Hugging Face model directory, a .gguf file or a known model name (str), "
+                   "or None for the default base model")
     if not isinstance(c.out, (str, os.PathLike)) or not str(c.out):
         raise _bad("out", c.out, "the run directory (a non-empty path)")
     ints = {"steps": 0, "group_size": 1, "prompts_per_step": 1, "max_new_tokens": 1, "num_iterations": 1,
@@ -175,14 +178,14 @@ def _validate(c: RLConfig):
     if c.advantage != "reinforce" and c.group_size < 2:
         raise _bad("group_size", c.group_size, f"an integer >= 2 for the group-relative advantage {c.advantage!r} "
                                                "(use advantage='reinforce' for single samples)")
-    for key in ("resume", "overwrite"):
+    if c.chat_template is not None and not isinstance(c.chat_template, bool):
+        raise _bad("chat_template", c.chat_template, "None (auto: when the tokenizer has one), True or False")
+    for key in ("resume", "overwrite", "score_truncated"):
         if not isinstance(getattr(c, key), bool):
             raise _bad(key, getattr(c, key), "True or False")
     if c.resume and c.overwrite:
         raise ConfigError("RLConfig: resume=True and overwrite=True contradict each other; expected at most one")
 
-
-# fields that may differ between a run and its resumption
 
 # fields that may differ between a run and its resumption
 RESUMABLE_CHANGES = ("resume", "overwrite", "steps", "out")

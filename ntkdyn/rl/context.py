@@ -17,9 +17,10 @@ import numpy as np
 
 from .. import tasks as _tasks
 from ..evaluation import held_out_prompts
+from ..examples import make_examples
 from ..io import read_json
+from ..models.tokenizer import encode_prompt, eos_ids_of
 from ..models.transformer import graphdef_for
-from ..sft import make_examples
 from . import checkpoint
 from .config import RESUMABLE_CHANGES, ConfigError, RLConfig
 from .recipes import Stage, plan
@@ -45,17 +46,17 @@ class RunContext:
     train_pool: list[str]
     eval_prompts: list[str]
     stages: list[Stage]
-    Tp: int  # prompt length: [bos] + the longest prompt (one fixed shape, one compilation)
+    Tp: int  # prompt length: the longest encoded prompt (one fixed shape, one compilation)
     T_lp: int  # LP-stage teacher-forcing length: prompt + answer (<= 8 characters) + EOS
     B: int  # rollouts per step: prompts_per_step * group_size
     B_eval: int  # evaluation samples: eval prompts * eval_samples
-    probe_ids: np.ndarray  # (probe_prompts, T) [bos] + prompt + reference answer + [eos], right-padded
+    probe_ids: np.ndarray  # (probe_prompts, T) encode_prompt(prompt) + reference answer + [eos], right-padded
     probe_mask: np.ndarray  # (probe_prompts, T) float32, 1 on real tokens
     probe_pos: np.ndarray  # (n, 2) int32 contexts (row, t) predicting an answer token or EOS
     sh: Sharding
     key: Any  # jax.random.key(seed): every draw is fold_in(key, stage id / EVAL_ID, step)
     loss_spec: LossSpec
-    eos: int
+    eos: tuple  # every id that ends a completion (the config's eos_token_id and the tokenizer's EOS ids)
     pad: int
     reward_fn: Callable[[str, str], float] | None = None
     # on the devices (on_devices)
@@ -110,8 +111,10 @@ def _saved_config(c: RLConfig, out: str) -> dict | None:
 
 
 def _load_model(c: RLConfig, saved: dict | None):
-    """(lm, model_dir): RLConfig.model, else the resumed run's, else the default base model; a model without
-    tokenizer files gets the task tokenizer when the vocabularies agree."""
+    """(lm, model_dir): RLConfig.model (a directory, a .gguf file or a known name, fetched once), else the resumed
+    run's, else the default base model; a model without tokenizer files gets the task tokenizer when the
+    vocabularies agree."""
+    from ..models.known import resolve as resolve_model
     from ..models.lm import load
 
     model_dir = c.model
@@ -121,6 +124,14 @@ def _load_model(c: RLConfig, saved: dict | None):
         from ..default import default_model_dir
 
         model_dir = default_model_dir()
+    if not os.path.isdir(os.fspath(model_dir)):
+        try:
+            model_dir = resolve_model(os.fspath(model_dir))
+        except ValueError:  # CheckpointError: neither a directory, a .gguf file nor a known name
+            from ..models.known import names
+
+            raise ConfigError(f"RLConfig.model={c.model!r}: not a Hugging Face model directory, a .gguf file or a "
+                              f"known model name (known: {', '.join(names())})") from None
     model_dir = os.path.abspath(os.fspath(model_dir))
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ConfigError(f"RLConfig.model={c.model!r}: {model_dir} is not a Hugging Face model directory "
@@ -146,9 +157,12 @@ def _prompts(c: RLConfig, task):
     return list(pool), held_out_prompts(task, c.eval_prompts, EVAL_PROMPT_SEED, "test")
 
 
-def _shapes(c: RLConfig, cfg, stages, train_pool, eval_prompts, sh: Sharding) -> dict:
-    longest = max(len(p) for p in train_pool + eval_prompts)
-    Tp = 1 + longest  # [bos] + prompt: one fixed prompt length, one compilation
+def _shapes(c: RLConfig, tok, cfg, stages, train_pool, eval_prompts, sh: Sharding) -> dict:
+    try:
+        Tp = max(len(encode_prompt(tok, p, chat=c.chat_template)) for p in train_pool + eval_prompts)
+    except ValueError as e:  # chat_template=True without a template; chat messages without one
+        raise ConfigError(f"RLConfig.chat_template={c.chat_template!r}: {e}") from None
+    # Tp: the longest encoded prompt ([bos] + prompt for the character tokenizer): one fixed length, one compile
     if Tp + c.max_new_tokens > cfg.max_positions:
         raise ConfigError(f"RLConfig.max_new_tokens={c.max_new_tokens}: prompts of up to {Tp} tokens plus "
                           f"{c.max_new_tokens} new tokens exceed the model's max_positions={cfg.max_positions}")
@@ -170,12 +184,11 @@ def _probe_set(c: RLConfig, task, tok, cfg, eval_prompts) -> dict:
     probe_prompts = eval_prompts[: c.probe_prompts]
     rng = np.random.default_rng([EVAL_PROMPT_SEED, 7])
     answers = [task.sample_answer(p, rng, correct=True) for p in probe_prompts]
-    ids, loss_mask = make_examples(task, tok, probe_prompts, answers)
+    ids, loss_mask, real = make_examples(task, tok, probe_prompts, answers, chat=c.chat_template, real_mask=True)
     if ids.shape[1] > cfg.max_positions:
         raise ConfigError(f"probe sequences of {ids.shape[1]} tokens exceed max_positions")
     r, t = np.nonzero(loss_mask[:, 1:])  # contexts (row, t) predicting an answer token or EOS
-    return dict(probe_ids=ids, probe_mask=(ids != tok.pad_id).astype(np.float32),
-                probe_pos=np.stack([r, t], 1).astype(np.int32))
+    return dict(probe_ids=ids, probe_mask=real, probe_pos=np.stack([r, t], 1).astype(np.int32))
 
 
 def resolve(c: RLConfig, mesh=None, reward_fn=None) -> RunContext:
@@ -190,10 +203,10 @@ def resolve(c: RLConfig, mesh=None, reward_fn=None) -> RunContext:
     cfg = lm.config
     return RunContext(
         c=c, out=out, saved=saved, task=task, lm=lm, model_dir=model_dir, train_pool=train_pool,
-        eval_prompts=eval_prompts, stages=stages, **_shapes(c, cfg, stages, train_pool, eval_prompts, sh),
+        eval_prompts=eval_prompts, stages=stages, **_shapes(c, lm.tokenizer, cfg, stages, train_pool, eval_prompts, sh),
         **_probe_set(c, task, lm.tokenizer, cfg, eval_prompts), sh=sh, key=jax.random.key(c.seed),
-        loss_spec=LossSpec.of(c), eos=int(cfg.eos_token_id if cfg.eos_token_id is not None else lm.tokenizer.eos_id),
-        pad=int(cfg.pad_token_id or 0), reward_fn=reward_fn)
+        loss_spec=LossSpec.of(c), eos=eos_ids_of(lm.tokenizer, cfg), pad=int(cfg.pad_token_id or 0),
+        reward_fn=reward_fn)
 
 
 def on_devices(ctx: RunContext) -> RunContext:

@@ -1,8 +1,9 @@
 """One training step on the host side: the step's train prompts, rollouts (the jit KV-cache sampler), rewards,
 advantages, then the jitted update (step.rl_update / step.lp_update); returns the step's metrics.
 
-Data: prompt ids are `encode_prompt` ([bos] + prompt) LEFT-padded to the run's fixed length Tp; a step's batch is
-P prompts × G samples, prompt-major (row b = p·G + g).
+Data: prompt ids are `encode_prompt` ([bos] + prompt, or the chat template's rendering: RLConfig.chat_template)
+LEFT-padded to the run's fixed length Tp; a step's batch is P prompts × G samples, prompt-major (row b = p·G + g).
+A completion ends at the first of the model's EOS ids (ctx.eos). `rewards` is the one place completions are scored.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import numpy as np
 from ..evaluation import completion_rewards, decode_completions
 from ..models.padding import pad_left
 from ..models.sampling import sample
-from ..models.tokenizer import encode_prompt
-from ..sft import make_examples
+from ..examples import make_examples
+from ..models.tokenizer import encode_prompt, pad_id_of
 from . import checkpoint
 from .config import TrainingError
 from .step import group_advantages, ref_logp, step_key
@@ -43,21 +44,25 @@ def stage_prompts(ctx, stage, stage_step: int) -> list[str]:
 
 def prompt_batch(ctx, prompts):
     """(ids, mask) of the prompts, left-padded to Tp and placed along the mesh's data axis."""
-    ids, mask = pad_left([encode_prompt(ctx.tok, p) for p in prompts], ctx.tok.pad_id, ctx.Tp)
+    ids, mask = pad_left([encode_prompt(ctx.tok, p, chat=ctx.c.chat_template) for p in prompts], pad_id_of(ctx.tok),
+                         ctx.Tp)
     return ctx.sh.batch(ids), ctx.sh.batch(mask)
 
 
 def rollout(ctx, params, ids, mask, key, temperature):
-    """Sample c.max_new_tokens tokens per row (stopping at EOS) from the policy `params`."""
+    """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params`."""
     return sample(ctx.lm.graphdef, ctx.cfg, params, ids, mask, key, max_new_tokens=int(ctx.c.max_new_tokens),
-                  temperature=float(temperature), top_k=None, top_p=1.0, stop_token=ctx.eos, pad_id=ctx.pad,
+                  temperature=float(temperature), top_k=None, top_p=1.0,
+                  stop_token=jnp.asarray(ctx.eos or (-1,), jnp.int32), pad_id=ctx.pad,
                   greedy=False)
 
 
 def rewards(ctx, prompts, tokens, mask, where: str):
-    """(texts, finished, rewards float64) of sampled completions; TrainingError on a non-finite reward."""
-    texts, finished = decode_completions(ctx.tok, tokens, mask, ctx.tok.eos_id)
-    r = completion_rewards(ctx.task, prompts, texts, finished, reward_fn=ctx.reward_fn)
+    """(texts, finished, rewards float64) of sampled completions; TrainingError on a non-finite reward. The one
+    place the trainer calls a reward (rollouts and evaluation)."""
+    texts, finished = decode_completions(ctx.tok, tokens, mask, ctx.eos)
+    r = completion_rewards(ctx.task, prompts, texts, finished, reward_fn=ctx.reward_fn,
+                           score_truncated=ctx.c.score_truncated)
     bad = np.flatnonzero(~np.isfinite(r))
     if bad.size:
         i = int(bad[0])
@@ -128,7 +133,7 @@ def lp_step(ctx, stage, stage_step, step, update, params, opt_state):
     rng = np.random.default_rng([c.seed, stage.stage_id, stage_step])
     flat = [p for p in prompts for _ in range(c.group_size)]
     answers = [ctx.task.sample_answer(p, rng, correct=True) for p in flat]
-    ids, mask = make_examples(ctx.task, ctx.tok, flat, answers, length=ctx.T_lp)
+    ids, mask = make_examples(ctx.task, ctx.tok, flat, answers, length=ctx.T_lp, chat=ctx.c.chat_template)
     params, opt_state, m = update(params, opt_state, ctx.sh.batch(ids), ctx.sh.batch(mask))
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     for k, v in m.items():
