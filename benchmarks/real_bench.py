@@ -1,25 +1,33 @@
-"""Kernels at real-model scale (SmolLM2-135M-Instruct: 134.5M parameters, d 576, 30 layers, V 49,152, tied head).
+"""Kernels and one-step dynamics at real-model scale (SmolLM2-135M-Instruct: 134.5M parameters, d 576, 30 layers,
+V 49,152, tied head), each figure a ratio to its own lower bound measured in the same process.
 
-Sections (`--only NAME`; this first version has one):
-  (a) trace: the exact tr G (and the tied tr X) for 2 contexts of ~6 tokens by structured derivatives
-      (ntkdyn/structured.py: one backward through the activations per cotangent, no weight gradient), against
-      the time of 2·d plain VJPs of h w.r.t. all parameters (what materialising J_h costs at least; one VJP timed
-      after compilation, multiplied). Target: time / (2·d VJPs) <= 0.5, compilation included.
+Sections (`--only NAME` runs one in this process; without it every section runs in its own subprocess, so that each
+peak resident memory (VmHWM) is its own):
+  trace    (a) exact tr G (and the tied tr X) of 2 contexts by `ntk.decompose(output="trace")` (method "auto": the
+           planner picks structured derivatives), against 2·d plain VJPs of h w.r.t. all parameters (the weight
+           gradients written) with their inner products accumulated: the first call (compilation) and a few warm
+           calls are timed and the rest extrapolated. Target <= 0.5, compilation included on both sides.
+  budget   (e) the same with memory_budget = 2 GB: peak resident memory against 2 GB + the model.
+  hutch    (b) `output="hutchinson"`, 16 probes, one a and one b context (rectangular): against 16 × (one plain VJP +
+           one plain JVP of h w.r.t. all parameters), compilation included on both sides. Target <= 1.5.
+  subset   `output="subset"` over 300 tokens for 2 contexts against 2·300 plain VJPs (same extrapolation as trace).
+  onestep  (c) `dynamics.one_step` (Adam) on a batch of 8 sequences with 8 probe contexts, against one optimizer step
+           (the same objective's value_and_grad + Adam update, jitted) on the same batch. Target <= 5.
+Every section reports VmHWM (peak resident memory, /proc/self/status) and VmRSS after loading the model.
 
 The model is read from `<cache>/models/smollm2-135m-instruct` when it exists (NTKDYN_CACHE or ~/.cache/ntkdyn),
-else a random Llama of SmolLM2's shape is built (the timings depend on the shape only). Peak RSS is the process's
-maximum resident set size (getrusage), before and after the kernel. Heavy: run it once, not in a loop.
+else a random Llama of SmolLM2's shape is built (the timings depend on the shape only). Heavy: run it once.
 
-    python benchmarks/real_bench.py --only trace            # prints a JSON line per section
-    python benchmarks/real_bench.py --only trace --check    # also one tr G_S entry against plain VJPs
+    python benchmarks/real_bench.py                  # all sections, one JSON line each
+    python benchmarks/real_bench.py --only trace     # one section in this process
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -29,17 +37,24 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ntkdyn as nd  # noqa: E402
-from ntkdyn import structured  # noqa: E402
+from ntkdyn import dynamics, ntk  # noqa: E402
 from ntkdyn.models.transformer import features  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
 SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
+SECTIONS = ("trace", "budget", "hutch", "subset", "onestep")
 
 
-def rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def mem_mb():
+    """(VmHWM, VmRSS) of this process in MB."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmHWM", "VmRSS")):
+                out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return round(out["VmHWM"]), round(out["VmRSS"])
 
 
 def load_model():
@@ -56,85 +71,184 @@ def contexts(lm, T=6):
     for p in PROMPTS:
         ids = list(lm.tokenizer.encode(p)) if lm.tokenizer is not None else [17 + 3 * len(rows) + i for i in range(T)]
         rows.append((ids + ids[-1:] * T)[:T])
-    return np.asarray(rows, np.int32), np.array([0, 1], np.int32), np.array([T - 1, T - 1], np.int32)
+    return np.asarray(rows, np.int32), np.array([T - 1, T - 1], np.int32)
 
 
-def plain_vjp_seconds(lm, ids, pos, repeats=3):
-    """Seconds of one backward pass of h(c) w.r.t. all parameters (the weight gradients written), after compile;
-    the forward (residuals) is done once outside. Also one inner product of two such gradients."""
-    def h_at(params):
-        return features(lm.graphdef, lm.config, params, jnp.asarray(ids[:1]))[0][0, int(pos[0])]
-
-    _, vjp = jax.vjp(h_at, lm.params)
-    back = jax.jit(lambda f, v: f(v)[0])
-    dot = jax.jit(lambda g, k: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(k))))
-    v = jnp.ones((lm.config.d_model,), jnp.float32)
-    g = jax.block_until_ready(back(vjp, v))
+def _timed(f, *args, warm=3):
+    """(seconds of the first call (compilation included), median seconds of `warm` further calls)."""
+    t = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    first = time.perf_counter() - t
     times = []
-    for _ in range(repeats):
+    for _ in range(warm):
         t = time.perf_counter()
-        jax.block_until_ready(back(vjp, v))
+        jax.block_until_ready(f(*args))
         times.append(time.perf_counter() - t)
-    jax.block_until_ready(dot(g, g))
+    return first, statistics.median(times)
+
+
+def _h(lm, ids, p):
+    return lambda params: features(lm.graphdef, lm.config, params, jnp.asarray(ids)[None])[0][0, p]
+
+
+def plain_vjp_pairs(lm, ids, pos):
+    """One call = the plain VJPs of h at both contexts along one cotangent row (weight gradients written) and their
+    three inner products: (first call seconds, warm median seconds)."""
+    ha, hb = _h(lm, ids[0], int(pos[0])), _h(lm, ids[1], int(pos[1]))
+
+    @jax.jit
+    def pair(params, u):
+        ga = jax.vjp(ha, params)[1](u)[0]
+        gb = jax.vjp(hb, params)[1](u)[0]
+        dot = lambda x, y: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))  # noqa: E731
+        return jnp.stack([dot(ga, ga), dot(ga, gb), dot(gb, gb)])
+
+    u = jax.random.normal(jax.random.key(0), (lm.config.d_model,))
+    return _timed(pair, lm.params, u)
+
+
+def plain_vjp_jvp(lm, ids, pos):
+    """A plain VJP of h at context 1 (weight gradient written) and a plain JVP of h at context 0 along it:
+    (first call seconds, warm median seconds) of the pair, the lower bound of one Hutchinson probe."""
+    ha, hb = _h(lm, ids[0], int(pos[0])), _h(lm, ids[1], int(pos[1]))
+
+    @jax.jit
+    def probe(params, u):
+        g = jax.vjp(hb, params)[1](u)[0]
+        return jax.jvp(ha, (params,), (g,))[1]
+
+    u = jax.random.normal(jax.random.key(0), (lm.config.d_model,))
+    return _timed(probe, lm.params, u)
+
+
+def _decompose_timed(lm, *args, **kw):
     t = time.perf_counter()
-    jax.block_until_ready(dot(g, g))
-    return statistics.median(times), time.perf_counter() - t, g
+    k = ntk.decompose(lm, *args, **kw)
+    jax.block_until_ready((k.representation, k.gradient, k.cross))
+    return k, time.perf_counter() - t
 
 
-def check_entry(lm, ids, rows, pos, token):
-    """tr G_S for S = {token} (= w_kᵀ M(a, b) w_k) by structured derivatives vs two plain VJPs' inner product."""
-    W = lm.params["head"]["W"]
-
-    def h_at(params, i):
-        return features(lm.graphdef, lm.config, params, jnp.asarray(ids[i:i + 1]))[0][0, int(pos[i])]
-
-    gs = [jax.vjp(lambda p: h_at(p, i), lm.params)[1](W[token])[0] for i in range(2)]
-    plain = float(sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(gs[0]), jax.tree.leaves(gs[1]))))
-    k = structured.structured_kernel(lm.graphdef, lm.config, lm.params, ids, rows, pos, output="subset",
-                                     tokens=np.array([token]))
-    return float(k.gradient[0, 1, 0, 0]), plain
+def _plan(k):
+    p = k.plan._asdict()
+    p["detail"] = p["detail"]._asdict() if hasattr(p["detail"], "_asdict") else str(p["detail"])
+    return p
 
 
-def section_trace(lm, source, check, budget):
-    ids, rows, pos = contexts(lm)
+def section_trace(lm, budget=None):
+    ids, pos = contexts(lm)
     d = lm.config.d_model
-    rss0 = rss_mb()
+    k, t = _decompose_timed(lm, ids, pos, output="trace", memory_budget=budget)
+    mem = mem_mb()
+    out = {"trace_G": np.asarray(k.gradient).tolist(), "trace_X": np.asarray(k.cross).tolist(),
+           "seconds": round(t, 2), "plan": _plan(k), "vmhwm_mb_after_kernel": mem[0]}
+    if budget is None:
+        first, warm = plain_vjp_pairs(lm, ids, pos)
+        bound = first + (d - 1) * warm
+        out.update(seconds_vjp_pair_first_call=round(first, 3), seconds_vjp_pair_warm=round(warm, 3),
+                   seconds_2d_vjps_extrapolated=round(bound, 1), ratio=round(t / bound, 4),
+                   bound="2·d plain VJPs (d calls of a jitted pair of VJPs + 3 inner products; first call timed, "
+                         "3 warm calls timed, the other d-1 extrapolated from their median)")
+    return out
+
+
+def section_budget(lm):
+    return section_trace(lm, budget=2 * 10 ** 9)
+
+
+def section_hutch(lm, num_probes=16):
+    ids, pos = contexts(lm)
+    pairs = np.array([[0, pos[0]]]), np.array([[1, pos[1]]])
+    k, t = _decompose_timed(lm, ids, pairs[0], ids, pairs[1], output="hutchinson", num_probes=num_probes)
+    mem = mem_mb()
+    first, warm = plain_vjp_jvp(lm, ids, pos)
+    bound = first + (num_probes - 1) * warm
+    g = k.gradient
+    return {"trace_G": float(g.trace[0, 0]), "trace_G_se": float(g.trace_se[0, 0]), "fro2_G": float(g.fro2[0, 0]),
+            "fro2_G_se": float(g.fro2_se[0, 0]), "trace_X": float(k.cross.trace[0, 0]),
+            "trace_X_se": float(k.cross.trace_se[0, 0]), "seconds": round(t, 2), "plan": _plan(k),
+            "vmhwm_mb_after_kernel": mem[0], "seconds_vjp_jvp_first_call": round(first, 3),
+            "seconds_vjp_jvp_warm": round(warm, 3), "seconds_bound": round(bound, 1), "ratio": round(t / bound, 4),
+            "bound": f"{num_probes} × (plain VJP + plain JVP) (first call timed, 3 warm timed, the rest extrapolated)"}
+
+
+def section_subset(lm, n_tokens=300):
+    ids, pos = contexts(lm)
+    S = np.unique(np.concatenate([ids.ravel(), np.arange(100, 100 + n_tokens)]))[:n_tokens]
+    k, t = _decompose_timed(lm, ids, pos, output="subset", tokens=S)
+    mem = mem_mb()
+    first, warm = plain_vjp_pairs(lm, ids, pos)
+    bound = first + (len(S) - 1) * warm
+    return {"tokens": len(S), "shape": list(k.gradient.shape), "seconds": round(t, 2), "plan": _plan(k),
+            "vmhwm_mb_after_kernel": mem[0], "seconds_bound": round(bound, 1), "ratio": round(t / bound, 4),
+            "trace_G_S": float(np.trace(np.asarray(k.gradient)[0, 1])),
+            "bound": "2·|S| plain VJPs (pairs, as in trace)"}
+
+
+def _batch(lm, B=8, T=16):
+    """B sequences of T tokens (prompt + completion), completion = the last 8, advantages ±1, 8 probe contexts."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, lm.config.vocab_size, (B, T)).astype(np.int32)
+    mask = np.zeros((B, T), np.int32)
+    mask[:, T - 8:] = 1
+    adv = np.where(np.arange(B) % 2 == 0, 1.0, -1.0)
+    return ids, mask, adv, ids, np.full(B, T - 9, np.int32)
+
+
+def section_onestep(lm):
+    import optax
+    ids, mask, adv, pids, ppos = _batch(lm)
     t = time.perf_counter()
-    k = structured.structured_kernel(lm.graphdef, lm.config, lm.params, ids, rows, pos, output="trace",
-                                     memory_budget=budget)
-    G = np.asarray(jax.block_until_ready(k.gradient))
-    t_struct = time.perf_counter() - t
-    rss1 = rss_mb()
-    t2 = time.perf_counter()
-    structured.structured_kernel(lm.graphdef, lm.config, lm.params, ids, rows, pos, output="trace",
-                                 memory_budget=budget).gradient.block_until_ready()
-    t_warm = time.perf_counter() - t2
-    t_vjp, t_dot, _ = plain_vjp_seconds(lm, ids, pos)
-    out = {"section": "trace", "model": source, "params": lm.num_params, "contexts": ids.tolist(),
-           "positions": pos.tolist(), "trace_G": G.tolist(),
-           "trace_X": None if k.cross is None else np.asarray(k.cross).tolist(),
-           "seconds_structured_first_call": round(t_struct, 2), "seconds_structured_second_call": round(t_warm, 2),
-           "seconds_one_vjp": round(t_vjp, 4), "seconds_one_grad_dot": round(t_dot, 4),
-           "seconds_2d_vjps": round(2 * d * t_vjp, 1),
-           "ratio_first_call_vs_2d_vjps": round(t_struct / (2 * d * t_vjp), 4),
-           "ratio_second_call_vs_2d_vjps": round(t_warm / (2 * d * t_vjp), 4),
-           "peak_rss_mb_before": round(rss0), "peak_rss_mb_after_kernel": round(rss1),
-           "plan": k.plan._asdict(), "load_average": os.getloadavg()}
-    if check:
-        s, p = check_entry(lm, ids, rows, pos, token=int(ids[0, -1]))
-        out["check_subset_entry"] = {"structured": s, "plain_vjps": p, "rel_err": abs(s - p) / abs(p)}
+    r = dynamics.one_step(lm, ids, mask, adv, pids, ppos, lr=1e-5, optimizer="adam")
+    jax.block_until_ready(r.dz_actual)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    r = dynamics.one_step(lm, ids, mask, adv, pids, ppos, lr=1e-5, optimizer="adam")
+    jax.block_until_ready(r.dz_actual)
+    second = time.perf_counter() - t
+    mem = mem_mb()
+    tx = optax.adam(1e-5)
+    w = np.asarray(mask, np.float32) / mask.sum(1, keepdims=True) / len(ids)
+
+    @jax.jit
+    def step(params, state, ids, w, adv):
+        def loss(p):
+            z = lm.head(features(lm.graphdef, lm.config, p, ids)[0], p)
+            return -dynamics.policy_gradient_objective(z, ids, w, adv)[0]
+        g = jax.grad(loss)(params)
+        u, state = tx.update(g, state, params)
+        return optax.apply_updates(params, u), state
+
+    sfirst, swarm = _timed(step, lm.params, tx.init(lm.params), jnp.asarray(ids), jnp.asarray(w),
+                           jnp.asarray(adv, jnp.float32))
+    return {"batch": list(ids.shape), "probes": len(ppos), "seconds_first_call": round(first, 2),
+            "seconds_second_call": round(second, 2), "seconds_step_first_call": round(sfirst, 2),
+            "seconds_step_warm": round(swarm, 3), "ratio_first_calls": round(first / sfirst, 3),
+            "ratio_warm": round(second / swarm, 3), "rel_error": r.rel_error, "vmhwm_mb_after_one_step": mem[0]}
+
+
+def run_section(name):
+    t0 = time.perf_counter()
+    lm, source = load_model()
+    loaded = mem_mb()
+    out = {"section": name, "model": source, "params": lm.num_params, **globals()[f"section_{name}"](lm)}
+    out.update(vmhwm_mb=mem_mb()[0], vmrss_mb_after_load=loaded[1], total_seconds=round(time.perf_counter() - t0, 1),
+               load_average=os.getloadavg(), jax=jax.__version__)
     return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["trace"], default=None, help="run one section")
-    ap.add_argument("--check", action="store_true", help="also check one kernel entry against plain VJPs")
-    ap.add_argument("--memory-budget", type=int, default=None, help="bytes (default: structured's default)")
+    ap.add_argument("--only", choices=SECTIONS, default=None, help="run one section in this process")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated sections (subprocesses)")
     args = ap.parse_args(argv)
-    lm, source = load_model()
-    for name in [args.only] if args.only else ["trace"]:
-        print(json.dumps({"trace": section_trace}[name](lm, source, args.check, args.memory_budget)), flush=True)
+    if args.only:
+        print(json.dumps(run_section(args.only)), flush=True)
+        return
+    for name in args.sections.split(","):
+        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", name], capture_output=True,
+                             text=True)
+        lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
+        print(lines[-1] if lines else json.dumps({"section": name, "error": res.stderr[-2000:]}), flush=True)
 
 
 if __name__ == "__main__":

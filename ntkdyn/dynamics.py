@@ -35,7 +35,7 @@ when P = η.
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import jax
@@ -281,18 +281,44 @@ def one_step(lm, ids, completion_mask, advantages, probe_ids, probe_pos, *, lr, 
 def _parameter_change(optimizer, lr, adam_kw, opt_state, params, v, v_head, cfg):
     """The optimizer's parameter change u from the gradient v = ∇_θ J, its head-use part u_head (W and b as the
     head; module docstring) and the new optimizer state (None for "sgd")."""
-    import optax
-
     if isinstance(optimizer, str) and optimizer == "sgd":
         u = _scale(v, lr)  # θ⁺ = θ + η ∇_θ J
         return u, _scale(dict(v_head), lr), None  # head use of W (and b): η v_head
-    tx = optax.adam(lr, **(adam_kw or {})) if isinstance(optimizer, str) else optimizer
+    tx = _adam(lr, adam_kw) if isinstance(optimizer, str) else optimizer
     if opt_state is None:
         opt_state = tx.init(params)
+    try:
+        hash(tx)
+    except TypeError:  # an unhashable transformation: run it eagerly
+        return _optax_change.__wrapped__(tx, cfg.tie_word_embeddings, params, v, v_head, opt_state)
+    return _optax_change(tx, cfg.tie_word_embeddings, params, v, v_head, opt_state)
+
+
+def _adam(lr, adam_kw):
+    """optax.adam(lr, **adam_kw), the same object for equal arguments (so that _optax_change compiles once)."""
+    import optax
+
+    try:
+        return _adam_cached(lr, tuple(sorted((adam_kw or {}).items())))
+    except TypeError:  # unhashable keyword values
+        return optax.adam(lr, **(adam_kw or {}))
+
+
+@lru_cache(maxsize=32)
+def _adam_cached(lr, kw_items):
+    import optax
+
+    return optax.adam(lr, **dict(kw_items))
+
+
+@partial(jax.jit, static_argnames=("tx", "tied"))
+def _optax_change(tx, tied, params, v, v_head, opt_state):
+    """u, u_head, new state of an optax transformation `tx` on −J (one fused call: a real model's 100M-float
+    update is not dispatched op by op)."""
     u, new_state = tx.update(_scale(v, -1.0), opt_state, params)  # optax minimises −J
     u = jax.tree.map(lambda x, p: x.astype(p.dtype), u, params)
     u_head = dict(u["head"])
-    if cfg.tie_word_embeddings:  # split u_W by the elementwise preconditioner P = u_W / ∇_W J: head use P ⊙ v_head
+    if tied:  # split u_W by the elementwise preconditioner P = u_W / ∇_W J: head use P ⊙ v_head
         vW, uW = v["head"]["W"], u["head"]["W"]
         nz = vW != 0
         u_head["W"] = jnp.where(nz, uW * v_head["W"] / jnp.where(nz, vW, 1), 0)

@@ -121,6 +121,10 @@ def tiny():
     (dict(batch_size=0), r"batch_size must be a positive integer"),
     (dict(output="hutchinson", num_probes=1), r"num_probes must be an integer >= 2"),
     (dict(mesh="cpu"), r"mesh must be a jax.sharding.Mesh or None"),
+    (dict(method="exact"), r"unknown method 'exact'; expected one of auto, jacobian, structured"),
+    (dict(chunk=0), r"chunk must be a positive integer"),
+    (dict(chunk=4, method="jacobian"), r"chunk= is an option of method='structured'"),
+    (dict(method="structured", mesh=object()), r"method='structured'.*does not take mesh=.*method='jacobian'"),
 ])
 def test_errors(tiny, kwargs, message):
     args = dict(ids_a=np.zeros((2, 6), np.int32), pos_a=[5, 5])

@@ -1,5 +1,5 @@
 """Tests for ntkdyn.ntk.plan (and the chunked sweep of ntkdyn.ntk.engine): parameter groups, context blocks and
-padded chunks give the one-block kernel exactly; the default plan bounds the memory of a large kernel; a Mesh of
+padded chunks give the one-block kernel exactly (and method="auto" avoids the groups by structured derivatives); the default plan bounds the memory of a large kernel; a Mesh of
 four (forced CPU) devices gives the single-device kernel."""
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ def _chunking_job(gpt2):
     d, T = lm.config.d_model, 5
     budget = 2 * d * (sum(leaves) + T * d) * 8 - 1  # one context's J_h (d × P float64) does not fit twice
     plan = make_plan(len(CTX), d, T, leaves, 8, budget, None, lm.config.d_ff, 1)  # as decompose plans it
-    small = ntk.decompose(lm, IDS, CTX, params=params, output="trace", memory_budget=budget)
+    small = ntk.decompose(lm, IDS, CTX, params=params, output="trace", memory_budget=budget, method="jacobian")
     chunked = ntk.decompose(lm, IDS, CTX, params=params, output="trace", batch_size=2)
-    return r["trace"], plan, small, chunked
+    auto = ntk.decompose(lm, IDS, CTX, params=params, output="trace", memory_budget=budget)
+    return r["trace"], plan, small, chunked, auto
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +45,13 @@ def results(x64, tmp_path_factory):  # noqa: F811
 def test_parameter_groups_context_blocks_and_chunks_are_exact(results):
     """A tiny memory budget splits the parameters into groups and the contexts into blocks that are recomputed;
     batch_size=2 computes a block in padded chunks: both equal the one-block run."""
-    (trG, trX, total), (compute, plan), small, chunked = results["chunking"]()
+    (trG, trX, total), (compute, plan), small, chunked, auto = results["chunking"]()
     assert len(plan) == 2 and compute == 1 and all(k == 1 for _, _, k in plan)
-    for k in (small, chunked):
+    assert small.plan.method == "jacobian" and small.plan.parameter_groups == 2
+    assert chunked.plan.method == "jacobian" and chunked.plan.chunk == 2 and chunked.plan.parameter_groups == 1
+    # method="auto" never splits the parameters: the structured method takes over (ntk/method.py)
+    assert auto.plan.method == "structured" and "groups" in auto.plan.reason
+    for k in (small, chunked, auto):
         assert rel(k.gradient, trG) < 1e-12 and rel(k.cross, trX) < 1e-12 and rel(k.total(), total) < 1e-12
 
 

@@ -7,7 +7,7 @@ backbone reads its input embedding from the head table, which is passed in expli
 Attention is written for one code path that serves both teacher forcing and the KV-cache sampler: queries sit
 at absolute slots `q_slot` of a key buffer; a key slot is visible when it is valid and not in the future.
 
-Structured derivatives (ntkdyn/structured.py) pass `taps=Taps(...)` through `features`: zero-valued additive taps
+Structured derivatives (ntkdyn/ntk/structured.py) pass `taps=Taps(...)` through `features`: zero-valued additive taps
 at every Dense output and at the looked-up embedding rows, and a record of every Dense input. Without `taps`
 (the default) nothing of this runs and every number is unchanged.
 """
@@ -27,7 +27,7 @@ EMBED = ("embed",)  # the Taps key of the looked-up embedding rows x (after addi
 
 class Taps:
     """Zero-valued additive taps at every Dense output and at the looked-up embedding rows, and a record of what
-    those layers read, for structured derivatives (ntkdyn/structured.py).
+    those layers read, for structured derivatives (ntkdyn/ntk/structured.py).
 
     Pass `taps=Taps(values_BxTxM)` to `features` (or Backbone.__call__). Keys are the paths of the Dense modules
     in params["backbone"], e.g. ("layers", 3, "attn", "q"), and EMBED for the embedding rows. Each Dense adds

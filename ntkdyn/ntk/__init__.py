@@ -22,16 +22,25 @@ lookup: ∂h/∂E_v = Σ_{t: ids_t = v} ∂h/∂x_t, ∂h/∂P_p = ∂h/∂x_p. 
 Σ_{t,s} Q(c,c')[t,s] J_x(c)[:, t] J_x(c')[:, s]ᵀ with Q[t,s] = [ids_t = ids'_s] (+ [t = s] for GPT-2's
 positions), and for a tied head the same J_x gives the cross term X without V×d×d objects.
 
+Structured path (real models). Materialising J_h costs d·P floats per context and a weight gradient per reverse
+pass; structured derivatives never form either: for a Dense layer with inputs u_t and output cotangents δ_t,
+⟨∂_W h(c)ᵀ r, ∂_W h(c')ᵀ r'⟩ = Σ_{t,s} (u_t·u'_s)(δ_t·δ'_s), with every δ from one backward through the activations
+(zero taps at the Dense outputs, models/transformer.Taps). `decompose(method="auto")` picks the path by a cost model
+(method.py) and reports it as `k.plan`; method="jacobian" | "structured" forces either.
+
 Modules: kernel.py (the Kernel result, HutchinsonEstimate), contexts.py (validated (row, position) contexts),
 jacobians.py (the parameter split and J_h by reverse passes), blocks.py (M, tr G, X from Jacobian blocks), plan.py
-(the cost model, chunking, sharding helpers), engine.py (the chunked sweep over contexts), hutchinson.py (probe
-estimates), bruteforce.py (the jax.jacrev reference), api.py (the API: decompose, representation, hidden_kernel).
+(the Jacobian path's chunking, sharding helpers), engine.py (the chunked sweep over contexts), hutchinson.py (probe
+estimates), structured.py (exact kernels by structured derivatives), structured_plan.py (its sweeps and chunks),
+structured_probes.py (probe estimates by structured derivatives), method.py (the choice of method: KernelPlan),
+bruteforce.py (the jax.jacrev reference), api.py (the API: decompose, representation, hidden_kernel).
 """
 from .api import decompose, hidden_kernel, representation
 from .bruteforce import full_kernel_bruteforce
 from .contexts import contexts_from_mask
 from .kernel import OUTPUTS, HutchinsonEstimate, Kernel
+from .method import METHODS, KernelPlan
 from .plan import DEFAULT_MEMORY_BUDGET
 
 __all__ = ["Kernel", "HutchinsonEstimate", "decompose", "representation", "hidden_kernel",
-           "full_kernel_bruteforce", "contexts_from_mask", "OUTPUTS", "DEFAULT_MEMORY_BUDGET"]
+           "full_kernel_bruteforce", "contexts_from_mask", "OUTPUTS", "DEFAULT_MEMORY_BUDGET", "KernelPlan", "METHODS"]

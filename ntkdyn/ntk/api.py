@@ -2,6 +2,7 @@
 (s alone, one forward pass per side) and `hidden_kernel` (M = J_h J_hᵀ). See the package docstring for the method."""
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -13,7 +14,11 @@ from .contexts import kernel_contexts
 from .engine import Engine, Side, assemble, loop
 from .hutchinson import hutchinson
 from .kernel import OUTPUTS, Kernel
-from .plan import exact_plan, sizing
+from .method import METHODS, choose_exact, choose_probes
+from .plan import exact_plan, probe_chunks, sizing
+from .structured import structured_kernel
+from .structured_plan import make_plan as structured_plan
+from .structured_probes import probe_sizes, structured_hutchinson
 
 __all__ = ["decompose", "representation", "hidden_kernel"]
 
@@ -41,21 +46,31 @@ def _representation(lm, params, a, b, sym):
 
 
 def hidden_kernel(lm, ids_a, pos_a, ids_b=None, pos_b=None, *, params=None, batch_size=None, mesh=None,
-                  memory_budget=None):
+                  memory_budget=None, method="auto", chunk=None):
     """M(c, c') = J_h(c) J_h(c')ᵀ, (Na, Nb, d, d); J_h over ψ (and, tied, the input use of the shared table)."""
     return decompose(lm, ids_a, pos_a, ids_b, pos_b, output="hidden", params=params, batch_size=batch_size,
-                     mesh=mesh, memory_budget=memory_budget).gradient
+                     mesh=mesh, memory_budget=memory_budget, method=method, chunk=chunk).gradient
 
 
 def _is_int(x):
     return not isinstance(x, bool) and isinstance(x, (int, np.integer))
 
 
-def _check_options(output, batch_size, memory_budget, num_probes):
+def _check_options(output, batch_size, memory_budget, num_probes, method, chunk, mesh):
     if output not in OUTPUTS:
         raise ValueError(f"unknown output {output!r}; expected one of {', '.join(OUTPUTS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer (contexts per chunk); got {batch_size!r}")
+    if chunk is not None and (not _is_int(chunk) or chunk < 1):
+        raise ValueError(f"chunk must be a positive integer (cotangents or probes per sweep); got {chunk!r}")
+    if chunk is not None and method == "jacobian":
+        raise ValueError("chunk= is an option of method='structured' (cotangents per sweep); the Jacobian method "
+                         "takes batch_size= and memory_budget=")
+    if mesh is not None and (method == "structured" or chunk is not None):
+        raise ValueError("method='structured' (and its chunk= option) runs on one device and does not take mesh=; "
+                         "use method='jacobian' or 'auto' to spread the contexts over the mesh's devices")
     if memory_budget is not None and (not isinstance(memory_budget, (int, np.integer)) or memory_budget < 1):
         raise ValueError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}")
     if output == "hutchinson" and (not _is_int(num_probes) or num_probes < 2):
@@ -82,7 +97,8 @@ def _subset_tokens(output, tokens, V):
 
 def decompose(lm, ids_a, pos_a, ids_b=None, pos_b=None, *, output: str = "full", tokens=None, params=None,
               batch_size: int | None = None, mesh=None, num_probes: int = 64, seed: int = 0,
-              untied: bool = False, memory_budget: int | None = None) -> Kernel:
+              untied: bool = False, memory_budget: int | None = None, method: str = "auto",
+              chunk: int | None = None) -> Kernel:
     """The eNTK of the next-token logits between contexts a and b, split into R, G (and X for a tied head).
 
     ids_a: (B, T) int token rows; pos_a: (B,) one analysed position per row, or (N, 2) (row, position) pairs
@@ -91,11 +107,17 @@ def decompose(lm, ids_a, pos_a, ids_b=None, pos_b=None, *, output: str = "full",
             "hidden" M (Na, Nb, d, d) | "hutchinson" estimates of tr G and ‖G‖_F² from `num_probes`
             Rademacher probes (G v = W J_h(c) [J_h(c')ᵀ Wᵀ v]: one VJP and one JVP per probe).
     untied: report the view where the tied table is cloned into a separate output head (Θ = R + G, cross None).
-    batch_size: contexts per vmapped Jacobian chunk (default: from `memory_budget`, bytes of Jacobian blocks
-    held at once, 1 GiB by default). mesh: a jax.sharding.Mesh; every chunk's contexts are spread over all its
-    devices. Float64 parameters (with jax x64 enabled) give a float64 kernel.
+    method: "jacobian" (J_h from d reverse passes per context that write weight gradients; parameter groups when
+    one context's J_h exceeds the budget), "structured" (structured derivatives: one backward through the
+    activations per cotangent, per-layer Gram matrices, never a weight gradient; ntk/structured.py) or "auto"
+    (a cost model; see ntk/method.py). k.plan (a KernelPlan) tells which ran, why, and the passes, chunks and
+    bytes it predicted.
+    batch_size: contexts per vmapped chunk (Jacobian) or per sweep (structured); default from `memory_budget`,
+    bytes of Jacobian blocks or sweep outputs held at once, 1 GiB by default. chunk: cotangents (or probes) per
+    structured sweep. mesh: a jax.sharding.Mesh; every chunk's contexts are spread over all its devices (Jacobian
+    method only). Float64 parameters (with jax x64 enabled) give a float64 kernel.
     """
-    _check_options(output, batch_size, memory_budget, num_probes)
+    _check_options(output, batch_size, memory_budget, num_probes, method, chunk, mesh)
     S = _subset_tokens(output, tokens, lm.config.vocab_size)
     if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
         raise ValueError(f"mesh must be a jax.sharding.Mesh or None; got {type(mesh).__name__}")
@@ -104,10 +126,29 @@ def decompose(lm, ids_a, pos_a, ids_b=None, pos_b=None, *, output: str = "full",
     tied = lm.config.tie_word_embeddings and not untied
     eng = Engine(lm.graphdef, lm.config, params, mesh)
     sz = sizing(lm.config, eng.sp, a, b, memory_budget, batch_size, mesh)
+    na, nb, d = len(a[1]), len(b[1]), lm.config.d_model
     if output == "hutchinson":
         s, ha, hb = _representation(lm, params, a, b, sym)
-        return hutchinson(eng, a, b, s, ha, hb, sz, tied, num_probes, seed)
-    return _exact(eng, a, b, sym, sz, output, S, tied)
+        sizes = probe_sizes(lm.config, params, max(sz.Ta, sz.Tb), nb, num_probes, sz.budget)
+        kp = choose_probes(method if chunk is None else "structured", lm.config, params, sz, na, nb, num_probes,
+                           mesh, (batch_size or sizes[0], chunk or sizes[1]), probe_chunks(sz, d, na, nb, num_probes))
+        if kp.method == "structured":
+            k = structured_hutchinson(lm.graphdef, lm.config, params, a, b, s, ha, hb, tied, num_probes, seed,
+                                      sz.budget, chunk, batch_size)
+        else:
+            k = hutchinson(eng, a, b, s, ha, hb, sz, tied, num_probes, seed)
+        return dataclasses.replace(k, plan=kp)
+    jac = exact_plan(sz, d, na, nb, sym)
+    bside = (None, None, None) if sym else b
+    splan = lambda: structured_plan(lm.config, params, *a, *bside, output=output, tokens=S, untied=untied,  # noqa: E731
+                                    memory_budget=memory_budget, chunk=chunk, block=batch_size)
+    kp = choose_exact(method, lm.config, params, sz, jac, splan, na, nb, sym, output, mesh, chunk is not None)
+    if kp.method == "structured":
+        k = structured_kernel(lm.graphdef, lm.config, params, *a, *bside, output=output, tokens=S, untied=untied,
+                              memory_budget=memory_budget, chunk=chunk, block=batch_size)
+        return Kernel(representation=k.representation, gradient=k.gradient, cross=k.cross, output=output,
+                      vocab_size=lm.config.vocab_size, tokens=S, plan=kp)
+    return dataclasses.replace(_exact(eng, a, b, sym, sz, output, S, tied, jac), plan=kp)
 
 
 def _trace_mode(W, output, bs, tied):
@@ -121,12 +162,12 @@ def _trace_mode(W, output, bs, tied):
     return "m", None, None
 
 
-def _exact(eng, a, b, sym, sz, output, S, tied) -> Kernel:
+def _exact(eng, a, b, sym, sz, output, S, tied, jac) -> Kernel:
     """The exact kernel ("full", "trace", "subset", "hidden"): Jacobian blocks of chunks of contexts, contracted
     block by block (spec §1)."""
     V, W, bias = eng.cfg.vocab_size, eng.sp.W, eng.sp.has_bias
     na, nb = len(a[1]), len(b[1])
-    compute, plan = exact_plan(sz, eng.cfg.d_model, na, nb, sym)
+    compute, plan = jac
     pad = lambda n: -(-n // compute) * compute  # noqa: E731
     A = Side(*a, sz.Ta, pad(na))
     B = A if sym else Side(*b, sz.Tb, pad(nb))

@@ -39,6 +39,7 @@ class Kernel:
     output: str
     vocab_size: int
     tokens: Any = None
+    plan: Any = None  # the KernelPlan that computed it (ntk/method.py): method, passes, chunks, predicted bytes
 
     def total(self):
         """Θ = R ⊗ I + G (+ X) for output "full" / "subset" ((Na, Nb, n, n)) or its trace for "trace"."""

@@ -1,4 +1,4 @@
-"""The plan of a structured-kernel computation (ntkdyn/structured.py): how many cotangents per backward sweep
+"""The plan of a structured-kernel computation (ntkdyn/ntk/structured.py): how many cotangents per backward sweep
 (chunk), how many contexts per sweep (block), which pairs of sweeps are visited and whether b sweeps are kept,
 and the predicted bytes held, all from the parameter shapes (abstract parameters work) and the context sets.
 
@@ -86,10 +86,11 @@ def _sizes(cfg, backbone):
 
 
 def _unit_bytes(sz, n, r, T, item):
-    """A held sweep of n contexts × r cotangents: δ outputs (×2: backward buffers and relayouts), the Dense inputs
-    and forward residuals (×2), attention probabilities."""
+    """A held sweep of n contexts × r cotangents: δ outputs (×4: the vmapped backward's buffers, their stacking
+    per kind and the Gram einsums' relayouts, as measured by VmHWM on SmolLM2, benchmarks/RESULTS.md), the Dense
+    inputs and forward residuals (×2), attention probabilities."""
     per_cot = T * (sz.sum_m + sz.d) + sz.small
-    return item * n * (2 * r * per_cot + 2 * T * (sz.sum_n + sz.sum_m) + sz.n_layers * sz.n_heads * T * T)
+    return item * n * (4 * r * per_cot + 2 * T * (sz.sum_n + sz.sum_m) + sz.n_layers * sz.n_heads * T * T)
 
 
 def _gram_bytes(sz, mode, na, nb, r, Ta, Tb, item):
@@ -128,6 +129,7 @@ def walk(pairs, sym, cache_b, sweep_a, sweep_b, visit):
     cur, SA = None, None
     for ua, ub in pairs:
         if ua != cur:
+            SA = None  # free the previous a sweep before computing the next (one held, as the plan counts)
             cur, SA = ua, get("b" if sym else "a", ua, sweep_a)
         visit(ua, ub, SA, SA if (sym and ub == ua) else get("b", ub, sweep_b))
     return count[0]

@@ -1,4 +1,4 @@
-"""Tests for ntkdyn.structured (and the Taps of models/transformer.py): exact eNTK blocks from structured
+"""Tests for ntkdyn.ntk.structured (and the Taps of models/transformer.py): exact eNTK blocks from structured
 derivatives, in float64, against an independent brute-force jax.jacrev of the logits (one context at a time, V = 41
 cotangents) and against ntk.decompose.
 
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import ntkdyn as nd
-from ntkdyn import ntk, structured as st
+from ntkdyn import ntk
+from ntkdyn.ntk import structured as st
 from ntkdyn.models.transformer import EMBED, Taps, apply_head, features, graphdef_for, init_params
 
 V, D = 41, 16
@@ -179,6 +180,50 @@ def test_rectangular_trace_and_budget_plans(name):
         else:
             assert kb.plan.sweeps == 1 and kb.plan.n_chunks == 1 and kb.plan.blocks_a == 1
         assert _rel(kb.gradient, _kernel(name, "trace").gradient) < TOL
+
+
+# ----------------------------------------------------------------------------------------------- through decompose
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_decompose_forced_structured_matches_jacobian_and_bruteforce(name):
+    """ntk.decompose(method="structured") with small chunks and blocks (every loop runs several times) equals the
+    brute force and the Jacobian method, square, rectangular, untied; the plan says what ran."""
+    cfg, graphdef, params = _model(name)
+    lm = nd.LM(cfg, params, graphdef=graphdef)
+    ref, ref_rect = _reference(name)
+    force = dict(method="structured", chunk=5, batch_size=4)
+    ks = ntk.decompose(lm, IDS, CTX, params=params, **force)
+    assert ks.plan.method == "structured" and ks.plan.chunk == 5 and ks.plan.sweeps > ks.plan.detail.n_chunks > 1
+    assert ks.gradient.dtype == jnp.float64 and _rel(_total(ks), ref) < TOL
+    kj = ntk.decompose(lm, IDS, CTX, params=params, method="jacobian", batch_size=4)
+    assert kj.plan.method == "jacobian" and kj.plan.chunk == 4
+    assert _rel(ks.gradient, kj.gradient) < TOL and (ks.cross is None) == (kj.cross is None)
+    if ks.cross is not None:
+        assert _rel(ks.cross, kj.cross) < TOL
+    kr = ntk.decompose(lm, IDS, CTX[:5], IDS_B, CTX_B, params=params, output="trace", **force)
+    np.testing.assert_allclose(kr.total(), np.trace(ref_rect, axis1=2, axis2=3), rtol=TOL)
+    M = ntk.hidden_kernel(lm, IDS, CTX, params=params, **force)
+    assert _rel(M, ntk.hidden_kernel(lm, IDS, CTX, params=params, method="jacobian")) < TOL
+    if cfg.tie_word_embeddings:
+        ku = ntk.decompose(lm, IDS, CTX, params=params, untied=True, **force)
+        assert ku.cross is None and _rel(_total(ku), _reference(name, untied=True)[0]) < TOL
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_tied", "neox_parallel"])
+def test_structured_hutchinson_equals_jacobian_hutchinson(name):
+    """Same probes (seed): the structured estimator (VJPs kept as Dense cotangents, JVPs through the taps) gives
+    the Jacobian estimator's numbers, standard errors included, with probes and b contexts chunked."""
+    cfg, graphdef, params = _model(name)
+    lm = nd.LM(cfg, params, graphdef=graphdef)
+    kw = dict(params=params, output="hutchinson", num_probes=7, seed=2)
+    kj = ntk.decompose(lm, IDS, CTX[:5], IDS_B, CTX_B, method="jacobian", **kw)
+    ks = ntk.decompose(lm, IDS, CTX[:5], IDS_B, CTX_B, method="structured", chunk=3, batch_size=2, **kw)
+    assert ks.plan.method == "structured" and ks.plan.sweeps == 2 * 3 and kj.plan.method == "jacobian"
+    for est_s, est_j in ((ks.gradient, kj.gradient), (ks.cross, kj.cross)):
+        if est_j is None:
+            assert est_s is None
+            continue
+        for f in ("trace", "trace_se", "fro2", "fro2_se"):
+            assert _rel(getattr(est_s, f), getattr(est_j, f)) < TOL, f
 
 
 # ----------------------------------------------------------------------------------------------- taps, plans

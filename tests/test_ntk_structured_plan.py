@@ -1,4 +1,4 @@
-"""Tests for ntkdyn.structured_plan: schedules, sweep counts and memory plans (no kernel is computed here; the
+"""Tests for ntkdyn.ntk.structured_plan: schedules, sweep counts and memory plans (no kernel is computed here; the
 numbers of every plan are checked in tests/test_structured.py)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ntkdyn as nd
-from ntkdyn import structured_plan as sp
+from ntkdyn.ntk import structured_plan as sp
 from ntkdyn.models.transformer import abstract_params
 
 SMOLLM2 = nd.ModelConfig(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,

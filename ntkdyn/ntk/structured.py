@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from .models.transformer import EMBED, Taps, features
+from ..models.transformer import EMBED, Taps, features
 from .structured_plan import DEFAULT_MEMORY_BUDGET, MIN_CHUNK, OUTPUTS, Plan, make_plan, schedule, setup, walk
 
 __all__ = ["Plan", "StructuredKernel", "make_plan", "structured_kernel", "OUTPUTS", "DEFAULT_MEMORY_BUDGET",

@@ -1,0 +1,146 @@
+"""Which exact method computes a kernel, by a cost model: the Jacobian path (jacobians.py: J_h from d reverse passes
+per context that write weight gradients, contracted over the parameters) or structured derivatives (structured.py:
+one backward through the activations per cotangent, per-layer Gram matrices, no weight gradient). The choice and
+its numbers are the `KernelPlan` on the returned Kernel (`k.plan`).
+
+Cost model (seconds ≈ flops / FLOPS + bytes moved / BANDWIDTH + a compilation constant), P_D the Dense parameters,
+T the tokens kept, n the contexts swept, r the cotangents (d, or |S|, or the rows of L):
+  jacobian    groups · n · d · 2 T P_D (activation backward per parameter group) + n · d · 2 T P_D (weight gradients),
+              n · d · P floats written and read, and the contraction (N² d P for a factored trace, N² d² P otherwise);
+  structured  per sweep of b contexts × r cotangents: b (1 + r) 2 T P_D, the δ written (b r T Σm floats), and the
+              Gram matrices of the visited pairs (na nb Ta Tb (Σn + r Σm), plus r² T Σm per pair for matrices).
+The constants were read off SmolLM2-135M and the tiny test models on the 2-core CPU of benchmarks/RESULTS.md
+(real_bench's "predicted_seconds" beside the measured ones). The structured path is taken whenever the Jacobian plan
+would split the parameters into groups (one whole backward sweep per group) or, for Hutchinson probes, hold weight
+gradients beyond the memory budget, and otherwise when it is predicted faster; method="jacobian" | "structured" forces either.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from flax import traverse_util
+
+__all__ = ["KernelPlan", "METHODS", "choose_exact", "choose_probes"]
+
+METHODS = ("auto", "jacobian", "structured")
+FLOPS = 1.5e10  # effective float operations per second of the vmapped passes (2 CPU cores)
+BANDWIDTH = 4e9  # bytes per second written and read back
+COMPILE = {"jacobian": 1.5, "structured": 4.0}  # seconds of compilation (tiny models; grows with depth)
+
+
+class KernelPlan(NamedTuple):
+    """What `decompose` ran (k.plan): the method, why, the passes and chunks, the bytes and seconds predicted."""
+
+    method: str  # "jacobian" | "structured"
+    reason: str
+    passes: int  # reverse passes (one per context and cotangent or probe; per parameter group for the Jacobian path)
+    sweeps: int  # compiled calls that run them (vmapped chunks)
+    chunk: int  # contexts per chunk (jacobian) | cotangents or probes per sweep (structured)
+    parameter_groups: int  # Jacobian path: one whole backward sweep per group (1: no split)
+    predicted_bytes: int  # held at once by the chosen method (model parameters not counted)
+    memory_budget: int
+    predicted_seconds: dict  # {"jacobian": s, "structured": s} from the cost model
+    detail: Any = None  # the structured Plan, or the Jacobian (compute, [(leaves, with_x, k)]) plan
+
+
+def _dense(params):
+    """(P_D, Σm, Σn) of the backbone's Dense kernels."""
+    ks = [v.shape for p, v in traverse_util.flatten_dict(params["backbone"]).items() if p[-1] == "kernel"]
+    return sum(int(np.prod(s)) for s in ks), sum(s[1] for s in ks), sum(s[0] for s in ks)
+
+
+def _seconds(method, flops, nbytes, n_layers):
+    return round(flops / FLOPS + nbytes / BANDWIDTH + COMPILE[method] * max(1.0, n_layers / 2), 3)
+
+
+def _jacobian_cost(cfg, params, sz, compute, jplan, na, nb, sym, output):
+    P_D = _dense(params)[0]
+    P = sum(sz.leaf_sizes)
+    d, T, item = cfg.d_model, max(sz.Ta, sz.Tb), sz.itemsize
+    n = na if sym else na + nb
+    groups = len(jplan)
+    flops = groups * n * d * 2 * T * P_D + n * d * 2 * T * P_D
+    pairs = na * nb / (2 if sym else 1)
+    flops += 2 * pairs * d * P * (1 if output == "trace" else d)
+    return _seconds("jacobian", flops, 2 * n * d * P * item, cfg.n_layers)
+
+
+def _structured_cost(cfg, params, splan, na, nb, item):
+    P_D, sum_m, sum_n = _dense(params)
+    b, r, T = splan.block, splan.chunk, max(splan.tokens_a, splan.tokens_b)
+    flops = splan.sweeps * b * (1 + r) * 2 * T * P_D
+    pairs = splan.sweeps if splan.mode == "trace" else splan.sweeps * splan.n_chunks
+    per_pair = min(b, na) * min(b, nb) * splan.tokens_a * splan.tokens_b * (sum_n + r * sum_m)
+    if splan.mode == "matrix":
+        per_pair += min(b, na) * min(b, nb) * r * r * T * sum_m
+    flops += 2 * pairs * per_pair
+    return _seconds("structured", flops, 2 * splan.sweeps * b * r * T * sum_m * item, cfg.n_layers)
+
+
+def choose_exact(method, cfg, params, sz, jac, splan_fn, na, nb, sym, output, mesh, forced) -> KernelPlan:
+    """The KernelPlan of an exact kernel. jac: the Jacobian path's (compute, plan) (plan.exact_plan);
+    splan_fn(): the structured Plan (structured_plan.make_plan); forced: a structured-only option (chunk) was given."""
+    compute, jplan = jac
+    splan = splan_fn()
+    secs = {"jacobian": _jacobian_cost(cfg, params, sz, compute, jplan, na, nb, sym, output),
+            "structured": _structured_cost(cfg, params, splan, na, nb, sz.itemsize)}
+    if method == "auto":
+        if mesh is not None:
+            method, reason = "jacobian", "a mesh is given (the structured method runs on one device)"
+        elif forced:
+            method, reason = "structured", "chunk= is an option of the structured method"
+        elif len(jplan) > 1:
+            method, reason = "structured", (f"the Jacobian plan would split the parameters into {len(jplan)} groups "
+                                            f"(2·d·P·itemsize > memory_budget)")
+        else:
+            method = min(secs, key=secs.get)
+            reason = "predicted faster"
+    else:
+        reason = "forced (method=...)"
+    d = cfg.d_model
+    if method == "structured":
+        return KernelPlan("structured", reason, splan.sweeps * splan.block * splan.chunk, splan.sweeps, splan.chunk, 1,
+                          splan.predicted_bytes, splan.memory_budget, secs, splan)
+    n_pad = -(-max(na, nb) // compute) * compute
+    n_sides = 1 if sym else 2
+    sweeps = len(jplan) * n_sides * n_pad // compute
+    held = 2 * max(k for _, _, k in jplan) * compute * d * (max(
+        sum(sz.leaf_sizes[i] for i in g) for g, _, _ in jplan) + max(sz.Ta, sz.Tb) * d) * sz.itemsize
+    return KernelPlan("jacobian", reason, sweeps * compute * d, sweeps, compute, len(jplan), int(held), sz.budget,
+                      secs, (compute, jplan))
+
+
+def choose_probes(method, cfg, params, sz, na, nb, num_probes, mesh, sizes, jac_chunks) -> KernelPlan:
+    """The KernelPlan of the Hutchinson estimator: per probe one VJP per b context and one JVP per (a, b) pair.
+    The Jacobian path's VJPs write P-float weight gradients (held for a chunk of b contexts); the structured VJPs
+    keep the Dense cotangents δ and its JVPs feed them through the taps. sizes: the structured (b contexts, probes)
+    per sweep; jac_chunks: the Jacobian path's (a contexts, b contexts) per call (plan.probe_chunks)."""
+    P_D, sum_m, sum_n = _dense(params)
+    P = sum(sz.leaf_sizes)
+    T, item = max(sz.Ta, sz.Tb), sz.itemsize
+    vjps, jvps = nb * num_probes, na * nb * num_probes
+    secs = {"jacobian": _seconds("jacobian", vjps * 6 * T * P_D + jvps * 4 * T * P_D, 3 * vjps * P * item + jvps
+                                 * P * item, cfg.n_layers),
+            "structured": _seconds("structured", vjps * 4 * T * P_D + jvps * (2 * T * P_D + 2 * T * T * (sum_m + sum_n)),
+                                   2 * vjps * T * sum_m * item, cfg.n_layers)}
+    ca, cb_j = jac_chunks
+    held_j = cb_j * num_probes * (P + T * cfg.d_model) * item
+    if method == "auto":
+        if mesh is not None:
+            method, reason = "jacobian", "a mesh is given (the structured method runs on one device)"
+        elif held_j > sz.budget:
+            method, reason = "structured", (f"the Jacobian path's probe VJPs (weight gradients) would hold "
+                                            f"{held_j / 2 ** 30:.1f} GiB > memory_budget")
+        else:
+            method, reason = min(secs, key=secs.get), "predicted faster"
+    else:
+        reason = "forced (method=...)"
+    cb, pc = sizes
+    if method == "structured":
+        sweeps = -(-nb // cb) * -(-num_probes // pc)
+        held = item * cb * pc * T * (sum_m + cfg.d_model + 3 * (sum_m + sum_n))
+        return KernelPlan("structured", reason, vjps + jvps, sweeps, pc, 1, int(held), sz.budget, secs, sizes)
+    return KernelPlan("jacobian", reason, vjps + jvps, -(-na // ca) * -(-nb // cb_j), cb_j, 1, int(held_j), sz.budget,
+                      secs, jac_chunks)
+
