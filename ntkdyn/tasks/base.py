@@ -188,10 +188,12 @@ def _fresh(prompt):
 
 @lru_cache(maxsize=None)
 def _split_pool_cached(task: Task, split: str) -> tuple | None:
-    everything = task.all_prompts()
-    if everything is None:
-        return None
-    return tuple(p for p in everything if task.split_of(p) == split)
+    """The prompts of `split`, computed once per task object (None when the space is not enumerable)."""
+    cache = task.__dict__.setdefault("_split_pools", {})
+    if split not in cache:
+        everything = task.all_prompts()
+        cache[split] = None if everything is None else tuple(p for p in everything if task.split_of(p) == split)
+    return cache[split]
 
 
 def check_split(split: str) -> None:

@@ -73,13 +73,21 @@ class NaturalTask(Task):
         user = {"role": "user", "content": self.template.format(**dict(zip(self.fields, values)))}
         return ([{"role": "system", "content": self.system}] if self.system else []) + [user]
 
+    def space_size(self) -> int:
+        """How many parameter tuples the prompt space holds (without listing them when it is large)."""
+        return len(self.params())
+
+    def param_at(self, i: int) -> tuple[int, ...]:
+        """The i-th parameter tuple, in the order of :meth:`params`."""
+        return self.params()[i]
+
     def all_prompts(self) -> list[list[dict]] | None:
-        space = self.params()
-        return None if len(space) > _MAX_ENUMERATED else [self.render(*v) for v in space]
+        if self.space_size() > _MAX_ENUMERATED:
+            return None
+        return [self.render(*v) for v in self.params()]
 
     def _random_prompt(self, rng: np.random.Generator) -> list[dict]:
-        space = self.params()
-        return self.render(*space[int(rng.integers(len(space)))])
+        return self.render(*self.param_at(int(rng.integers(self.space_size()))))
 
     def parse(self, prompt) -> tuple[int, ...]:
         text = _user_text(prompt)
@@ -114,6 +122,14 @@ class ArithmeticTask(NaturalTask):
     def params(self):
         lo_a, lo_b = 10 ** (self.a_digits - 1), 10 ** (self.b_digits - 1)
         return list(itertools.product(range(lo_a, 10 * lo_a), range(lo_b, 10 * lo_b)))
+
+    def space_size(self) -> int:
+        return 81 * 10 ** (self.a_digits + self.b_digits - 2)
+
+    def param_at(self, i: int) -> tuple[int, int]:
+        lo_a, lo_b = 10 ** (self.a_digits - 1), 10 ** (self.b_digits - 1)
+        a, b = divmod(i, 9 * lo_b)  # row-major over (a, b), as params() lists them
+        return lo_a + a, lo_b + b
 
     def result(self, prompt) -> int:
         return self._OPS[self.op](*self.parse(prompt))
