@@ -25,8 +25,6 @@ picks the right class for a saved directory.
 
 from __future__ import annotations
 
-import datetime
-import functools
 import json
 import os
 from typing import Iterable, Sequence
@@ -35,6 +33,7 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from ..io import read_json, write_json
+from .chat_template import clean_up_spaces, compile_template
 from .config import CheckpointError
 from .padding import pad_left
 
@@ -235,7 +234,7 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` (special tokens skipped by default), cleaned up as transformers does when the config asks."""
         text = self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
-        return _clean_up_spaces(text) if self.config.get("clean_up_tokenization_spaces") else text
+        return clean_up_spaces(text) if self.config.get("clean_up_tokenization_spaces") else text
 
     def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True,
                             tokenize: bool = True, **kwargs) -> list[int] | str:
@@ -246,7 +245,7 @@ class HFTokenizer:
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat template (tokenizer_config.json has no 'chat_template')")
         variables = {k: _token_text(self.config.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
-        text = _compile_template(self.chat_template).render(
+        text = compile_template(self.chat_template).render(
             messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt,
             **{k: v for k, v in variables.items() if v is not None}, **kwargs)
         return self.encode(text) if tokenize else text
@@ -269,34 +268,6 @@ def _token_text(token) -> str | None:
     if isinstance(token, dict):  # serialized AddedToken
         token = token.get("content")
     return token if isinstance(token, str) else None
-
-
-def _clean_up_spaces(text: str) -> str:
-    """transformers' ``clean_up_tokenization``: drop the space before punctuation and English contractions."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-                 (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
-        text = text.replace(a, b)
-    return text
-
-
-@functools.lru_cache(maxsize=16)
-def _compile_template(template: str):
-    """A chat template compiled in the environment transformers renders it in."""
-    import jinja2
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    return env.from_string(template)
 
 
 def load_tokenizer(directory: str) -> CharTokenizer | HFTokenizer | None:
