@@ -1,5 +1,9 @@
-"""The reference kernel every fast path is tested against: Θ = J Jᵀ with J = jax.jacrev of the logits at the
-contexts w.r.t. the whole params pytree (small models only: N×V×P Jacobians)."""
+"""The reference kernel every fast path is tested against: Θ = J Jᵀ with J the Jacobian of the logits at the
+contexts w.r.t. the whole params pytree (small models only: N×V×P Jacobians).
+
+J is pulled back in blocks of at most 64 cotangents (a sequential `lax.map` over vmapped VJPs), never in one vmap
+over all N·V outputs: jaxlib 0.10.2 miscompiles a vmapped VJP through a norm once the batch reaches about 127 on
+CPU, and the reference must not share that failure mode (README: known issues)."""
 from __future__ import annotations
 
 from functools import partial
@@ -38,7 +42,15 @@ def _bruteforce(graphdef, cfg, untied, params, ids, rows, pos):
         def z(th):
             return apply_head(th["head"], features(graphdef, cfg, th, ids)[0])[rows, pos]
 
-    J = jax.jacrev(z)(theta)
+    out, vjp = jax.vjp(z, theta)
     N, V = rows.shape[0], cfg.vocab_size
-    J = jnp.concatenate([j.reshape(N, V, -1) for j in jax.tree.leaves(J)], axis=-1)  # (N, V, P)
+    n, blk = N * V, _BLOCK
+    basis = jnp.eye(n, dtype=out.dtype)
+    basis = jnp.pad(basis, ((0, -n % blk), (0, 0))).reshape(-1, blk, N, V)  # (n_blocks, blk, N, V)
+    rows_J = jax.lax.map(lambda u: jax.vmap(vjp)(u)[0], basis)  # leaves (n_blocks, blk, *leaf)
+    J = jnp.concatenate([j.reshape(-1, j[0, 0].size)[:n].reshape(N, V, -1) for j in jax.tree.leaves(rows_J)],
+                        axis=-1)  # (N, V, P)
     return jnp.einsum("avp,bwp->abvw", J, J)
+
+
+_BLOCK = 64  # cotangents per vmapped VJP (below the ~127 where jaxlib 0.10.2 miscompiles)
