@@ -286,52 +286,11 @@ def _proposition2(lm, tok, params, roll, adv, probe_ids, probe_pos, lr, n_sample
 
 
 def _figures(r, res, out_dir):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """(a) predicted vs real Δ log π over every (probe, token) entry; (b) the R/G split per probe and Prop. 2."""
+    from ..plots import plot_one_step, plot_one_step_split
 
-    from ..plots import plot_one_step, save
-
-    files = []
-    # (a) predicted vs real Δ log π over every (probe, token) entry
-    files += plot_one_step(r.dlogp_predicted, r.dlogp_actual, os.path.join(out_dir, "one_step_scatter"))
-
-    # (b) per-probe norms of the parts of Δz, and the Prop-2 panel
-    pp = res["per_probe"]
-    nR, nG, nA = (np.asarray(pp[k]) for k in ("norm_dz_R", "norm_dz_G", "norm_dz_actual"))
-    nX = None if pp["norm_dz_X"] is None else np.asarray(pp["norm_dz_X"])
-    fig = Figure(figsize=(12.0, 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax, ax2 = fig.subplots(1, 2, width_ratios=[1.6, 1])
-    idx = np.arange(len(nR))
-    parts = [(nR, "‖Δz_R‖ representation", "#55a868"), (nG, "‖Δz_G‖ gradient", "#c44e52")]
-    if nX is not None:
-        parts.append((nX, "‖Δz_X‖ tied cross", "#8172b2"))
-    parts.append((nA, "‖Δz‖ real", "#4c4c4c"))
-    w = 0.8 / len(parts)
-    for i, (v, label, color) in enumerate(parts):
-        ax.bar(idx + (i - (len(parts) - 1) / 2) * w, v, width=w, color=color, label=label)
-    for i, k in enumerate(pp["kind"]):
-        if k == "prompt":
-            ax.axvline(i - 0.5, color="0.85", lw=0.8, zorder=0)
-    ax.set_xlabel("probe context (grey line: a new held-out prompt; its first probe is the last prompt position)")
-    ax.set_ylabel("norm over the vocabulary")
-    ax.set_title(f"R vs G split of one SGD step (lr={res['lr']:g}): R share {res['share_representation']:.2f}, "
-                 f"G share {res['share_gradient']:.2f}", fontsize=10)
-    ax.legend(fontsize=8)
-    p2 = res["prop2"]
-    for smp in p2["samples"]:
-        ax2.scatter(smp["s"], smp["dlogp_y_actual"], s=14, alpha=0.7,
-                    label=f"y_u = {smp['token']!r} (A = {smp['advantage']:.2f})")
-    ax2.axhline(0, color="k", lw=0.8)
-    ax2.axvline(0, color="k", lw=0.8)
-    ax2.set_xlabel("s(c_o, c_u) = h_o · h_u")
-    ax2.set_ylabel("real Δ log π(y_u | c_o)")
-    ax2.set_title(f"Prop. 2: single samples with A > 0, held-out probes\nΔ log π(y_u) > 0 at "
-                  f"{100 * p2['frac_logp_y_up']:.0f}%, argmax Δz_R = y_u at {100 * p2['frac_argmax_dzR_is_y']:.0f}%,"
-                  f"\ns > 0 at {100 * p2['frac_s_positive']:.0f}% of (sample, probe) pairs", fontsize=9)
-    ax2.legend(fontsize=7)
-    files += save(fig, os.path.join(out_dir, "one_step_split"))
-    return files
+    return (plot_one_step(r.dlogp_predicted, r.dlogp_actual, os.path.join(out_dir, "one_step_scatter"))
+            + plot_one_step_split(res, os.path.join(out_dir, "one_step_split")))
 
 
 # ----------------------------------------------------------------------------- command line

@@ -8,11 +8,12 @@ PNG (dpi 150) and PDF, with fixed colours per recipe (`RECIPE_COLORS`).
   style.py     colours, labels, the rc style, shared drawing pieces, save
   training.py  run-based figures: plot_reward, plot_confidence, plot_diversity, plot_dz_share, plot_head_norm;
                plot_all writes all five
-  analysis.py  array-based figures: plot_feature_similarity (+ feature_table_markdown), plot_one_step,
+  analysis.py  array-based figures: plot_feature_similarity (+ feature_table_markdown), plot_one_step(_split),
                plot_kernel
 """
 from ..rl.recipes import RECIPES
-from .analysis import feature_table_markdown, plot_feature_similarity, plot_kernel, plot_one_step
+from .analysis import (feature_table_markdown, plot_feature_similarity, plot_kernel, plot_one_step,
+                       plot_one_step_split)
 from .runs import Run, curve_series, load_runs, parse_curve, series
 from .style import RECIPE_COLORS, RECIPE_LABELS, save
 from .training import plot_all, plot_confidence, plot_diversity, plot_dz_share, plot_head_norm, plot_reward
@@ -35,6 +36,7 @@ __all__ = [
     "plot_feature_similarity",
     "feature_table_markdown",
     "plot_one_step",
+    "plot_one_step_split",
     "plot_kernel",
     "plot_all",
 ]
