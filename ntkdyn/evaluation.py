@@ -17,8 +17,8 @@ from . import metrics as M
 from . import tasks as _tasks
 from .models.tokenizer import encode_prompt, eos_ids_of
 
-__all__ = ["CORRECT", "MAX_NEW_TOKENS", "decode_completions", "completion_rewards", "well_formed",
-           "held_out_prompts", "pass_ks", "sample_stats", "task_of", "evaluate"]
+__all__ = ["CORRECT", "MAX_NEW_TOKENS", "decode_completions", "completion_rewards",
+           "canonical_answers", "held_out_prompts", "pass_ks", "sample_stats", "task_of", "evaluate"]
 
 CORRECT = 0.9  # reward at or above which a completion is in the task's correct set (tasks.Task.correct_answers)
 
@@ -47,13 +47,6 @@ def completion_rewards(task, prompts, texts, finished, reward_fn=None, score_tru
                       np.float64)
 
 
-def well_formed(task, text: str) -> bool:
-    """The completion text parses as an answer of the task's format."""
-    pattern = getattr(task, "_answer_re", None)
-    norm = task.normalize(text)
-    return norm is not None and (pattern is None or pattern.fullmatch(norm) is not None)
-
-
 def held_out_prompts(task, n: int, seed: int = 0, split: str = "test") -> list[str]:
     """``n`` prompts of ``split``: the whole split when it holds at most ``n`` (e.g. the 16 test prompts of
     "sum"), else ``task.prompts(split, n, seed)``."""
@@ -71,13 +64,25 @@ def pass_ks(n: int) -> list[int]:
     return ks
 
 
-def sample_stats(texts, rewards, samples: int) -> dict:
+def canonical_answers(task, prompts, texts) -> list[str]:
+    """The answer each completion gives, ``task.canonical(prompt, text)`` (what distinct-answer statistics count:
+    "The answer is 85" and "85" are one answer), or the text itself when no answer can be read from it."""
+    out = []
+    for p, t in zip(prompts, texts):
+        a = task.canonical(p, t)
+        out.append(t if a is None else a)
+    return out
+
+
+def sample_stats(texts, rewards, samples: int, answers=None) -> dict:
     """Statistics of ``samples`` completions per prompt (prompt-major: row j·samples + s), rewards float64.
 
     reward, reward_std (population std), frac_correct (share in the correct set, reward >= CORRECT),
     pass_at_k_curve (at k = pass_ks(samples)), and the per-prompt means of unique_answers (distinct answers),
-    unique_correct (distinct answers in the correct set) and distinct_2 (distinct bigrams)."""
+    unique_correct (distinct answers in the correct set) and distinct_2 (distinct bigrams of the texts).
+    ``answers``: the completions' answers (:func:`canonical_answers`) to count instead of the texts."""
     rewards = np.asarray(rewards, np.float64)
+    answers = list(texts) if answers is None else list(answers)
     E = len(texts) // samples
     correct = rewards >= CORRECT
     per = [slice(j * samples, (j + 1) * samples) for j in range(E)]
@@ -85,8 +90,8 @@ def sample_stats(texts, rewards, samples: int) -> dict:
     return dict(
         reward=float(rewards.mean()), reward_std=float(rewards.std()), frac_correct=float(correct.mean()),
         pass_at_k_curve=[float(x) for x in curve],
-        unique_answers=float(np.mean([M.unique_answers(texts[s]) for s in per])),
-        unique_correct=float(np.mean([M.unique_correct(texts[s], rewards[s].tolist(), CORRECT) for s in per])),
+        unique_answers=float(np.mean([M.unique_answers(answers[s]) for s in per])),
+        unique_correct=float(np.mean([M.unique_correct(answers[s], rewards[s].tolist(), CORRECT) for s in per])),
         distinct_2=float(np.mean([M.distinct_n(texts[s], 2) for s in per])),
     )
 
@@ -98,13 +103,15 @@ MAX_NEW_TOKENS = 12  # longest answer (8 characters) + EOS, with room to spare
 
 
 def task_of(task):
-    """A task object, or the task registered as `task` (ValueError naming the known tasks)."""
+    """A task object, or the task `task` names: a built-in task (character or natural) or a dataset path
+    (tasks.resolve; ValueError naming the known tasks)."""
     if not isinstance(task, str):
         return task
     try:
-        return _tasks.get(task)
-    except KeyError:
-        raise ValueError(f"unknown task {task!r}; expected one of {_tasks.names()}") from None
+        return _tasks.resolve(task)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"unknown task {task!r}; expected one of {_tasks.all_names()} or a dataset path "
+                         f"({e})") from None
 
 
 def evaluate(lm, task, n_prompts: int = 64, samples: int = 32, seed: int = 0, split: str = "test", *,
@@ -115,9 +122,10 @@ def evaluate(lm, task, n_prompts: int = 64, samples: int = 32, seed: int = 0, sp
     Prompts: ``n_prompts`` of ``split`` (the whole split when it holds fewer, e.g. the 16 test prompts of "sum").
     Returns ``reward`` (mean over all samples), ``reward_std``, ``frac_correct`` (share of samples in the task's
     correct set: reward 1, or >= 0.9 for a graded task; equals ``reward`` for binary tasks), ``distinct`` (distinct
-    completions per prompt, mean over prompts), ``distinct_correct`` (distinct completions in the correct set),
-    ``answer_space`` (mean size of the correct set per prompt, ``task.answer_space_size``), ``frac_malformed`` (no
-    EOS or not in the task's answer format), ``frac_truncated`` (no EOS), ``mean_length`` (completion tokens incl.
+    answers per prompt as ``task.canonical`` reads them, mean over prompts), ``distinct_correct`` (distinct answers
+    in the correct set), ``answer_space`` (mean size of the correct set per prompt, ``task.answer_space_size``;
+    None when it cannot be enumerated, e.g. a dataset), ``frac_malformed`` (no EOS or not in the task's answer
+    format: ``task.well_formed``), ``frac_truncated`` (no EOS), ``mean_length`` (completion tokens incl.
     EOS), ``n_prompts`` and ``samples``. Prompts are encoded by ``encode_prompt(tok, p, chat=chat)`` (the chat
     template when the tokenizer has one, for ``chat=None``); sampling stops at every EOS id of the model."""
     task = task_of(task)
@@ -140,10 +148,11 @@ def evaluate(lm, task, n_prompts: int = 64, samples: int = 32, seed: int = 0, sp
         lengths.append(np.asarray(g.mask).sum(1))
     finished = np.concatenate(finished)
     rewards = completion_rewards(task, flat, texts, finished)
-    malformed = np.asarray([not (f and well_formed(task, t)) for t, f in zip(texts, finished)])
-    st = sample_stats(texts, rewards, samples)
+    malformed = np.asarray([not (f and task.well_formed(t, p)) for p, t, f in zip(flat, texts, finished)])
+    spaces = [task.answer_space_size(p) for p in prompts]
+    st = sample_stats(texts, rewards, samples, canonical_answers(task, flat, texts))
     return dict(reward=st["reward"], reward_std=st["reward_std"], frac_correct=st["frac_correct"],
                 distinct=st["unique_answers"], distinct_correct=st["unique_correct"],
-                answer_space=float(np.mean([task.answer_space_size(p) for p in prompts])),
+                answer_space=None if None in spaces else float(np.mean(spaces)),
                 frac_malformed=float(malformed.mean()), frac_truncated=float(1.0 - finished.mean()),
                 mean_length=float(np.concatenate(lengths).mean()), n_prompts=len(prompts), samples=int(samples))

@@ -93,10 +93,15 @@ _SHAPES = {"default": (128, 4, 4, 4), "tiny": (64, 2, 4, 3)}
 def draw_sft_data(task, n: int, seed: int = 0, correct_frac: float = DEFAULTS["correct_frac"]):
     """``n`` (prompt, answer) pairs: train-split prompts; each answer is ``task.sample_answer(prompt, rng,
     correct=rng.random() < correct_frac)``, i.e. uniform over the correct answers (diverse) with probability
-    ``correct_frac`` and a near miss otherwise (partly correct). Deterministic in ``seed``."""
+    ``correct_frac`` and a near miss otherwise (partly correct). Deterministic in ``seed``. A dataset task gives
+    its train rows' (prompt, ``completion``) pairs instead, drawn with ``seed`` (``correct_frac`` unused)."""
     task = task_of(task)
     if not 0.0 <= correct_frac <= 1.0:
         raise ValueError(f"correct_frac must be in [0, 1]; got {correct_frac}")
+    if isinstance(task, _tasks.DatasetTask):
+        prompts, completions = task.sft_pairs("train")
+        idx = np.random.default_rng([int(seed), 2]).choice(len(prompts), size=int(n), replace=n > len(prompts))
+        return [prompts[i] for i in idx], [_tasks.completion_text(completions[i]) for i in idx]
     prompts = task.prompts("train", int(n), seed)
     rng = np.random.default_rng([int(seed), 1])
     answers = [task.sample_answer(p, rng, correct=bool(rng.random() < correct_frac)) for p in prompts]
@@ -339,7 +344,7 @@ def _train_in(stage, task, lm, args, progress, chat=None):
                 bar.update(step - last_logged)
                 pending, last_logged = [], step
     lm = lm.replace(jax.device_get(params))
-    if args["eval_prompts"]:
+    if args["eval_prompts"] and not isinstance(task, _tasks.DatasetTask):  # a dataset brings no reward to evaluate
         ev = evaluate(lm, task, n_prompts=args["eval_prompts"], samples=args["eval_samples"], seed=args["seed"],
                       chat=chat)
         append_jsonl(log_path, dict(step=steps, eval=ev, time=round(time.perf_counter() - t0, 3)))
@@ -356,7 +361,9 @@ def _train_in(stage, task, lm, args, progress, chat=None):
 
 
 def add_arguments(p):
-    p.add_argument("--task", default=_tasks.DEFAULT_TASK, help=f"task name, one of {_tasks.names()}")
+    p.add_argument("--task", default=_tasks.DEFAULT_TASK, help=f"task name, one of {_tasks.all_names()}")
+    p.add_argument("--dataset", default=None, help="train on a dataset's prompt + completion columns instead of "
+                   "--task (JSONL, JSON, CSV, Parquet or a directory saved by datasets; no reward evaluation)")
     p.add_argument("--out", required=True, help="output directory (Hugging Face model dir + sft logs)")
     p.add_argument("--model", default=None, help="fine-tune this model (a directory, a .gguf file or a known name "
                    "such as smollm2-135m-instruct) instead of training a new one (--family / --size)")
@@ -381,7 +388,7 @@ def add_arguments(p):
 
 def run_cli(args) -> int:
     try:
-        lm = train(args.task, args.out, family=args.family, size=args.size, steps=args.steps,
+        lm = train(args.dataset or args.task, args.out, family=args.family, size=args.size, steps=args.steps,
                    batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
                    correct_frac=args.correct_frac, clean_frac=args.clean_frac,
                    eval_prompts=args.eval_prompts, eval_samples=args.eval_samples, progress=not args.no_progress,

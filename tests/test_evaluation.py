@@ -65,3 +65,17 @@ def test_several_eos_ids_and_truncated_scoring():
     r = evaluation.completion_rewards(tasks.get("sum"), ["sum 5:"] * 3, texts, finished,
                                       reward_fn=lambda p, t: 1.0, score_truncated=True)
     assert r.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_distinct_answers_count_canonical_answers():
+    """Distinct answers are counted as the task reads them (task.canonical): "85" and "The answer is 85." are one
+    answer of "add"; a completion with no readable answer counts as its text."""
+    add = tasks.resolve("add")
+    p = add.prompts("test", 1, 0)[0]
+    answer = add.columns(p)["answer"]
+    texts = [answer, f"The answer is {answer}.", "no idea", "no idea!"]
+    answers = evaluation.canonical_answers(add, [p] * 4, texts)
+    assert answers[0] == answers[1] and answers[2:] == ["no idea", "no idea!"]
+    st = evaluation.sample_stats(texts, np.array([1.0, 1.0, 0.0, 0.0]), 4, answers)
+    assert st["unique_answers"] == 3 and st["unique_correct"] == 1
+    assert evaluation.sample_stats(texts, np.array([1.0, 1.0, 0.0, 0.0]), 4)["unique_correct"] == 2

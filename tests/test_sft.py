@@ -196,3 +196,25 @@ def test_fine_tune_a_given_model(tiny_run, tmp_path):
     assert any(moved)
     with pytest.raises(ValueError, match="has none"):
         sft.train("sum", str(tmp_path / "x"), **dict(TINY, steps=1), model=base_out, chat=True)
+
+
+def test_sft_on_a_dataset(tmp_path, capsys):
+    """`ntkdyn sft --dataset PATH`: the prompt + completion columns are the training pairs; no completion column is
+    a clear error."""
+    import json as _json
+
+    from ntkdyn.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(_json.dumps({"prompt": f"sum {n}:", "completion": f"1+{n - 1}"}) + "\n"
+                            for n in range(10, 20)))
+    out = str(tmp_path / "sft")
+    assert main(["sft", "--dataset", str(data), "--out", out, "--size", "tiny", "--steps", "2", "--batch-size", "4",
+                 "--warmup", "0", "--no-progress"]) == 0
+    prompts, answers = sft.draw_sft_data(str(data), 6, seed=0)
+    assert all(a == "1+" + str(int(p[4:-1]) - 1) for p, a in zip(prompts, answers))
+    bad = tmp_path / "nocompletion.jsonl"
+    bad.write_text(_json.dumps({"prompt": "sum 12:"}) + "\n" + _json.dumps({"prompt": "sum 13:"}) + "\n")
+    assert main(["sft", "--dataset", str(bad), "--out", str(tmp_path / "b"), "--size", "tiny", "--steps", "1",
+                 "--no-progress"]) == 2
+    assert "no 'completion' column" in capsys.readouterr().err

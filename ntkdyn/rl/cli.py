@@ -19,7 +19,10 @@ _FLAGS = [
     ("--recipe", "recipe", str, "rl | cf-rl | lp-ft"),
     ("--model", "model", str, "a Hugging Face model directory, a .gguf file or a known name such as "
                               "smollm2-135m-instruct (default: the embedded default base model)"),
-    ("--task", "task", str, "task name (default: sum)"),
+    ("--task", "task", str, "a built-in task (sum, multiple, word; add, mul, two-sum, list-multiples) or a "
+                            "dataset path"),
+    ("--eval-dataset", "eval_dataset", str, "held-out prompts of a dataset task (JSONL, CSV, Parquet, saved dir)"),
+    ("--eval-fraction", "eval_fraction", float, "share of the dataset held out when no --eval-dataset"),
     ("--steps", "steps", int, "full-parameter RL steps (stage-1 steps come before them; 0: stage 1 alone)"),
     ("--head-steps", "head_steps", int, "stage-1 steps of cf-rl / lp-ft"),
     ("--head-epochs", "head_epochs", float, "stage-1 epochs over the train prompts (default 1)"),
@@ -57,6 +60,14 @@ def add_arguments(p: argparse.ArgumentParser):
     for flag, key, typ, help_ in _FLAGS:
         h = (help_ + "; " if help_ else "") + f"default {defaults[key]!r}"
         p.add_argument(flag, dest=key, type=typ, default=None, help=h)
+    p.add_argument("--dataset", dest="dataset", default=None,
+                   help="a dataset of prompts (JSONL, JSON, CSV, Parquet or a directory saved by datasets) with a "
+                        "'prompt' column; the same as --task PATH")
+    p.add_argument("--reward", dest="rewards", action="append", default=None, metavar="SPEC",
+                   help="a reward function in TRL's signature (repeatable): package.module:function, "
+                        "path/file.py:function, a task name or a reward-model directory; default: the task's own")
+    p.add_argument("--reward-weights", dest="reward_weights", type=float, nargs="+", default=None, metavar="W",
+                   help="one weight per --reward, in order (default 1.0 each)")
     p.add_argument("--chat-template", dest="chat_template", choices=list(CHAT_CHOICES), default=None,
                    help="prompts through the tokenizer's chat template: auto (when it has one), on, off; "
                         "default auto")
@@ -79,6 +90,13 @@ def config_from_args(args) -> RLConfig:
         v = getattr(args, key, None)
         if v is not None:
             d[key] = v
+    if getattr(args, "dataset", None) is not None:
+        if getattr(args, "task", None) is not None:
+            raise ConfigError(f"--dataset {args.dataset!r} and --task {args.task!r} both given; expected one")
+        d["task"] = args.dataset
+    for key in ("rewards", "reward_weights"):
+        if getattr(args, key, None) is not None:
+            d[key] = list(getattr(args, key))
     if getattr(args, "chat_template", None) is not None:
         d["chat_template"] = CHAT_CHOICES[args.chat_template]
     if getattr(args, "score_truncated", None) is not None:

@@ -43,7 +43,11 @@ class RLConfig:
     expected); `RLConfig.from_dict` also rejects unknown keys."""
 
     recipe: str = "rl"  # "rl" | "cf-rl" | "lp-ft" (see ntkdyn.rl.recipes)
-    task: str = _tasks.DEFAULT_TASK  # a task of ntkdyn.tasks
+    task: str = _tasks.DEFAULT_TASK  # a built-in task (character or natural) or a dataset path (ntkdyn.tasks.resolve)
+    eval_dataset: str | None = None  # held-out prompts of a dataset task (None: eval_fraction of its rows)
+    eval_fraction: float = 0.1  # share of a dataset's rows held out (seeded by `seed`) when no eval_dataset
+    rewards: list | None = None  # reward specs: "pkg.module:fn", "file.py:fn", a task name, a reward-model dir
+    reward_weights: list | None = None  # one weight per reward function (None: 1.0 each / the task's own)
     model: str | None = None  # HF model directory, .gguf file or known name; None: the embedded default base model
     out: str | None = None  # run directory (required)
     steps: int = 100  # full-parameter RL steps (stage 2 for cf-rl / lp-ft)
@@ -139,8 +143,7 @@ def _validate(c: RLConfig):
         v = getattr(c, key)
         if not isinstance(v, str) or v not in choices:
             raise _bad(key, v, f"one of {list(choices)}")
-    if not isinstance(c.task, str) or c.task not in _tasks.names():
-        raise _bad("task", c.task, f"one of the tasks {_tasks.names()}")
+    _validate_task(c)
     if c.model is not None and (not isinstance(c.model, (str, os.PathLike)) or not str(c.model)):
         raise _bad("model", c.model, "a Hugging Face model directory, a .gguf file or a known model name (str), "
                    "or None for the default base model")
@@ -185,6 +188,31 @@ def _validate(c: RLConfig):
             raise _bad(key, getattr(c, key), "True or False")
     if c.resume and c.overwrite:
         raise ConfigError("RLConfig: resume=True and overwrite=True contradict each other; expected at most one")
+
+
+def _validate_task(c: RLConfig):
+    """task, eval_dataset, eval_fraction, rewards, reward_weights (their files are read later, by context)."""
+    if not isinstance(c.task, (str, os.PathLike)) or not (c.task in _tasks.all_names() or
+                                                          os.path.exists(os.fspath(c.task))):
+        raise _bad("task", c.task, f"one of the tasks {_tasks.all_names()} or an existing dataset file / directory")
+    if c.eval_dataset is not None and (not isinstance(c.eval_dataset, (str, os.PathLike)) or
+                                       not os.path.exists(os.fspath(c.eval_dataset))):
+        raise _bad("eval_dataset", c.eval_dataset, "None or an existing dataset file / directory")
+    if c.eval_dataset is not None and c.task in _tasks.all_names():
+        raise _bad("eval_dataset", c.eval_dataset, f"None for the built-in task {c.task!r} (a dataset task only)")
+    if not is_finite_number(c.eval_fraction) or not 0 < c.eval_fraction < 1:
+        raise _bad("eval_fraction", c.eval_fraction, "a number in (0, 1)")
+    if c.rewards is not None and (not isinstance(c.rewards, (list, tuple)) or not c.rewards or
+                                  not all(isinstance(r, str) and r for r in c.rewards)):
+        raise _bad("rewards", c.rewards, "None or a non-empty list of reward specs (strings: 'pkg.module:function', "
+                                         "'file.py:function', a task name or a reward-model directory)")
+    if c.reward_weights is not None:
+        if (not isinstance(c.reward_weights, (list, tuple)) or not c.reward_weights
+                or not all(is_finite_number(w) for w in c.reward_weights)):
+            raise _bad("reward_weights", c.reward_weights, "None or a non-empty list of finite numbers")
+        if c.rewards is not None and len(c.reward_weights) != len(c.rewards):
+            raise _bad("reward_weights", c.reward_weights, f"one weight per reward function ({len(c.rewards)}: "
+                                                           f"{list(c.rewards)})")
 
 
 # fields that may differ between a run and its resumption

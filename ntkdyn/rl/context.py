@@ -27,7 +27,7 @@ from .recipes import Stage, plan
 from .sharding import Sharding
 from .step import LossSpec, probe_features
 
-__all__ = ["RunContext", "resolve", "on_devices", "EVAL_PROMPT_SEED", "RUN_FILES"]
+__all__ = ["RunContext", "resolve", "reference_answer", "on_devices", "EVAL_PROMPT_SEED", "RUN_FILES"]
 
 EVAL_PROMPT_SEED = 0  # the held-out evaluation prompts and the probe set are the same for every run seed
 RUN_FILES = ("metrics.jsonl", "checkpoint", "checkpoint.old", "config.json")  # any of them: `out` holds a run
@@ -43,11 +43,13 @@ class RunContext:
     task: Any
     lm: Any  # the starting model (LM; its graphdef is graphdef_for(cfg)); π_ref
     model_dir: str
-    train_pool: list[str]
-    eval_prompts: list[str]
+    train_pool: list[dict]  # train rows {"prompt": ..., **columns} (the columns go to the reward functions)
+    eval_prompts: list  # held-out prompts (text or chat messages)
+    eval_rows: list[dict]  # the same with their columns
+    reward_set: Any  # tasks.RewardSet: the run's reward functions and weights (rollout.rewards calls it)
     stages: list[Stage]
     Tp: int  # prompt length: the longest encoded prompt (one fixed shape, one compilation)
-    T_lp: int  # LP-stage teacher-forcing length: prompt + answer (<= 8 characters) + EOS
+    T_lp: int  # LP-stage teacher-forcing length: prompt + reference answer + EOS
     B: int  # rollouts per step: prompts_per_step * group_size
     B_eval: int  # evaluation samples: eval prompts * eval_samples
     probe_ids: np.ndarray  # (probe_prompts, T) encode_prompt(prompt) + reference answer + [eos], right-padded
@@ -58,7 +60,7 @@ class RunContext:
     loss_spec: LossSpec
     eos: tuple  # every id that ends a completion (the config's eos_token_id and the tokenizer's EOS ids)
     pad: int
-    reward_fn: Callable[[str, str], float] | None = None
+    reward_fn: Callable[[str, str], float] | None = None  # the legacy reward_fn(prompt, text): NaN is an error
     # on the devices (on_devices)
     base_params: Any = None
     probe_ids_dev: Any = None
@@ -147,26 +149,74 @@ def _load_model(c: RLConfig, saved: dict | None):
     return lm, model_dir
 
 
+def _task(c: RLConfig, reward_fn=None, reward_funcs=None):
+    """(task, reward set) of the config: tasks.resolve(c.task) and the run's reward functions (`reward_funcs`
+    callables from Python, else c.rewards specs, else the task's own; a legacy reward_fn(prompt, text) replaces
+    them); ConfigError naming the key on a bad dataset, spec or weight."""
+    specs = list(reward_funcs) if reward_funcs else (list(c.rewards) if c.rewards else None)
+    if reward_fn is not None and specs:
+        raise ConfigError("train: reward_fn and reward_funcs / RLConfig.rewards both given; expected one of them")
+    if reward_fn is not None:
+        specs = [_legacy_reward(reward_fn)]
+    try:
+        task = _tasks.resolve(c.task, eval_dataset=c.eval_dataset, eval_fraction=c.eval_fraction, seed=c.seed,
+                              rewards=specs)
+    except (ValueError, OSError, TypeError, _tasks.RewardError) as e:
+        raise ConfigError(f"RLConfig.task={c.task!r}: {e}") from None
+    try:
+        return task, _tasks.reward_set(task, specs, c.reward_weights)
+    except (ValueError, OSError, TypeError, _tasks.RewardError) as e:
+        key = "reward_weights" if "weight" in str(e) else "rewards"
+        raise ConfigError(f"RLConfig.{key}={getattr(c, key)!r}: {e}") from None
+
+
+def _legacy_reward(reward_fn):
+    """reward_fn(prompt, text) -> float in TRL's batch signature, named "reward_fn" (its metrics
+    rewards/reward_fn/mean|std do not depend on what the callable is called, e.g. a lambda)."""
+    from ..tasks.rewards import completion_text
+
+    def reward(prompts, completions, completion_ids=None, **columns):
+        return [float(reward_fn(p, completion_text(t))) for p, t in zip(prompts, completions)]
+
+    reward.__name__ = reward.__qualname__ = "reward_fn"
+    return reward
+
+
 def _prompts(c: RLConfig, task):
-    """(train pool, evaluation prompts): the train split (or `train_prompts` of it, or 4096 drawn ones) and the
-    held-out test prompts."""
-    pool = task.split_prompts("train")
+    """(train rows, evaluation prompts, evaluation rows): the train split (or `train_prompts` of it, or 4096
+    drawn ones) and the held-out test prompts, each row {"prompt": ..., **columns}."""
+    pool = task.split_rows("train")
     if pool is None or c.train_prompts is not None and c.train_prompts < len(pool):
         n = c.train_prompts or 4096
-        pool = task.prompts("train", n, seed=0) if pool is None else pool[:n]
-    return list(pool), held_out_prompts(task, c.eval_prompts, EVAL_PROMPT_SEED, "test")
+        pool = task.rows("train", n, seed=0) if pool is None else pool[:n]
+    if not pool:
+        raise ConfigError(f"RLConfig.task={c.task!r}: no train prompts")
+    eval_prompts = held_out_prompts(task, c.eval_prompts, EVAL_PROMPT_SEED, "test")
+    return list(pool), eval_prompts, [{"prompt": p, **task.columns(p)} for p in eval_prompts]
 
 
-def _shapes(c: RLConfig, tok, cfg, stages, train_pool, eval_prompts, sh: Sharding) -> dict:
+def reference_answer(task, prompt, rng) -> str | None:
+    """A correct reference answer of `prompt` (the LP stage, the probe set): task.sample_answer with `rng` (the
+    generated tasks), else the task's reference (a dataset's `completion` column), else None."""
     try:
-        Tp = max(len(encode_prompt(tok, p, chat=c.chat_template)) for p in train_pool + eval_prompts)
+        return task.sample_answer(prompt, rng, correct=True)
+    except (ValueError, NotImplementedError):
+        return task.reference(prompt)
+
+
+def _shapes(c: RLConfig, task, tok, cfg, stages, train_pool, eval_prompts, sh: Sharding) -> dict:
+    train_prompts = [r["prompt"] for r in train_pool]
+    try:
+        Tp = max(len(encode_prompt(tok, p, chat=c.chat_template)) for p in train_prompts + eval_prompts)
     except ValueError as e:  # chat_template=True without a template; chat messages without one
         raise ConfigError(f"RLConfig.chat_template={c.chat_template!r}: {e}") from None
     # Tp: the longest encoded prompt ([bos] + prompt for the character tokenizer): one fixed length, one compile
     if Tp + c.max_new_tokens > cfg.max_positions:
         raise ConfigError(f"RLConfig.max_new_tokens={c.max_new_tokens}: prompts of up to {Tp} tokens plus "
                           f"{c.max_new_tokens} new tokens exceed the model's max_positions={cfg.max_positions}")
-    T_lp = Tp + max(c.max_new_tokens, 9)  # prompt + answer (<= 8 characters in every task) + EOS
+    T_lp = Tp + max(c.max_new_tokens, 9)  # prompt + answer (<= 8 characters in every character task) + EOS
+    if any(s.kind == "lp" for s in stages):
+        T_lp = max(T_lp, _reference_len(c, task, tok, train_prompts) + Tp)
     if any(s.kind == "lp" for s in stages) and T_lp > cfg.max_positions:
         raise ConfigError(f"RLConfig.recipe='lp-ft': reference sequences of {T_lp} tokens exceed the "
                           f"model's max_positions={cfg.max_positions}")
@@ -179,11 +229,27 @@ def _shapes(c: RLConfig, tok, cfg, stages, train_pool, eval_prompts, sh: Shardin
     return dict(Tp=Tp, T_lp=T_lp, B=B, B_eval=B_eval)
 
 
+def _reference_len(c: RLConfig, task, tok, prompts) -> int:
+    """Tokens of the longest reference answer + EOS over `prompts` (+ 8 tokens of margin for generated tasks,
+    whose LP stage draws other correct answers); 0 for a character task (its answers are <= 8 characters).
+    ConfigError when a prompt has no reference (recipe lp-ft needs one: a dataset's `completion` column)."""
+    if c.task in _tasks.names():
+        return 0
+    rng, longest = np.random.default_rng(0), 0
+    for p in prompts:
+        ref = reference_answer(task, p, rng)
+        if ref is None:
+            raise ConfigError(f"RLConfig.recipe={c.recipe!r}: the LP stage needs a reference answer for every train "
+                              f"prompt; task {c.task!r} has none for {p!r} (a dataset needs a 'completion' column)")
+        longest = max(longest, len(tok.encode(ref)) + 1)
+    return longest + (0 if isinstance(task, _tasks.DatasetTask) else 8)
+
+
 def _probe_set(c: RLConfig, task, tok, cfg, eval_prompts) -> dict:
     """The probe set: the first `probe_prompts` evaluation prompts, each with one correct reference answer."""
     probe_prompts = eval_prompts[: c.probe_prompts]
     rng = np.random.default_rng([EVAL_PROMPT_SEED, 7])
-    answers = [task.sample_answer(p, rng, correct=True) for p in probe_prompts]
+    answers = [reference_answer(task, p, rng) or "" for p in probe_prompts]  # none: the probe predicts EOS alone
     ids, loss_mask, real = make_examples(task, tok, probe_prompts, answers, chat=c.chat_template, real_mask=True)
     if ids.shape[1] > cfg.max_positions:
         raise ConfigError(f"probe sequences of {ids.shape[1]} tokens exceed max_positions")
@@ -191,19 +257,20 @@ def _probe_set(c: RLConfig, task, tok, cfg, eval_prompts) -> dict:
     return dict(probe_ids=ids, probe_mask=real, probe_pos=np.stack([r, t], 1).astype(np.int32))
 
 
-def resolve(c: RLConfig, mesh=None, reward_fn=None) -> RunContext:
+def resolve(c: RLConfig, mesh=None, reward_fn=None, reward_funcs=None) -> RunContext:
     """The RunContext of config `c` (ConfigError on anything that would fail later; nothing is written)."""
     out = os.path.abspath(os.fspath(c.out))
-    task = _tasks.get(c.task)
+    task, reward_set = _task(c, reward_fn, reward_funcs)
     saved = _saved_config(c, out)
     lm, model_dir = _load_model(c, saved)
     sh = Sharding(mesh)
-    train_pool, eval_prompts = _prompts(c, task)
+    train_pool, eval_prompts, eval_rows = _prompts(c, task)
     stages = plan(c, len(train_pool))
     cfg = lm.config
     return RunContext(
         c=c, out=out, saved=saved, task=task, lm=lm, model_dir=model_dir, train_pool=train_pool,
-        eval_prompts=eval_prompts, stages=stages, **_shapes(c, lm.tokenizer, cfg, stages, train_pool, eval_prompts, sh),
+        eval_prompts=eval_prompts, eval_rows=eval_rows, reward_set=reward_set, stages=stages,
+        **_shapes(c, task, lm.tokenizer, cfg, stages, train_pool, eval_prompts, sh),
         **_probe_set(c, task, lm.tokenizer, cfg, eval_prompts), sh=sh, key=jax.random.key(c.seed),
         loss_spec=LossSpec.of(c), eos=eos_ids_of(lm.tokenizer, cfg), pad=int(cfg.pad_token_id or 0),
         reward_fn=reward_fn)

@@ -8,8 +8,9 @@ samples with ntkdyn.evaluation (the same scoring as sft.evaluate, one correctnes
 from __future__ import annotations
 
 import jax
+import numpy as np
 
-from ..evaluation import sample_stats
+from ..evaluation import canonical_answers, sample_stats
 from .recipes import EVAL_ID
 from .rollout import prompt_batch, rewards, rollout
 from .step import confidence, dz_share, probe, step_key
@@ -26,8 +27,9 @@ def evaluate(ctx, params, step: int) -> dict:
     gen = rollout(ctx, params, ids, pmask, key, c.eval_temperature)
     conf = jax.device_get(confidence(params, ids, pmask, gen.tokens, gen.mask, **ctx.gd))
     tokens, mask = jax.device_get((gen.tokens, gen.mask))
-    texts, _, r = rewards(ctx, flat, tokens, mask, f"evaluation at step {step}")
-    st = sample_stats(texts, r, k)
+    texts, _, r, _ = rewards(ctx, ctx.eval_rows, tokens, mask, f"evaluation at step {step}", group_size=k)
+    st = sample_stats(texts, np.nan_to_num(r, nan=0.0), k,  # unscored (every function gave None): incorrect
+                      canonical_answers(ctx.task, flat, texts))  # distinct answers, as task.canonical reads them
     curve = st["pass_at_k_curve"]
     return {
         "eval/reward": st["reward"],

@@ -14,16 +14,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..evaluation import completion_rewards, decode_completions
+from ..evaluation import decode_completions
 from ..models.padding import pad_left
 from ..models.sampling import sample
 from ..examples import make_examples
 from ..models.tokenizer import encode_prompt, pad_id_of
+from ..tasks.rewards import RewardError
 from . import checkpoint
 from .config import TrainingError
+from .context import reference_answer
 from .step import group_advantages, ref_logp, step_key
 
-__all__ = ["stage_prompts", "prompt_batch", "rollout", "rewards", "rl_step", "lp_step"]
+__all__ = ["stage_rows", "prompt_batch", "rollout", "rewards", "rl_step", "lp_step"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -31,9 +33,9 @@ def _permutation(seed: int, stage_id: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, stage_id, epoch]).permutation(n)
 
 
-def stage_prompts(ctx, stage, stage_step: int) -> list[str]:
-    """P train prompts for this stage step: epochs over the pool, each a permutation keyed by (seed, stage,
-    epoch)."""
+def stage_rows(ctx, stage, stage_step: int) -> list[dict]:
+    """P train rows {"prompt": ..., **columns} for this stage step: epochs over the pool, each a permutation keyed
+    by (seed, stage, epoch)."""
     P, N = ctx.c.prompts_per_step, len(ctx.train_pool)
     out = []
     for i in range((stage_step - 1) * P, stage_step * P):
@@ -57,18 +59,50 @@ def rollout(ctx, params, ids, mask, key, temperature):
                   greedy=False)
 
 
-def rewards(ctx, prompts, tokens, mask, where: str):
-    """(texts, finished, rewards float64) of sampled completions; TrainingError on a non-finite reward. The one
-    place the trainer calls a reward (rollouts and evaluation)."""
+def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1):
+    """(texts, finished, rewards float64, metrics) of sampled completions: ctx.reward_set (the run's reward
+    functions in TRL's signature, weighted) of `group_size` completions per row {"prompt": ..., **columns}
+    (prompt-major), a truncated completion (no EOS) scoring 0 unless RLConfig.score_truncated. A reward NaN
+    means no function scored it (TRL's None). TrainingError naming the function when one fails (raises, wrong
+    length, non-number) and, for the legacy reward_fn, on a non-finite reward. The one place the trainer calls a
+    reward (rollouts and evaluation)."""
     texts, finished = decode_completions(ctx.tok, tokens, mask, ctx.eos)
-    r = completion_rewards(ctx.task, prompts, texts, finished, reward_fn=ctx.reward_fn,
-                           score_truncated=ctx.c.score_truncated)
-    bad = np.flatnonzero(~np.isfinite(r))
+    ids = [row[m.astype(bool)][: _end(row[m.astype(bool)], ctx.eos)].tolist()
+           for row, m in zip(np.asarray(tokens), np.asarray(mask))]
+    try:
+        out = ctx.reward_set.score_rows(rows, texts, ids, group_size=group_size,
+                                        finished=None if ctx.c.score_truncated else finished)
+    except (RewardError, ValueError) as e:
+        raise TrainingError(f"{where}: {e}; the run stopped and {checkpoint.note(ctx.out)}") from None
+    r = out.rewards
+    bad = np.flatnonzero(~np.isfinite(r)) if ctx.reward_fn is not None else np.flatnonzero(np.isinf(r))
     if bad.size:
         i = int(bad[0])
-        raise TrainingError(f"{where}: non-finite reward {r[i]} for prompt {prompts[i]!r} and completion "
-                            f"{texts[i]!r}; the run stopped and {checkpoint.note(ctx.out)}")
-    return texts, finished, r
+        raise TrainingError(f"{where}: non-finite reward {r[i]} for prompt {rows[i // group_size]['prompt']!r} and "
+                            f"completion {texts[i]!r}; the run stopped and {checkpoint.note(ctx.out)}")
+    return texts, finished, r, out.metrics
+
+
+def _end(row, eos) -> int:
+    """Length of a completion up to and including its first EOS id (TRL's completion_ids)."""
+    hit = np.flatnonzero(np.isin(row, np.asarray(eos or (-1,))))
+    return int(hit[0]) + 1 if hit.size else len(row)
+
+
+def _advantages(ctx, r_PxG, baseline):
+    """Advantages A (P, G) of rewards r (P, G) and the new REINFORCE baseline. A completion no function scored
+    (NaN) enters the baseline as its group's mean of the scored ones and gets advantage 0."""
+    c = ctx.c
+    scored = ~np.isnan(r_PxG)
+    if not scored.all():
+        with np.errstate(invalid="ignore"):
+            fill = np.nan_to_num(np.nanmean(r_PxG, axis=1, keepdims=True), nan=0.0)
+        r_PxG = np.where(scored, r_PxG, fill)
+    adv, new_baseline = group_advantages(jnp.asarray(r_PxG, jnp.float32), jnp.float32(baseline),
+                                         kind=c.advantage, decay=float(c.baseline_decay))
+    if not scored.all():
+        adv = adv * jnp.asarray(scored, adv.dtype)
+    return adv, new_baseline
 
 
 def _check_finite(ctx, ms: list[dict], where: str) -> dict:
@@ -88,16 +122,16 @@ def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
     """One RL step: rollouts of P prompts × G samples, rewards r, advantages A, `num_iterations` updates (the
     first on-policy, later ones PPO-clipped against it). Returns (params, opt_state, baseline, metrics)."""
     c, G, P = ctx.c, ctx.c.group_size, ctx.c.prompts_per_step
-    flat = [p for p in stage_prompts(ctx, stage, stage_step) for _ in range(G)]
+    rows = stage_rows(ctx, stage, stage_step)
+    flat = [r["prompt"] for r in rows for _ in range(G)]
     ids, pmask = prompt_batch(ctx, flat)
     key = ctx.sh.replicate(step_key(ctx.key, stage_step, stage_id=stage.stage_id))
     gen = rollout(ctx, params, ids, pmask, key, c.temperature)
     tokens, mask = jax.device_get((gen.tokens, gen.mask))
     where = f"step {step} ({stage.name} step {stage_step})"
-    _, finished, r = rewards(ctx, flat, tokens, mask, where)
+    _, finished, r, reward_metrics = rewards(ctx, rows, tokens, mask, where, group_size=G)
     r_PxG = r.reshape(P, G)
-    adv, new_baseline = group_advantages(jnp.asarray(r_PxG, jnp.float32), jnp.float32(baseline),
-                                         kind=c.advantage, decay=float(c.baseline_decay))
+    adv, new_baseline = _advantages(ctx, r_PxG, baseline)
     batch = {"prompt_ids": ids, "prompt_mask": pmask, "completion": gen.tokens, "mask": gen.mask,
              "adv": adv.reshape(-1)}
     logp_ref = (ref_logp(ctx.base_params, ids, pmask, gen.tokens, temperature=float(c.temperature), **ctx.gd)
@@ -111,13 +145,16 @@ def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
     ms = jax.device_get(ms)
     first = ms[0]
     zero_std = np.all(r_PxG == r_PxG[:, :1], axis=1)
-    out = {"reward": float(r.mean()),
+    if np.isnan(r).any():  # unscored completions (every function returned None) left out of the statistics
+        r = r[~np.isnan(r)] if (~np.isnan(r)).any() else np.zeros(1)
+    out = {"reward": float(r.mean()),  # the weighted sum of the reward functions, mean over the batch
            "reward_std": float(r.std(ddof=1)) if r.size > 1 else 0.0,  # as TRL: batch std
            "frac_reward_zero_std": float(zero_std.mean()),
            "completions/mean_length": float(mask.sum(1).mean()),
            "completions/clipped_ratio": float(1.0 - finished.mean()),
            "entropy": float(first["entropy"]), "max_prob": float(first["max_prob"]),
            "logp": float(first["logp"])}
+    out.update(reward_metrics)  # rewards/<name>/mean|std per reward function (TRL's names)
     out.update(_check_finite(ctx, ms, where))
     if c.advantage == "reinforce":
         out["baseline"] = float(new_baseline)
@@ -126,14 +163,18 @@ def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
 
 
 def lp_step(ctx, stage, stage_step, step, update, params, opt_state):
-    """One LP step: cross-entropy on a correct reference answer (task.sample_answer) per rollout slot, through
-    the head only. Returns (params, opt_state, metrics)."""
+    """One LP step: cross-entropy on a correct reference answer (task.sample_answer, or a dataset's `completion`)
+    per rollout slot, through the head only. Returns (params, opt_state, metrics)."""
     c = ctx.c
-    prompts = stage_prompts(ctx, stage, stage_step)
+    prompts = [r["prompt"] for r in stage_rows(ctx, stage, stage_step)]
     rng = np.random.default_rng([c.seed, stage.stage_id, stage_step])
     flat = [p for p in prompts for _ in range(c.group_size)]
-    answers = [ctx.task.sample_answer(p, rng, correct=True) for p in flat]
-    ids, mask = make_examples(ctx.task, ctx.tok, flat, answers, length=ctx.T_lp, chat=ctx.c.chat_template)
+    answers = [reference_answer(ctx.task, p, rng) for p in flat]
+    try:
+        ids, mask = make_examples(ctx.task, ctx.tok, flat, answers, length=ctx.T_lp, chat=ctx.c.chat_template)
+    except ValueError as e:  # a reference longer than the shape derived at the start
+        raise TrainingError(f"step {step} ({stage.name} step {stage_step}): {e}; the run stopped and "
+                            f"{checkpoint.note(ctx.out)}") from None
     params, opt_state, m = update(params, opt_state, ctx.sh.batch(ids), ctx.sh.batch(mask))
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     for k, v in m.items():

@@ -209,13 +209,17 @@ def _loop(ctx: RunContext, state: RunState, total: int, bar, callback) -> None:
 
 
 def train(config: RLConfig | dict, *, mesh=None, progress: bool = True,
-          reward_fn: Callable[[str, str], float] | None = None,
+          reward_fn: Callable[[str, str], float] | None = None, reward_funcs: list | None = None,
           callback: Callable[[dict], Any] | None = None, compile_cache: bool = True) -> dict:
     """Run `config.recipe` and return the summary (also written to OUT/summary.json).
 
     config: an RLConfig (or a dict of its keys; unknown keys are rejected). mesh: an optional
     jax.sharding.Mesh; the rollout and update batch axis is sharded over its "data" axis, params replicated.
-    progress: a tqdm bar on the terminal. reward_fn(prompt, completion_text) -> float replaces the task's reward.
+    progress: a tqdm bar on the terminal. reward_funcs: reward functions in TRL's signature
+    f(prompts, completions, completion_ids, **columns) -> list[float | None] (callables, or the specs of
+    RLConfig.rewards), weighted by RLConfig.reward_weights; they replace RLConfig.rewards and the task's own
+    rewards. The logged `reward` is their weighted sum, `rewards/<name>/mean|std` each one's (TRL's metrics).
+    reward_fn(prompt, completion_text) -> float (older, one completion at a time) replaces the task's reward.
     callback(record) is called after each step's metrics line (and checkpoint) is written; an exception in it
     stops the run there (as a kill would). compile_cache: turn on JAX's persistent compilation cache
     (`enable_compile_cache`) so that later runs skip XLA compilation. Raises ConfigError before any work on bad
@@ -226,7 +230,7 @@ def train(config: RLConfig | dict, *, mesh=None, progress: bool = True,
         config = RLConfig.from_dict(config)
     if not isinstance(config, RLConfig):
         raise ConfigError(f"train: expected an RLConfig or a dict; got {type(config).__name__}")
-    ctx = resolve(config, mesh, reward_fn)  # validates everything before any work
+    ctx = resolve(config, mesh, reward_fn, reward_funcs)  # validates everything before any work
     if compile_cache:
         enable_compile_cache()
     rundir.prepare(ctx.out, config.overwrite)
