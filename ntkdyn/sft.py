@@ -49,7 +49,7 @@ from . import tasks as _tasks
 from .evaluation import CORRECT, MAX_NEW_TOKENS, completion_rewards, decode_completions, evaluate, task_of
 from .io import append_jsonl, atomic_dir, read_jsonl, write_json
 from .models.config import ModelConfig
-from .models.lm import LM
+from .models.lm import LM, load, with_char_tokenizer
 from .models.logprobs import next_token_logp
 from .examples import make_examples, prompt_ids
 from .models.tokenizer import CHAT_CHOICES, chat_enabled
@@ -260,26 +260,11 @@ def train(task_name: str = _tasks.DEFAULT_TASK, out_dir: str = "runs/sft", *, fa
                              pad_token_id=tok.pad_id)
         lm = LM.init(cfg, seed=args["seed"], tokenizer=tok)
     else:
-        lm = _pretrained(model)
+        lm = with_char_tokenizer(load(os.fspath(model)), f"model {model}")  # a directory, .gguf file or known name
         args.update(model=str(model), family=lm.config.family, size=None, chat=chat)
     chat_enabled(lm.tokenizer, chat)  # a bad switch fails before any work
     with atomic_dir(out_dir, what="sft output directory") as stage:  # staged, renamed into place at the end
         return _train_in(stage, task, lm, args, progress, chat)
-
-
-def _pretrained(model) -> LM:
-    """The model to fine-tune (ntkdyn.models.lm.load: a directory, a .gguf file or a known name); one without
-    tokenizer files gets the character tokenizer when the vocabularies agree."""
-    from .models.lm import load
-
-    lm = load(os.fspath(model))
-    if lm.tokenizer is None:
-        tok = _tasks.CharTokenizer()
-        if tok.vocab_size != lm.config.vocab_size:
-            raise ValueError(f"model {model}: no tokenizer files, and its vocabulary ({lm.config.vocab_size}) is "
-                             f"not the character tokenizer's ({tok.vocab_size})")
-        lm.tokenizer = tok
-    return lm
 
 
 def _version():

@@ -37,14 +37,20 @@ def build(name: str, root: str, seed: int = 0):
     """Build, randomise (larger init so logits are not flat) and save one tiny model; returns (dir, torch model)."""
     cfg_cls, kw = SPECS[name]
     cfg = getattr(transformers, cfg_cls)(bos_token_id=1, eos_token_id=2, pad_token_id=0, **kw)
+    model = randomize(getattr(transformers, ARCH[cfg_cls])(cfg).eval(), seed)
+    path = os.path.join(root, name)
+    model.save_pretrained(path)
+    return path, model
+
+
+def randomize(model, seed: int = 0):
+    """Re-draw a torch model's weights (seeded): normal(0, 0.15) matrices so logits are not flat, norm scales near 1
+    and biases near 0. Returns the model."""
     torch.manual_seed(seed)
-    model = getattr(transformers, ARCH[cfg_cls])(cfg).eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
             if p.ndim >= 1 and "norm" not in n and "ln" not in n:
                 p.normal_(0.0, 0.15)
             elif p.ndim == 1:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p) if n.endswith("weight") else 0.1 * torch.randn_like(p))
-    path = os.path.join(root, name)
-    model.save_pretrained(path)
-    return path, model
+    return model

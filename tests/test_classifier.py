@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_models import SPECS  # noqa: E402
+from hf_models import SPECS, randomize  # noqa: E402
 from ntkdyn.models.classifier import load_reward_model  # noqa: E402
 from ntkdyn.models.config import CheckpointError  # noqa: E402
 from ntkdyn.models.tokenizer import CharTokenizer, HFTokenizer  # noqa: E402
@@ -25,14 +25,7 @@ def build(name, root, num_labels=1, pad=0, seed=0, tokenizer="char"):
     cfg_cls, kw = SPECS[name]
     cfg = getattr(transformers, cfg_cls)(bos_token_id=1, eos_token_id=2, pad_token_id=pad, num_labels=num_labels,
                                          **kw)
-    torch.manual_seed(seed)
-    model = getattr(transformers, CLS[cfg_cls])(cfg).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.ndim >= 1 and "norm" not in n and "ln" not in n:
-                p.normal_(0.0, 0.15)
-            elif p.ndim == 1:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p) if n.endswith("weight") else 0.1 * torch.randn_like(p))
+    model = randomize(getattr(transformers, CLS[cfg_cls])(cfg).eval(), seed)
     path = os.path.join(root, f"rm-{name}-{num_labels}-{pad}")
     model.save_pretrained(path)
     char = CharTokenizer()

@@ -11,7 +11,7 @@ from . import hf
 from .config import ModelConfig, read_config
 from .padding import pad_left
 from .sampling import Generation, sample
-from .tokenizer import eos_ids_of, load_tokenizer
+from .tokenizer import CharTokenizer, eos_ids_of, load_tokenizer
 from .transformer import apply_head, features, graphdef_for, init_params
 
 
@@ -161,3 +161,15 @@ def load(name_or_path: str, dtype=jnp.float32, tokenizer: bool = True) -> LM:
     params = hf.from_hf_state(cfg, hf.read_weights(path), source=path, dtype=dtype)
     tok = load_tokenizer(path) if tokenizer else None
     return LM(cfg, params, tok)
+
+
+def with_char_tokenizer(lm: LM, source: str = "model") -> LM:
+    """`lm` with a tokenizer: a model saved without tokenizer files gets ntkdyn's character tokenizer when the
+    vocabularies agree (ValueError otherwise). Training on the synthetic tasks needs one."""
+    if lm.tokenizer is None:
+        tok = CharTokenizer()
+        if tok.vocab_size != lm.config.vocab_size:
+            raise ValueError(f"{source}: no tokenizer files, and the model's vocabulary ({lm.config.vocab_size}) is not the "
+                             f"character tokenizer's ({tok.vocab_size})")
+        lm.tokenizer = tok
+    return lm

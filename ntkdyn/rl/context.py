@@ -117,7 +117,8 @@ def _load_model(c: RLConfig, saved: dict | None):
     run's, else the default base model; a model without tokenizer files gets the task tokenizer when the
     vocabularies agree."""
     from ..models.known import resolve as resolve_model
-    from ..models.lm import load
+    from ..models.config import CheckpointError
+    from ..models.lm import load, with_char_tokenizer
 
     model_dir = c.model
     if model_dir is None and saved is not None:
@@ -138,13 +139,12 @@ def _load_model(c: RLConfig, saved: dict | None):
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ConfigError(f"RLConfig.model={c.model!r}: {model_dir} is not a Hugging Face model directory "
                           "(no config.json)")
-    lm = load(model_dir)
-    if lm.tokenizer is None:
-        tok = _tasks.CharTokenizer()
-        if tok.vocab_size != lm.config.vocab_size:
-            raise ConfigError(f"RLConfig.model={model_dir}: no tokenizer files, and the model's vocabulary "
-                              f"({lm.config.vocab_size}) is not the task tokenizer's ({tok.vocab_size})")
-        lm.tokenizer = tok
+    try:
+        lm = with_char_tokenizer(load(model_dir), f"RLConfig.model={model_dir}")
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     lm.graphdef = graphdef_for(lm.config)  # one graphdef per config: every run shares the compiled programs
     return lm, model_dir
 
