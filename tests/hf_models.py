@@ -37,16 +37,16 @@ def build(name: str, root: str, seed: int = 0):
     """Build, randomise (larger init so logits are not flat) and save one tiny model; returns (dir, torch model)."""
     cfg_cls, kw = SPECS[name]
     cfg = getattr(transformers, cfg_cls)(bos_token_id=1, eos_token_id=2, pad_token_id=0, **kw)
-    model = randomize(getattr(transformers, ARCH[cfg_cls])(cfg).eval(), seed)
+    torch.manual_seed(seed)  # before construction: the draws below continue the same random stream
+    model = randomize(getattr(transformers, ARCH[cfg_cls])(cfg).eval())
     path = os.path.join(root, name)
     model.save_pretrained(path)
     return path, model
 
 
-def randomize(model, seed: int = 0):
-    """Re-draw a torch model's weights (seeded): normal(0, 0.15) matrices so logits are not flat, norm scales near 1
-    and biases near 0. Returns the model."""
-    torch.manual_seed(seed)
+def randomize(model):
+    """Re-draw a torch model's weights from torch's current random stream (seed it before building the model):
+    normal(0, 0.15) matrices so logits are not flat, norm scales near 1 and biases near 0. Returns the model."""
     with torch.no_grad():
         for n, p in model.named_parameters():
             if p.ndim >= 1 and "norm" not in n and "ln" not in n:

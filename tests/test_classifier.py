@@ -25,7 +25,8 @@ def build(name, root, num_labels=1, pad=0, seed=0, tokenizer="char"):
     cfg_cls, kw = SPECS[name]
     cfg = getattr(transformers, cfg_cls)(bos_token_id=1, eos_token_id=2, pad_token_id=pad, num_labels=num_labels,
                                          **kw)
-    model = randomize(getattr(transformers, CLS[cfg_cls])(cfg).eval(), seed)
+    torch.manual_seed(seed)
+    model = randomize(getattr(transformers, CLS[cfg_cls])(cfg).eval())
     path = os.path.join(root, f"rm-{name}-{num_labels}-{pad}")
     model.save_pretrained(path)
     char = CharTokenizer()
