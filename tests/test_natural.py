@@ -78,7 +78,8 @@ def test_answers_rewards_and_answer_sets(name):
 
 def test_arithmetic_as_instruct_models_answer():
     task = natural.get("add")
-    p = [{"role": "user", "content": "What is 47 + 38?"}]
+    p = task.render(47, 38)  # the default wording asks for the number alone (tuned on smollm2-135m-instruct)
+    assert p == [{"role": "user", "content": "What is 47 + 38? Answer with just the number."}]
     assert task.parse(p) == (47, 38) and task.columns(p) == {"answer": "85"}
     for text in ["85", "47 + 38 = 85", "The answer is **85**.", "$\\boxed{85}$", "Sure! 47 plus 38 is 85.",
                  "To add them: 40 + 30 = 70, 7 + 8 = 15, so 70 + 15 = 85."]:
@@ -89,7 +90,9 @@ def test_arithmetic_as_instruct_models_answer():
     mul = natural.get("mul")
     q = mul.prompts("train", 1, seed=0)[0]
     a, b = mul.parse(q)
-    assert 10 <= a <= 99 and 1 <= b <= 9 and mul.reward(q, f"{a * b}") == 1.0
+    assert q[-1]["content"] == f"What is {a} times {b}? Answer with just the number."
+    assert 1 <= a <= 9 and 1 <= b <= 9 and mul.reward(q, f"{a * b}") == 1.0
+    assert len(mul.split_prompts("train")) + len(mul.split_prompts("test")) == 81  # one-digit operands
 
 
 def test_two_sum_and_list_multiples():

@@ -12,6 +12,7 @@ import json
 import sys
 
 from ..models.tokenizer import CHAT_CHOICES
+from ..tasks.registry import REWARD_MODEL
 from .config import ConfigError, RLConfig, TrainingError
 
 # flag -> (RLConfig key, type, help); a flag left out keeps the RLConfig default (or the --config file's value)
@@ -19,7 +20,7 @@ _FLAGS = [
     ("--recipe", "recipe", str, "rl | cf-rl | lp-ft"),
     ("--model", "model", str, "a Hugging Face model directory, a .gguf file or a known name such as "
                               "smollm2-135m-instruct (default: the embedded default base model)"),
-    ("--task", "task", str, "a built-in task (sum, multiple, word; add, mul, two-sum, list-multiples) or a "
+    ("--task", "task", str, "a built-in task (sum, multiple, word, plus; add, mul, two-sum, list-multiples) or a "
                             "dataset path"),
     ("--eval-dataset", "eval_dataset", str, "held-out prompts of a dataset task (JSONL, CSV, Parquet, saved dir)"),
     ("--eval-fraction", "eval_fraction", float, "share of the dataset held out when no --eval-dataset"),
@@ -66,8 +67,13 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--reward", dest="rewards", action="append", default=None, metavar="SPEC",
                    help="a reward function in TRL's signature (repeatable): package.module:function, "
                         "path/file.py:function, a task name or a reward-model directory; default: the task's own")
+    p.add_argument("--reward-model", dest="reward_models", action="append", default=None, metavar="NAME_OR_DIR",
+                   help="a reward model (repeatable): a Hugging Face *ForSequenceClassification directory or a "
+                        "known name, scored at the last token of prompt + completion; it comes after the "
+                        "--reward functions")
     p.add_argument("--reward-weights", dest="reward_weights", type=float, nargs="+", default=None, metavar="W",
-                   help="one weight per --reward, in order (default 1.0 each)")
+                   help="one weight per reward: the --reward functions in order, then the --reward-model ones "
+                        "in order (default 1.0 each)")
     p.add_argument("--chat-template", dest="chat_template", choices=list(CHAT_CHOICES), default=None,
                    help="prompts through the tokenizer's chat template: auto (when it has one), on, off; "
                         "default auto")
@@ -97,6 +103,8 @@ def config_from_args(args) -> RLConfig:
     for key in ("rewards", "reward_weights"):
         if getattr(args, key, None) is not None:
             d[key] = list(getattr(args, key))
+    if getattr(args, "reward_models", None):  # after the --reward functions: the order the weights follow
+        d["rewards"] = list(getattr(args, "rewards", None) or []) + [REWARD_MODEL + m for m in args.reward_models]
     if getattr(args, "chat_template", None) is not None:
         d["chat_template"] = CHAT_CHOICES[args.chat_template]
     if getattr(args, "score_truncated", None) is not None:

@@ -4,8 +4,9 @@ Prompts are chat messages (``[{"role": "user", "content": "What is 47 + 38?"}]``
 rendered later through the model's chat template. Answers are read the way instruct models write them
 (:mod:`.extract`: the last number, a stated ``a + b``, "The answer is 42.", markdown bold, ``\\boxed{}``).
 
-* ``"add"`` / ``"mul"`` (:class:`ArithmeticTask`): one correct answer per prompt (two-digit addition, two-digit
-  times one-digit multiplication), binary; pass@k can fall under RL here.
+* ``"add"`` / ``"mul"`` (:class:`ArithmeticTask`): one correct answer per prompt ("What is 3 + 5? Answer with just
+  the number." / "What is 3 times 5? ..."; one-digit operands by default, ``a_digits`` / ``b_digits`` for harder
+  ones), binary; pass@k can fall under RL here.
 * ``"two-sum"`` (:class:`PairSumTask`): "Give two positive whole numbers that add up to N." -- N-1 correct ordered
   pairs, enumerable (the spirit of the character task ``sum``), binary.
 * ``"list-multiples"`` (:class:`ListMultiplesTask`): "Name k different multiples of m between lo and hi." --
@@ -292,9 +293,15 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile("".join(parts).strip())
 
 
+# Defaults tuned on smollm2-135m-instruct (temperature 1, chat template): one-digit operands and an instruction to
+# answer with the number alone put add and mul inside 0.05-0.8 from the start (two-digit operands and the bare
+# question gave 0.03 / 0.06, half of the completions rambling past 64 tokens). See docs/rl.md.
+ANSWER_ONLY = " Answer with just the number."
 _FACTORIES = {
-    "add": lambda **kw: ArithmeticTask(**{"name": "add", "op": "+", "a_digits": 2, "b_digits": 2, **kw}),
-    "mul": lambda **kw: ArithmeticTask(**{"name": "mul", "op": "*", "a_digits": 2, "b_digits": 1, **kw}),
+    "add": lambda **kw: ArithmeticTask(**{"name": "add", "op": "+", "a_digits": 1, "b_digits": 1,
+                                          "template": "What is {a} + {b}?" + ANSWER_ONLY, **kw}),
+    "mul": lambda **kw: ArithmeticTask(**{"name": "mul", "op": "*", "a_digits": 1, "b_digits": 1,
+                                          "template": "What is {a} times {b}?" + ANSWER_ONLY, **kw}),
     "two-sum": lambda **kw: PairSumTask(**kw),
     "list-multiples": lambda **kw: ListMultiplesTask(**kw),
 }

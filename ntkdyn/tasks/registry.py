@@ -15,7 +15,9 @@ from .base import Task
 from .datasets import DatasetTask
 from .rewards import RewardError, RewardSet, load_reward_function, task_reward_function
 
-__all__ = ["resolve", "all_names", "reward_function", "reward_set"]
+__all__ = ["resolve", "all_names", "reward_function", "reward_set", "REWARD_MODEL"]
+
+REWARD_MODEL = "reward-model:"  # spec prefix: "reward-model:NAME_OR_DIR" (`ntkdyn rl --reward-model`)
 
 
 def all_names() -> list[str]:
@@ -53,18 +55,32 @@ def resolve(name_or_path, *, eval_dataset: str | None = None, eval_fraction: flo
 def reward_function(spec):
     """A reward function in TRL's signature from: a callable (as it is); a built-in task name (that task's
     reward, named after it); a reward-model directory (``config.json`` of a sequence classifier:
-    ``load_reward_model(dir).as_reward_function()``); ``"package.module:function"`` or ``"file.py:function"``."""
+    ``load_reward_model(dir).as_reward_function()``) or ``"reward-model:NAME_OR_DIR"`` (a directory or a known
+    name, :data:`REWARD_MODEL`); ``"package.module:function"`` or ``"file.py:function"``."""
     if callable(spec):
         return spec
     if not isinstance(spec, str):
         raise RewardError(f"reward spec must be a string or a callable; got {type(spec).__name__}")
     if spec in all_names():
         return task_reward_function(resolve(spec))
+    if spec.startswith(REWARD_MODEL):
+        return _reward_model(spec[len(REWARD_MODEL):])
     if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "config.json")):
-        from ..models.classifier import load_reward_model
-
-        return load_reward_model(spec).as_reward_function()
+        return _reward_model(spec)
     return load_reward_function(spec)
+
+
+def _reward_model(name_or_dir: str):
+    """The reward function of a sequence classifier; RewardError naming it when it is not one."""
+    from ..models.classifier import load_reward_model
+
+    if not name_or_dir:
+        raise RewardError(f"reward model spec {REWARD_MODEL!r} names no model; expected {REWARD_MODEL}NAME_OR_DIR")
+    try:
+        return load_reward_model(name_or_dir).as_reward_function()
+    except (ValueError, OSError) as e:
+        raise RewardError(f"reward model {name_or_dir!r}: {e} (expected a Hugging Face sequence-classifier "
+                          "directory, *ForSequenceClassification, or a known name)") from None
 
 
 def reward_set(task: Task, specs=None, weights=None) -> RewardSet:
