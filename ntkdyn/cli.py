@@ -13,6 +13,8 @@ COMMANDS = {
     "rl": ("ntkdyn.rl.cli", "RL / CF-RL / LP-FT post-training with the dynamics tracked"),
     "one-step": ("ntkdyn.experiments.one_step", "one-step learning-dynamics prediction vs the real step"),
     "reproduce": ("ntkdyn.reproduce", "the paper's experiments and figures end to end"),
+    "pass-at-k": ("ntkdyn.experiments.pass_at_k", "pass@k curves (k = 1..n) of base / RL / CF-RL policies on "
+                  "held-out prompts, and where they cross"),
     "info": ("ntkdyn.cli", "show a model's config and parameter count (a directory, a .gguf file or a known name)"),
     "models": ("ntkdyn.models.known", "the known models: sizes, licences, whether they are cached",
                ("add_arguments_models", "run_models")),

@@ -1,5 +1,6 @@
-"""The shipped default base model: present in the package, bit-identical to its record, and reproducing its
-recorded base reward; and the cached rebuild path of ntkdyn.default."""
+"""The shipped default base models ("sum", and "plus" for the single-answer task): present in the package,
+bit-identical to their records, and reproducing their recorded base rewards; and the cached rebuild path of
+ntkdyn.default."""
 import hashlib
 import json
 import os
@@ -13,14 +14,16 @@ from ntkdyn import default, sft
 from test_sft import TINY
 
 
-def test_shipped_weights_match_their_record():
-    path = default.default_model_dir()
-    assert path == default.SHIPPED_DIR and os.path.isdir(path)
-    info = default.shipped_info()
+@pytest.mark.parametrize("task", ["sum", "plus"])
+def test_shipped_weights_match_their_record(task):
+    path = default.default_model_dir(task=task)
+    assert path == default.SHIPPED_DIRS[task] and os.path.isdir(path)
+    info = default.shipped_info(task)
     sha = hashlib.sha256(open(os.path.join(path, "model.safetensors"), "rb").read()).hexdigest()
     assert sha == info["sha256"]
-    assert info["recipe_hash"] == default.recipe_hash(default.RECIPE) and info["recipe"] == default.RECIPE
-    lm = default.base_model()
+    assert info["recipe_hash"] == default.recipe_hash(default.RECIPES[task]) and info["recipe"] == default.RECIPES[task]
+    assert info["recipe"] == dict(default.RECIPE, task=task)  # the same recipe, on another task
+    lm = default.base_model(task=task)
     cfg = json.load(open(os.path.join(path, "config.json")))
     assert lm.config == nd.ModelConfig.from_hf(cfg)
     assert (lm.config.family, lm.config.d_model, lm.config.n_layers, lm.config.vocab_size) == ("gpt_neox", 128, 4, 52)
@@ -28,16 +31,33 @@ def test_shipped_weights_match_their_record():
     assert lm.tokenizer is not None and lm.tokenizer.decode(lm.tokenizer.encode("sum 47:")) == "sum 47:"
 
 
-def test_shipped_model_reproduces_its_base_reward():
-    """The evaluation the recipe ran at the end of training (all 16 held-out "sum" prompts x 32 samples, seed 0)."""
-    info = default.shipped_info()
-    r = default.RECIPE
-    ev = sft.evaluate(default.base_model(), r["task"], n_prompts=r["eval_prompts"], samples=r["eval_samples"],
-                      seed=r["seed"])
-    assert ev["n_prompts"] * ev["samples"] == info["base_eval"]["n_prompts"] * info["base_eval"]["samples"] == 512
+def test_the_default_model_is_unchanged_and_serves_tasks_without_their_own():
+    assert default.shipped_info()["sha256"].startswith("0cc0b9b8") and default.recipe_hash(default.RECIPE) == \
+        "e23b905855"
+    assert default.SHIPPED_DIR == default.SHIPPED_DIRS["sum"] == default.default_model_dir()
+    for task in ("sum", "multiple", "word", None):  # no model of their own: the default one, as before
+        assert default.default_model_dir(task=task) == default.SHIPPED_DIR
+    assert default.default_model_dir(task="plus") != default.SHIPPED_DIR
+    assert default.default_model_dir(recipe=default.RECIPES["plus"], build=False) == default.SHIPPED_DIRS["plus"]
+    with pytest.raises(ValueError, match="differs from task"):
+        default.default_model_dir(recipe=default.RECIPE, task="plus")
+
+
+@pytest.mark.parametrize("task", ["sum", "plus"])
+def test_shipped_model_reproduces_its_base_reward(task):
+    """The evaluation the recipe ran at the end of training (held-out prompts x 32 samples, seed 0: the 16 test
+    prompts of "sum", 64 of "plus")."""
+    info = default.shipped_info(task)
+    r = default.RECIPES[task]
+    ev = sft.evaluate(default.base_model(task=task), r["task"], n_prompts=r["eval_prompts"],
+                      samples=r["eval_samples"], seed=r["seed"])
+    n = ev["n_prompts"] * ev["samples"]
+    assert n == info["base_eval"]["n_prompts"] * info["base_eval"]["samples"] == {"sum": 512, "plus": 2048}[task]
     # sampling is deterministic on one machine (exact equality here); allow 4 of 512 samples to flip elsewhere
     assert abs(ev["reward"] - info["base_reward"]) <= 4 / 512, (ev["reward"], info["base_reward"])
     assert np.isclose(ev["distinct"], info["base_eval"]["distinct"], atol=0.5)
+    if task == "plus":  # room to learn and a signal to learn from
+        assert 0.1 <= info["base_reward"] <= 0.6 and ev["answer_space"] == 1.0
 
 
 def test_default_model_dir_builds_once_and_reuses(tmp_path, monkeypatch):

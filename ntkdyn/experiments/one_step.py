@@ -331,7 +331,7 @@ def run_cli(args) -> int:
     else:
         from ..default import default_model_dir
 
-        name = default_model_dir()
+        name = default_model_dir(task=args.task)
         lm = load(name)
     res = run(lm, args.task, args.out, seed=args.seed, n_prompts=args.prompts, group=args.group, lr=args.lr,
               probe_prompts=args.probe_prompts, completion_positions=args.completion_positions,

@@ -1,5 +1,6 @@
 """The array-based figures: feature similarity (claim 1, with `feature_table_markdown`, the paper's Table 1
-analogue), the one-step prediction vs the real step (claims 3, 4), and the kernel K = R + G for a few contexts.
+analogue), the one-step prediction vs the real step (claims 3, 4), the kernel K = R + G for a few contexts, and
+pass@k curves of several policies (`plot_pass_at_k`).
 Each takes arrays and `out` (a path prefix without extension) and returns the written [png, pdf].
 """
 from __future__ import annotations
@@ -7,12 +8,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from .style import format_value, new_figure, no_data, save, styled
+from .style import band, format_value, new_figure, no_data, recipe_color, recipe_label, save, styled
 
 __all__ = ["plot_feature_similarity", "feature_table_markdown", "plot_one_step", "plot_one_step_split",
-           "plot_kernel"]
+           "plot_kernel", "plot_pass_at_k"]
 
 
 # ============================================================================ array-based figures
@@ -302,4 +303,45 @@ def plot_one_step_split(res: Mapping[str, Any], out) -> list[str]:
                   f"{100 * p2['frac_logp_y_up']:.0f}%, argmax Δz_R = y_u at {100 * p2['frac_argmax_dzR_is_y']:.0f}%,"
                   f"\ns > 0 at {100 * p2['frac_s_positive']:.0f}% of (sample, probe) pairs", fontsize=9)
     ax2.legend(fontsize=7)
+    return save(fig, out)
+
+
+BASE_COLOR = "0.2"  # the base policy of pass@k figures (the recipes keep their RECIPE_COLORS)
+
+
+@styled
+def plot_pass_at_k(curves: Mapping[str, Any], out, reference: str | None = None,
+                   crossings: Mapping[str, Sequence[int]] | None = None, title: str | None = None) -> list[str]:
+    """pass@k against k = 1..n (log2 axis): one line per label with a ± std band over seeds. `curves`: {label:
+    (mean (n,), std (n,), n_seeds)}. With a `reference` label, a second panel shows each other label's mean minus
+    the reference's (below 0: fewer prompts solved within k samples); `crossings` {label: [k, ...]} (where it
+    crosses 0) are marked with dotted lines."""
+    if not curves:
+        raise ValueError("plot_pass_at_k needs at least one curve")
+    ref = None if reference is None else np.asarray(curves[reference][0], np.float64)
+    fig, axes = new_figure(2 if ref is not None and len(curves) > 1 else 1, width=4.6, height=3.4)
+    for label, (mean, std, n) in curves.items():
+        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        k = np.arange(1, mean.size + 1)
+        color = BASE_COLOR if label == "base" else recipe_color(label)
+        seeds = f"{n} seed" + ("s" if n != 1 else "")
+        band(axes[0], k, mean, std, np.full(k.shape, int(n)), color, label=f"{recipe_label(label)} ({seeds})")
+        if len(axes) > 1 and label != reference:
+            diff = mean - ref
+            axes[1].plot(k, diff, color=color, lw=1.6, label=recipe_label(label))
+            for kc in (crossings or {}).get(label, []):
+                axes[1].axvline(kc, color=color, ls=":", lw=1.0)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("k (samples per prompt)")
+    axes[0].set_ylabel("pass@k (unbiased, mean over prompts)")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(loc="lower right")
+    axes[0].set_title(title or "pass@k")
+    if len(axes) > 1:
+        axes[1].axhline(0, color=BASE_COLOR, lw=1.0)
+        axes[1].set_ylabel(f"pass@k − pass@k of {recipe_label(reference)}")
+        axes[1].set_title(f"Difference to {recipe_label(reference)} (dotted: crossings)")
+        axes[1].legend(loc="best")
     return save(fig, out)

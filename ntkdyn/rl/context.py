@@ -126,7 +126,7 @@ def _load_model(c: RLConfig, saved: dict | None):
     if model_dir is None:
         from ..default import default_model_dir
 
-        model_dir = default_model_dir()
+        model_dir = default_model_dir(task=c.task)  # the shipped base model of the task ("plus"), else "sum"'s
     if not os.path.isdir(os.fspath(model_dir)):
         try:
             model_dir = resolve_model(os.fspath(model_dir))

@@ -1,6 +1,7 @@
 """Tasks: prompts, rewards, references and answer sets, from every source.
 
-* character tasks (:mod:`.synthetic`: ``sum``, ``multiple``, ``word``) for ntkdyn's own character model;
+* character tasks (:mod:`.synthetic`: ``sum``, ``multiple``, ``word``; ``plus``, with a single answer) for ntkdyn's
+  own character model;
 * natural-language verifiable tasks for instruct models (:mod:`.natural`: ``add``, ``mul``, ``two-sum``,
   ``list-multiples``), prompts as chat messages;
 * a user's dataset (:mod:`.datasets`: JSONL / CSV / Parquet / a saved ``datasets`` directory with a ``prompt``

@@ -1,8 +1,9 @@
-"""Synthetic character tasks with verifiable rewards and many correct answers per prompt.
+"""Synthetic character tasks with verifiable rewards.
 
-Each task maps a short prompt (<= 16 characters) to a large, enumerable set of
-short correct answers (<= 8 characters), so that the diversity of a policy's
-answers can be measured exactly. All prompts and answers use only
+Each task maps a short prompt (<= 16 characters) to an enumerable set of short
+correct answers (<= 8 characters): a large one for ``sum``, ``multiple`` and
+``word``, so that the diversity of a policy's answers can be measured exactly,
+and a single answer for ``plus`` (where diversity can only show in pass@k). All prompts and answers use only
 :data:`ntkdyn.models.tokenizer.CHARSET`; only ntkdyn's own character model (the
 embedded default model) understands them.
 
@@ -38,6 +39,7 @@ __all__ = [
     "SumTask",
     "MultipleTask",
     "WordTask",
+    "PlusTask",
     "DEFAULT_TASK",
     "SPLITS",
     "names",
@@ -255,7 +257,53 @@ def _word_answers(letters: str, n: int) -> tuple[str, ...]:
     )
 
 
-_REGISTRY: dict[str, Task] = {t.name: t for t in (SumTask(), MultipleTask(), WordTask())}
+class PlusTask(Task):
+    """Add two numbers: the single-answer task.
+
+    Prompt ``"plus a+b:"`` with a, b in 10..99 (8,100 prompts), e.g.
+    ``"plus 23+45:"``. Answer: the canonical decimal of a + b (``"68"``).
+    Answer space: one answer per prompt. Verification: regex parse then an
+    integer check; reward is 1.0 or 0.0. Near misses are a + b off by 1..10.
+    """
+
+    name = "plus"
+    description = "plus a+b: -> a+b in decimal (a, b in 10..99, one answer)"
+    binary = True
+    low, high = 10, 99
+
+    _prompt_re = re.compile(r"plus ([1-9][0-9])\+([1-9][0-9]):")
+    _answer_re = re.compile(_NUMBER)
+
+    def all_prompts(self) -> list[str]:
+        span = range(self.low, self.high + 1)
+        return [f"plus {a}+{b}:" for a in span for b in span]
+
+    def parse(self, prompt: str) -> tuple[int, int]:
+        m = self._prompt_re.fullmatch(prompt) if isinstance(prompt, str) else None
+        if m is None:
+            raise ValueError(f"malformed {self.name} prompt: {prompt!r}")
+        return int(m.group(1)), int(m.group(2))
+
+    def reward(self, prompt: str, completion: str) -> float:
+        a, b = self.parse(prompt)
+        text = self.normalize(completion)
+        if text is None or self._answer_re.fullmatch(text) is None:
+            return 0.0
+        return 1.0 if int(text) == a + b else 0.0
+
+    def correct_answers(self, prompt: str) -> list[str]:
+        a, b = self.parse(prompt)
+        return [str(a + b)]
+
+    def sample_answer(self, prompt: str, rng: np.random.Generator, correct: bool) -> str:
+        a, b = self.parse(prompt)
+        if correct:
+            return str(a + b)
+        delta = int(rng.integers(1, 11)) * (1 if rng.random() < 0.5 else -1)
+        return str(a + b + delta)  # a + b >= 20: never negative
+
+
+_REGISTRY: dict[str, Task] = {t.name: t for t in (SumTask(), MultipleTask(), WordTask(), PlusTask())}
 
 
 def names() -> list[str]:
