@@ -50,3 +50,19 @@ def test_run_figures_missing_data(tmp_path):
     check_figure_files(P.plot_all(tmp_path / "empty", tmp_path / "b"), 10)
     # a run directory given directly as the root
     assert list(P.load_runs(d)) == ["rl"]
+
+
+def test_ntk_drift_figure(tmp_path):
+    # fig_ntk_drift joins plot_all only when some run tracked the eNTK (ntk/align_* keys)
+    root = tmp_path / "runs"
+    for recipe, align in (("rl", (1.0, 0.9, 0.8)), ("cf-rl", (1.0, 0.95, 0.9))):
+        d = root / recipe
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"recipe": recipe, "seed": 0, "steps": 3, "head_steps": 0}))
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(
+            {"step": i, "stage": "rl", "stage_step": i, "reward": 0.1 * i, **{f"ntk/align_{c}": a for c in "KRG"}})
+            for i, a in enumerate(align)))
+    files = P.plot_all(root, tmp_path / "figs")
+    check_figure_files(files, 12)
+    assert {os.path.basename(f) for f in files} >= {"fig_ntk_drift.png", "fig_ntk_drift.pdf"}
+    check_figure_files(P.plot_ntk_drift(tmp_path / "nothing", tmp_path / "e" / "drift"), 2)  # "no data" panels

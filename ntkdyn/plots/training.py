@@ -19,7 +19,8 @@ from .runs import Run, curve_series, is_number, load_runs, series
 from .style import (X_LABEL, band, fig_legend, mark_stage2, new_figure, no_data, recipe_color, recipe_handles,
                     save, styled)
 
-__all__ = ["plot_reward", "plot_confidence", "plot_diversity", "plot_dz_share", "plot_head_norm", "plot_all"]
+__all__ = ["plot_reward", "plot_confidence", "plot_diversity", "plot_dz_share", "plot_head_norm", "plot_ntk_drift",
+           "plot_all"]
 
 
 def _has_stage1(runs_by_recipe: Mapping[str, list[Run]]) -> bool:
@@ -203,8 +204,25 @@ def plot_head_norm(runs_root, out) -> list[str]:
     return save(fig, out)
 
 
+@styled
+def plot_ntk_drift(runs_root, out) -> list[str]:
+    """eNTK drift during training: the alignment ⟨K_t, K_0⟩/(‖K_t‖‖K_0‖) of the trace kernels on the fixed probe
+    contexts with step 0's, for K = R + G, R and G (one panel each), vs full-RL step, per recipe."""
+    rr = load_runs(runs_root)
+    fig, axes = new_figure(3)
+    st1 = _has_stage1(rr)
+    for ax, comp in zip(axes, ("K", "R", "G")):
+        name = {"K": "K = R + G", "R": "R (features)", "G": "G (gradient)"}[comp]
+        _panel_lines(ax, rr, [(f"ntk/align_{comp}", {"marker": "o", "ms": 3.0})],
+                     title=f"alignment of {name} with step 0", ylabel="alignment", any_stage1=st1)
+    present = [rc for rc, runs in rr.items() if any(r.has("ntk/align_K") for r in runs)]
+    fig_legend(fig, recipe_handles(present or list(rr), _n_seeds(rr)))
+    return save(fig, out)
+
+
 def plot_all(runs_root, out_dir) -> list[str]:
-    """The five run-based figures as out_dir/fig_{reward,confidence,diversity,dz_share,head_norm}.{png,pdf}."""
+    """The run-based figures as out_dir/fig_{reward,confidence,diversity,dz_share,head_norm}.{png,pdf}, and
+    fig_ntk_drift when some run tracked the eNTK (ntk/align_*)."""
     rr = load_runs(runs_root)
     out_dir = os.fspath(out_dir)
     files = []
@@ -216,4 +234,6 @@ def plot_all(runs_root, out_dir) -> list[str]:
         ("fig_head_norm", plot_head_norm),
     ):
         files += fn(rr, os.path.join(out_dir, name))
+    if any(r.has("ntk/align_K") for runs in rr.values() for r in runs):
+        files += plot_ntk_drift(rr, os.path.join(out_dir, "fig_ntk_drift"))
     return files

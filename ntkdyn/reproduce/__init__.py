@@ -11,8 +11,11 @@ Runs are durable: an interrupted reproduction resumes each training run from its
 that finished.
 
   pipeline.py  the pipeline (`run`), its PROFILES and the command line (add_arguments, run_cli)
-  verdicts.py  one function per claim, its thresholds as named constants beside it; `claims` runs all eight
-  summary.py   summary.md
+  verdicts.py       the claims measured on the base model (1, 1x, 3, 4) and `claims`, which judges them all
+  verdicts_runs.py  the claims measured on training runs (2, 2x, 5-8, N1); thresholds as named constants
+  verdicts_v1.py    the earlier readings of claims 1, 2, 6, 8 (before the spec's revision; docs/claims.md)
+  claim_base.py     ClaimResult, numbers over seeds, the verdict over seeds
+  summary.py        summary.md
 (the modules are not named after `run` and `claims`, which are functions of this package)
 """
 from ..experiments.features import feature_analysis
