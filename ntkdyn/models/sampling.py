@@ -73,6 +73,19 @@ def sample(graphdef, cfg, params, prompt_ids, prompt_mask, key, *, max_new_token
         return (caches, znew, pos + 1, done, key), (tok_out, jnp.where(live, lp, 0.0), jnp.where(live, lpm, 0.0),
                                                     live.astype(jnp.int32))
 
+    # a while loop that ends as soon as every row is done: the steps it skips would only write padding (token
+    # pad_id, log-probs 0, mask 0), which the output buffers already hold, so the result equals a full scan's
+    def cond(state):
+        i, (_, _, _, done, _), _ = state
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        i, carry, outs = state
+        carry, new = step(carry, i)
+        return i + 1, carry, tuple(o.at[:, i].set(n) for o, n in zip(outs, new))
+
     carry = (caches, z0, next_pos, jnp.zeros((B,), bool), key)
-    _, (toks, lp, lpm, mask) = jax.lax.scan(step, carry, jnp.arange(max_new_tokens))
-    return Generation(toks.T, lp.T, lpm.T, mask.T)
+    shapes = jax.eval_shape(step, carry, jnp.int32(0))[1]  # the per-step outputs' dtypes
+    outs = tuple(jnp.full((B, max_new_tokens), pad_id if k == 0 else 0, o.dtype) for k, o in enumerate(shapes))
+    _, _, (toks, lp, lpm, mask) = jax.lax.while_loop(cond, body, (jnp.int32(0), carry, outs))
+    return Generation(toks, lp, lpm, mask)
