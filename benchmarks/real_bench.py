@@ -13,6 +13,9 @@ peak resident memory (VmHWM) is its own):
   subset   `output="subset"` over 300 tokens for 2 contexts against 2·300 plain VJPs (same extrapolation as trace).
   onestep  (c) `dynamics.one_step` (Adam) on a batch of 8 sequences with 8 probe contexts, against one optimizer step
            (the same objective's value_and_grad + Adam update, jitted) on the same batch. Target <= 5.
+  rl       (d) RL steps/s and generated tokens/s of `ntkdyn.rl.train` against TRL `GRPOTrainer` (benchmarks/rl_bench.py,
+           TRL in .benchvenv) on the same checkpoint directory: task "mul", 8 prompts x 4 samples, 32 new tokens, one
+           optimizer step per batch (RL_ARGS). Target >= 2x.
 Every section reports VmHWM (peak resident memory, /proc/self/status) and VmRSS after loading the model.
 
 The model is read from `<cache>/models/smollm2-135m-instruct` when it exists (NTKDYN_CACHE or ~/.cache/ntkdyn),
@@ -44,7 +47,10 @@ NAME = "smollm2-135m-instruct"
 SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
-SECTIONS = ("trace", "budget", "hutch", "subset", "onestep")
+SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl")
+# (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
+RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
+           "--warmup", "2", "--rounds", "1", "--lr", "1e-5", "--score-truncated"]
 
 
 def mem_mb():
@@ -226,8 +232,28 @@ def section_onestep(lm):
             "ratio_warm": round(second / swarm, 3), "rel_error": r.rel_error, "vmhwm_mb_after_one_step": mem[0]}
 
 
+def section_rl(path):
+    """(d) RL steps/s and generated tokens/s of `ntkdyn.rl.train` vs TRL GRPOTrainer (benchmarks/rl_bench.py, TRL
+    in .benchvenv) on the cached checkpoint directory (TRL reads it with transformers)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import rl_bench
+
+    if not os.path.isdir(path):
+        raise SystemExit(f"section rl needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
+    a = rl_bench.parser().parse_args(RL_ARGS + ["--model", path])
+    m = rl_bench.measure(a)
+    m.pop("raw")
+    return {"args": " ".join(RL_ARGS), **m, "ratio": round(m["ratio_steps"], 3)}
+
+
 def run_section(name):
     t0 = time.perf_counter()
+    if name == "rl":  # the trainer and TRL load the model themselves
+        root = os.environ.get("NTKDYN_CACHE", os.path.expanduser("~/.cache/ntkdyn"))
+        out = {"section": name, **section_rl(os.path.join(root, "models", NAME))}
+        out.update(vmhwm_mb=mem_mb()[0], total_seconds=round(time.perf_counter() - t0, 1),
+                   load_average=os.getloadavg(), jax=jax.__version__)
+        return out
     lm, source = load_model()
     loaded = mem_mb()
     out = {"section": name, "model": source, "params": lm.num_params, **globals()[f"section_{name}"](lm)}

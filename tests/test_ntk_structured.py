@@ -218,6 +218,8 @@ def test_structured_hutchinson_equals_jacobian_hutchinson(name):
     kj = ntk.decompose(lm, IDS, CTX[:5], IDS_B, CTX_B, method="jacobian", **kw)
     ks = ntk.decompose(lm, IDS, CTX[:5], IDS_B, CTX_B, method="structured", chunk=3, batch_size=2, **kw)
     assert ks.plan.method == "structured" and ks.plan.sweeps == 2 * 3 and kj.plan.method == "jacobian"
+    # s = h(a)·h(b) now comes out of the structured programs (b blocks of 2, the last one padded): lm.features'
+    assert ks.representation.shape == (5, len(CTX_B)) and _rel(ks.representation, kj.representation) < TOL
     for est_s, est_j in ((ks.gradient, kj.gradient), (ks.cross, kj.cross)):
         if est_j is None:
             assert est_s is None

@@ -128,14 +128,14 @@ def decompose(lm, ids_a, pos_a, ids_b=None, pos_b=None, *, output: str = "full",
     sz = sizing(lm.config, eng.sp, a, b, memory_budget, batch_size, mesh)
     na, nb, d = len(a[1]), len(b[1]), lm.config.d_model
     if output == "hutchinson":
-        s, ha, hb = _representation(lm, params, a, b, sym)
         sizes = probe_sizes(lm.config, params, max(sz.Ta, sz.Tb), nb, num_probes, sz.budget)
         kp = choose_probes(method if chunk is None else "structured", lm.config, params, sz, na, nb, num_probes,
                            mesh, (batch_size or sizes[0], chunk or sizes[1]), probe_chunks(sz, d, na, nb, num_probes))
-        if kp.method == "structured":
-            k = structured_hutchinson(lm.graphdef, lm.config, params, a, b, s, ha, hb, tied, num_probes, seed,
-                                      sz.budget, chunk, batch_size)
+        if kp.method == "structured":  # s, h(a), h(b) come out of its own compiled programs
+            k = structured_hutchinson(lm.graphdef, lm.config, params, a, b, tied, num_probes, seed, sz.budget, chunk,
+                                      batch_size)
         else:
+            s, ha, hb = _representation(lm, params, a, b, sym)
             k = hutchinson(eng, a, b, s, ha, hb, sz, tied, num_probes, seed)
         return dataclasses.replace(k, plan=kp)
     jac = exact_plan(sz, d, na, nb, sym)

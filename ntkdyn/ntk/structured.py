@@ -58,6 +58,7 @@ class Sweep(NamedTuple):
     ds: jax.Array  # (n, r, P_small): gradients of the small parameters (norms, biases)
     ids: jax.Array  # (n, T)
     positions: jax.Array  # (n, T)
+    h: jax.Array  # (n, d): h(c) at the analysed positions (the sweep's primal output)
 
 
 # ----------------------------------------------------------------------------------------------- model split
@@ -99,15 +100,15 @@ def _sweep(graphdef, cfg, big, small, table, ids, pos, cot):
         return jax.lax.dynamic_index_in_dim(h, p, 0, keepdims=False), (taps.inputs_BxTxN, taps.positions_BxT[0])
 
     def one(ids_T, p, cot_RxD):
-        _, vjp, (u, positions) = jax.vjp(lambda s, v: h_at(s, v, ids_T, p), small, zeros, has_aux=True)
+        h, vjp, (u, positions) = jax.vjp(lambda s, v: h_at(s, v, ids_T, p), small, zeros, has_aux=True)
         ds, dv = jax.vmap(vjp)(cot_RxD)
         r = cot_RxD.shape[0]
         u_k = {k: jnp.stack([u[p][0] for p in ps]) for k, ps in kinds.items()}
         du_k = {k: jnp.stack([dv[p][:, 0] for p in ps]) for k, ps in kinds.items()}
         ds = jnp.concatenate([g.reshape(r, -1) for g in jax.tree.leaves(ds)] or [jnp.zeros((r, 0), dtype)], -1)
-        return u_k, du_k, dv[EMBED][:, 0], ds, ids_T, positions
+        return u_k, du_k, dv[EMBED][:, 0], ds, ids_T, positions, h
 
-    return Sweep(*jax.vmap(one, out_axes=(1, 1, 0, 0, 0, 0))(ids, pos, cot))
+    return Sweep(*jax.vmap(one, out_axes=(1, 1, 0, 0, 0, 0, 0))(ids, pos, cot))
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg"))

@@ -19,7 +19,9 @@ import numpy as np
 from flax import traverse_util
 
 from ..models.transformer import EMBED, Taps, features
+from .blocks import finish_rep
 from .engine import cat
+from .hutchinson import finish_probes
 from .kernel import HutchinsonEstimate, Kernel
 from .structured import _kinds, _split, _sweep
 
@@ -33,11 +35,12 @@ def _model_params(big, small, table):
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg"))
 def _record(graphdef, cfg, big, small, table, ids):
-    """What every Dense reads, {kind: (L, n, T, n_in)}, and the positions (n, T) of the rows ids (n, T): a forward."""
+    """What every Dense reads, {kind: (L, n, T, n_in)}, the positions (n, T) and the features h (n, T, d) of the rows
+    ids (n, T): a forward."""
     taps = Taps()
-    features(graphdef, cfg, _model_params(big, small, table), ids, taps=taps)
+    h = features(graphdef, cfg, _model_params(big, small, table), ids, taps=taps)[0]
     u = taps.inputs_BxTxN
-    return {k: jnp.stack([u[p] for p in ps]) for k, ps in _kinds(big).items()}, taps.positions_BxT
+    return {k: jnp.stack([u[p] for p in ps]) for k, ps in _kinds(big).items()}, taps.positions_BxT, h
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "tied"))
@@ -93,6 +96,13 @@ def _probe_jvp(graphdef, cfg, big, small, table, ida, pa, ua, posa, ha, SB, hb, 
     return jax.vmap(per_b, in_axes=(1, 1, 0, 0, 0, 0, 0))(SB.u, SB.du, SB.dx, SB.ds, SB.ids, SB.positions, hb)
 
 
+@partial(jax.jit, static_argnames=("seed", "num_probes"))
+def _probes(W, seed, num_probes):
+    """The Rademacher probes v (np, V) of `seed` (the same as ntk/hutchinson.py) and U = v W (np, d)."""
+    probes = jax.random.rademacher(jax.random.key(seed), (num_probes, W.shape[0]), dtype=W.dtype)
+    return probes, probes @ W
+
+
 def probe_sizes(cfg, params, T, nb, num_probes, budget):
     """(cb, pc): b contexts and probes per VJP sweep so that the held δ (T (Σm + d) floats per context and probe)
     and the JVP's tangent activations (about 3 T (Σm + Σn) per b context and probe) stay within `budget` bytes."""
@@ -106,14 +116,33 @@ def probe_sizes(cfg, params, T, nb, num_probes, budget):
     return max(1, min(nb, fit // pc)), pc
 
 
-def structured_hutchinson(graphdef, cfg, params, a, b, s, ha, hb, tied, num_probes, seed, budget, chunk=None,
-                          block=None):
-    """The "hutchinson" Kernel between contexts a and b ((ids, rows, positions) each), s, h(a), h(b) computed.
-    chunk / block force the probes per sweep and the b contexts per sweep. Same probes (seed) as ntk/hutchinson.py."""
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "tied"))
+def _probe_block(graphdef, cfg, big, small, table, ida, pa, rows_b, pos_b, U, probes, W, tied):
+    """One compiled program per (b block, probe chunk): the a contexts' Dense inputs and h(a) (a forward), the VJP
+    sweep of the b contexts along the probes U (pc, d) (its primal output is h(b)) and the JVPs at every a context.
+    Returns (estimates (na, nb, k, pc), h(a) (na, d), h(b) (nb, d)). One program instead of a separate forward for
+    s, _record, _sweep and _probe_jvp: compilation, most of the cost of a few probes, is paid once."""
+    ua, posa, h = _record(graphdef, cfg, big, small, table, ida)
+    ha = h[jnp.arange(h.shape[0]), pa]
+    SB = _sweep(graphdef, cfg, big, small, table, rows_b, pos_b, jnp.broadcast_to(U, (rows_b.shape[0],) + U.shape))
+    hb = SB.h
+
+    def per_a(xs):
+        ida_i, pa_i, ua_i, posa_i, ha_i = xs
+        return _probe_jvp(graphdef, cfg, big, small, table, ida_i, pa_i, ua_i, posa_i, ha_i, SB, hb, U, probes, W,
+                          tied)
+
+    ua_a = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), ua)  # (na, L, T, n) per kind
+    return jax.lax.map(per_a, (ida, pa, ua_a, posa, ha)), ha, hb
+
+
+def structured_hutchinson(graphdef, cfg, params, a, b, tied, num_probes, seed, budget, chunk=None, block=None):
+    """The "hutchinson" Kernel between contexts a and b ((ids, rows, positions) each), with s = h(a)·h(b) (+1 with a
+    head bias) from the same programs. chunk / block force the probes per sweep and the b contexts per sweep. Same
+    probes (seed) as ntk/hutchinson.py."""
     W = params["head"]["W"]
     V = W.shape[0]
-    probes = jax.random.rademacher(jax.random.key(seed), (num_probes, V), dtype=W.dtype)
-    U = probes @ W  # (np, d): Wᵀ v
+    probes, U = _probes(W, seed, num_probes)  # U (np, d): Wᵀ v
     big, small = _split(params["backbone"])
     table = W if cfg.tie_word_embeddings else None
     Ta, Tb = (min(-(-(int(c[2].max()) + 1) // 8) * 8, c[0].shape[1]) for c in (a, b))  # exact by causality
@@ -121,23 +150,21 @@ def structured_hutchinson(graphdef, cfg, params, a, b, s, ha, hb, tied, num_prob
     na, nb = len(a[1]), len(b[1])
     cb, pc = probe_sizes(cfg, params, max(Ta, Tb), nb, num_probes, budget)
     cb, pc = block or cb, chunk or pc
-    ua, posa = _record(graphdef, cfg, big, small, table, jnp.asarray(ida))
-    cols = []
+    ida, pa = jnp.asarray(ida), jnp.asarray(a[2], jnp.int32)
+    cols, hbs = [], []
     for sb in range(0, nb, cb):
         idx = np.minimum(np.arange(sb, sb + cb), nb - 1)  # padded by repeating the last context
         rows_b, pos_b = jnp.asarray(idb[idx]), jnp.asarray(b[2][idx])
         probe_cols = []
         for sp in range(0, num_probes, pc):
             k = np.minimum(np.arange(sp, sp + pc), num_probes - 1)
-            cot = jnp.broadcast_to(U[k], (cb, pc, U.shape[1]))
-            SB = _sweep(graphdef, cfg, big, small, table, rows_b, pos_b, cot)
-            est = [_probe_jvp(graphdef, cfg, big, small, table, jnp.asarray(ida[i]), int(a[2][i]),
-                              jax.tree.map(lambda x: x[:, i], ua), posa[i], ha[i], SB, hb[idx], U[k], probes[k], W,
-                              tied) for i in range(na)]
-            probe_cols.append(jnp.stack(est)[..., :min(pc, num_probes - sp)])
+            est, ha, hb = _probe_block(graphdef, cfg, big, small, table, ida, pa, rows_b, pos_b, U[k], probes[k], W,
+                                       tied)
+            probe_cols.append(est[..., :min(pc, num_probes - sp)])
+        hbs.append(hb[:min(cb, nb - sb)])
         cols.append(cat(probe_cols, axis=-1)[:, :min(cb, nb - sb)])
-    est = cat(cols, axis=1)  # (na, nb, k, np)
-    mean, se = est.mean(-1), est.std(-1, ddof=1) / jnp.sqrt(num_probes)
+    mean, se = finish_probes(cat(cols, axis=1), na, nb)  # est (na, nb, k, np)
+    s = finish_rep(ha, cat(hbs), na, nb, "b" in params["head"])
     G = HutchinsonEstimate(mean[..., 0], se[..., 0], mean[..., 1], se[..., 1], num_probes)
     X = HutchinsonEstimate(mean[..., 2], se[..., 2], mean[..., 3], se[..., 3], num_probes) if tied else None
     return Kernel(representation=s, gradient=G, cross=X, output="hutchinson", vocab_size=V)
