@@ -37,6 +37,8 @@ __all__ = [
     "feature_similarity",
     "effective_rank",
     "kernel_norms",
+    "kernel_alignment",
+    "kernel_change",
     "dz_share",
     "head_norm",
     "feature_change",
@@ -308,6 +310,25 @@ def kernel_norms(R, G, vocab_size: int | None = None) -> dict:
     if vocab_size is not None:
         r_norm = jnp.sqrt(jnp.asarray(vocab_size, dtype=r_norm.dtype)) * r_norm
     return {"R": r_norm, "G": jnp.linalg.norm(jnp.ravel(jnp.asarray(G)))}
+
+
+def kernel_alignment(K1, K2) -> jax.Array:
+    """Uncentred kernel alignment  ⟨K1, K2⟩_F / (‖K1‖_F ‖K2‖_F)  over all entries (any equal shapes, e.g. the
+    (N, N) trace kernels tr_V R, tr_V G): 1 when K1 ∝ K2 with a positive factor; 0 when either is 0."""
+    a, b = jnp.ravel(jnp.asarray(K1)), jnp.ravel(jnp.asarray(K2))
+    if a.shape != b.shape:
+        raise ValueError(f"kernel_alignment: the kernels must have the same shape; got {jnp.shape(K1)} and "
+                         f"{jnp.shape(K2)}")
+    return _safe_div(jnp.vdot(a, b), jnp.linalg.norm(a) * jnp.linalg.norm(b))
+
+
+def kernel_change(K1, K0) -> jax.Array:
+    """Relative change of a kernel  ‖K1 − K0‖_F / ‖K0‖_F  (0 when K0 = 0)."""
+    a, b = jnp.ravel(jnp.asarray(K1)), jnp.ravel(jnp.asarray(K0))
+    if a.shape != b.shape:
+        raise ValueError(f"kernel_change: the kernels must have the same shape; got {jnp.shape(K1)} and "
+                         f"{jnp.shape(K0)}")
+    return _safe_div(jnp.linalg.norm(a - b), jnp.linalg.norm(b))
 
 
 def dz_share(dz_gradient, dz_representation) -> dict:

@@ -288,6 +288,33 @@ def test_dz_share():
     assert float(z["gradient"]) == 0.0 and float(z["representation"]) == 0.0
 
 
+def test_kernel_alignment_hand():
+    # K1 = [[1, 0], [0, 1]], K2 = [[1, 1], [1, 1]]: <K1,K2> = 2, |K1| = sqrt 2, |K2| = 2 -> 2 / (2 sqrt 2)
+    K1, K2 = jnp.eye(2), jnp.ones((2, 2))
+    np.testing.assert_allclose(M.kernel_alignment(K1, K2), 1 / math.sqrt(2), rtol=1e-6)
+    np.testing.assert_allclose(M.kernel_alignment(K2, K2), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(M.kernel_alignment(3.0 * K2, K2), 1.0, rtol=1e-6)  # scale-free
+    np.testing.assert_allclose(M.kernel_alignment(-K2, K2), -1.0, rtol=1e-6)
+    # [[2, 1], [1, 3]] vs [[1, 0], [0, 2]]: <.,.> = 2 + 6 = 8, norms sqrt 15 and sqrt 5
+    A, B = jnp.array([[2.0, 1.0], [1.0, 3.0]]), jnp.array([[1.0, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(M.kernel_alignment(A, B), 8 / math.sqrt(75), rtol=1e-6)
+    assert float(M.kernel_alignment(jnp.zeros((2, 2)), B)) == 0.0  # no NaN
+    with pytest.raises(ValueError, match="same shape"):
+        M.kernel_alignment(jnp.eye(2), jnp.eye(3))
+
+
+def test_kernel_change_hand():
+    # K0 = [[3, 0], [0, 4]]: ‖K0‖_F = 5
+    K0 = jnp.array([[3.0, 0.0], [0.0, 4.0]])
+    K1 = jnp.array([[3.0, 2.0], [2.0, 5.0]])  # K1 − K0 = [[0, 2], [2, 1]]: norm 3
+    np.testing.assert_allclose(M.kernel_change(K1, K0), 3 / 5, rtol=1e-6)
+    assert float(M.kernel_change(K0, K0)) == 0.0
+    np.testing.assert_allclose(M.kernel_change(2 * K0, K0), 1.0, rtol=1e-6)
+    assert float(M.kernel_change(K0, jnp.zeros((2, 2)))) == 0.0  # K0 = 0: 0, never NaN
+    with pytest.raises(ValueError, match="same shape"):
+        M.kernel_change(jnp.eye(2), jnp.eye(3))
+
+
 def test_head_norm():
     W = jnp.array([[1.0, 2.0], [2.0, 4.0]])
     np.testing.assert_allclose(M.head_norm(W), 5.0, rtol=1e-6)

@@ -51,6 +51,11 @@ _FLAGS = [
     ("--probe-every", "probe_every", int, "dz_share every k steps (0: never)"),
     ("--checkpoint-every", "checkpoint_every", int, "checkpoint every k steps (0: at the end only)"),
     ("--seed", "seed", int, None),
+    ("--ntk-every", "ntk_every", int, "eNTK drift (ntk/*) every k global steps, at step 0 and the last (0: never)"),
+    ("--ntk-contexts", "ntk_contexts", int, "probe contexts of the drift kernels"),
+    ("--ntk-method", "ntk_method", str, "exact | hutchinson"),
+    ("--ntk-probes", "ntk_probes", int, "Rademacher probes per drift kernel (hutchinson)"),
+    ("--claim6-rollouts", "claim6_rollouts", int, "claim-6 measures on a fixed random subset of n rollouts (0: all)"),
 ]
 
 
@@ -79,6 +84,8 @@ def add_arguments(p: argparse.ArgumentParser):
                         "default auto")
     p.add_argument("--score-truncated", dest="score_truncated", action="store_const", const=True, default=None,
                    help="score completions cut at --max-new-tokens with the reward too (default: they score 0)")
+    p.add_argument("--claim6", dest="claim6", action="store_const", const=True, default=None,
+                   help="log claim 6's measures (claim6/*) at the first step of the stage 'rl'")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

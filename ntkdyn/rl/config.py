@@ -34,6 +34,7 @@ _CHOICES = {
     "advantage": O.ADVANTAGE_KINDS,
     "loss_agg": O.LOSS_AGGS,
     "kl_estimator": O.KL_ESTIMATORS,
+    "ntk_method": ("exact", "hutchinson"),
 }
 
 
@@ -76,6 +77,12 @@ class RLConfig:
     eval_temperature: float = 1.0
     probe_prompts: int = 8  # the fixed probe set (test prompts with a reference answer)
     probe_every: int = 10  # dz_share every k stage steps and at each stage's first step (0: never)
+    ntk_every: int = 0  # eNTK drift (ntk/* metrics) every k global steps, at step 0 and at the end (0: never)
+    ntk_contexts: int = 8  # probe contexts of the drift kernels (rl/tracking.py picks them)
+    ntk_method: str = "exact"  # the drift's trace kernels: "exact" (ntk.decompose output="trace") or "hutchinson"
+    ntk_probes: int = 64  # Rademacher probes per kernel when ntk_method="hutchinson"
+    claim6: bool = False  # claim-6 measures (claim6/*) at the first step of the stage "rl" (rl/claim6.py)
+    claim6_rollouts: int = 0  # rollouts of that step's batch measured (0: all; else a fixed random subset)
     checkpoint_every: int = 50  # checkpoint every k global steps and at the end (0: only at the end)
     seed: int = 0
     chat_template: bool | None = None  # prompts through the tokenizer's chat template (None: when it has one)
@@ -151,7 +158,8 @@ def _validate(c: RLConfig):
         raise _bad("out", c.out, "the run directory (a non-empty path)")
     ints = {"steps": 0, "group_size": 1, "prompts_per_step": 1, "max_new_tokens": 1, "num_iterations": 1,
             "eval_every": 0, "eval_prompts": 1, "eval_samples": 1, "probe_prompts": 1, "probe_every": 0,
-            "checkpoint_every": 0, "seed": 0}
+            "checkpoint_every": 0, "seed": 0, "ntk_every": 0, "ntk_contexts": 1, "ntk_probes": 2,
+            "claim6_rollouts": 0}
     for key, lo in ints.items():
         v = getattr(c, key)
         if not is_int(v) or v < lo:
@@ -183,7 +191,7 @@ def _validate(c: RLConfig):
                                                "(use advantage='reinforce' for single samples)")
     if c.chat_template is not None and not isinstance(c.chat_template, bool):
         raise _bad("chat_template", c.chat_template, "None (auto: when the tokenizer has one), True or False")
-    for key in ("resume", "overwrite", "score_truncated"):
+    for key in ("resume", "overwrite", "score_truncated", "claim6"):
         if not isinstance(getattr(c, key), bool):
             raise _bad(key, getattr(c, key), "True or False")
     if c.resume and c.overwrite:

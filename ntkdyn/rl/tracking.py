@@ -1,0 +1,95 @@
+"""eNTK drift during a run: how far the kernel on a fixed set of probe contexts moves from the run's start (the
+"stable eNTK" assumption of one-step analyses, measured for RL; issue 16).
+
+At the run start the N×N trace kernels over the vocabulary (spec §1: Θ = R ⊗ I_V + G (+ X for a tied head))
+
+    tr_V R(c, c') = V · s(c, c'),   tr_V G(c, c'),   tr_V K = tr_V R + tr_V G (+ tr_V X)
+
+of the starting model on N fixed probe contexts are kept as K0 (OUT/ntk0.npz, written atomically; a resumed run
+reads it back, or recomputes it from the starting model when it is missing). Every RLConfig.ntk_every global
+steps, at step 0 and at the last step the trainer logs, for Z in R, G, K,
+
+    ntk/align_Z  = metrics.kernel_alignment(Z_t, Z_0)   (uncentred: ⟨Z_t, Z_0⟩_F / ‖Z_t‖_F ‖Z_0‖_F; 1 = unmoved)
+    ntk/change_Z = metrics.kernel_change(Z_t, Z_0)      (‖Z_t − Z_0‖_F / ‖Z_0‖_F; 0 = unmoved)
+    ntk/trace_G, ntk/trace_R = the mean diagonal of tr_V G, tr_V R (the kernels' size at one context)
+
+The kernels come from ntk.decompose: RLConfig.ntk_method "exact" (output="trace", the cost model's method) or
+"hutchinson" (output="hutchinson", RLConfig.ntk_probes Rademacher probes with a fixed seed, the same probes at
+every step; R stays exact). The probe contexts are `drift_contexts` of the run's probe set.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import metrics as M
+from ..io import atomic_file
+
+__all__ = ["NTK0_FILE", "drift_contexts", "trace_kernels", "initial_kernels", "drift_metrics"]
+
+NTK0_FILE = "ntk0.npz"
+HUTCHINSON_SEED = 0  # the probes of every drift kernel of every run: differences are not probe noise
+
+
+def drift_contexts(probe_pos, n: int) -> np.ndarray:
+    """Up to n (row, position) contexts of the probe set `probe_pos` (M, 2), spread over the probe prompts: the
+    first answer context of every probe row (the position predicting the answer's first token), then the second
+    of every row, and so on (row order within a round)."""
+    pp = np.asarray(probe_pos, np.int32).reshape(-1, 2)
+    order = np.lexsort((pp[:, 1], pp[:, 0]))  # row-major, positions ascending
+    pp = pp[order]
+    rank = np.zeros(len(pp), np.int64)  # rank of a context within its row's answer
+    for r in np.unique(pp[:, 0]):
+        sel = np.flatnonzero(pp[:, 0] == r)
+        rank[sel] = np.arange(len(sel))
+    round_robin = np.lexsort((pp[:, 0], rank))
+    return pp[round_robin[:n]]
+
+
+def trace_kernels(ctx, params, contexts) -> dict:
+    """The (N, N) trace kernels {"R": V s, "G": tr_V G, "K": their sum (+ tr_V X, tied)} of `params` at `contexts`
+    of ctx.probe_ids, float64, by RLConfig.ntk_method."""
+    from ..ntk.api import decompose
+
+    c, V = ctx.c, ctx.cfg.vocab_size
+    if c.ntk_method == "hutchinson":
+        k = decompose(ctx.lm, ctx.probe_ids, contexts, output="hutchinson", params=params,
+                      num_probes=int(c.ntk_probes), seed=HUTCHINSON_SEED)
+        G, X = k.gradient.trace, None if k.cross is None else k.cross.trace
+    else:
+        k = decompose(ctx.lm, ctx.probe_ids, contexts, output="trace", params=params)
+        G, X = k.gradient, k.cross
+    R = V * np.asarray(k.representation, np.float64)
+    G = np.asarray(G, np.float64)
+    K = R + G + (0.0 if X is None else np.asarray(X, np.float64))
+    return {"R": R, "G": G, "K": K}
+
+
+def initial_kernels(ctx, resumed: bool) -> dict:
+    """K0: the trace kernels of the starting model (ctx.base_params) at `drift_contexts`. A fresh run computes and
+    writes them to OUT/ntk0.npz (atomically); a resumed run reads that file (recomputing when it is missing or was
+    made on other contexts / another method). Returns {"contexts", "R", "G", "K"}."""
+    contexts = drift_contexts(ctx.probe_pos, ctx.c.ntk_contexts)
+    path = os.path.join(ctx.out, NTK0_FILE)
+    if resumed and os.path.isfile(path):
+        with np.load(path) as f:
+            saved = {k: f[k] for k in f.files}
+        if (np.array_equal(saved.get("contexts"), contexts) and str(saved.get("method")) == ctx.c.ntk_method
+                and all(k in saved for k in ("R", "G", "K"))):
+            return {k: saved[k] for k in ("contexts", "R", "G", "K")}
+    K0 = dict(contexts=contexts, **trace_kernels(ctx, ctx.base_params, contexts))
+    with atomic_file(path) as tmp:
+        np.savez(tmp, method=np.asarray(ctx.c.ntk_method), **K0)
+    return K0
+
+
+def drift_metrics(K0: dict, K: dict) -> dict:
+    """ntk/align_Z, ntk/change_Z (Z = R, G, K) of the kernels K against K0, and ntk/trace_G, ntk/trace_R."""
+    out = {}
+    for z in ("R", "G", "K"):
+        out[f"ntk/align_{z}"] = float(M.kernel_alignment(K[z], K0[z]))
+        out[f"ntk/change_{z}"] = float(M.kernel_change(K[z], K0[z]))
+    out["ntk/trace_G"] = float(np.mean(np.diag(K["G"])))
+    out["ntk/trace_R"] = float(np.mean(np.diag(K["R"])))
+    return out
