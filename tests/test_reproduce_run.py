@@ -20,12 +20,18 @@ def test_reproduce_tiny_end_to_end(tmp_path):
             f = figs / f"{name}.{ext}"
             assert f.is_file() and f.stat().st_size > 1000, f
     summary = (figs / "summary.md").read_text()
-    for n in range(1, reproduce.CLAIMS + 1):
+    for n in reproduce.CLAIMS:
         assert f"\n| {n} | " in summary and f"## Claim {n}: " in summary, n
     assert "n/a → n/a" not in summary
     meta = json.loads((out / "reproduce.json").read_text())
-    assert len(meta["claims"]) == reproduce.CLAIMS
-    assert all(c["verdict"] in ("supported", "not supported", "not measured") for c in meta["claims"])
+    assert [c["n"] for c in meta["claims"]] == list(reproduce.CLAIMS)
+    assert all(c["verdict"] in ("supported", "not supported", "not measured", "mixed", "cannot show on this setting")
+               for c in meta["claims"])
+    by_n = {c["n"]: c for c in meta["claims"]}
+    # the new measures reach the verdicts: claim 6 from the claim6/ keys, N1 from the drift, 2x from pass@k
+    assert "tr G_S on the answer tokens: RL n/a" not in by_n["6"]["numbers"], by_n["6"]
+    assert "n/a" not in by_n["N1"]["numbers"], by_n["N1"]
+    assert meta["pass_at_k"]["ks"] == list(range(1, 17))
     # the training runs are durable: final models open, and the printed file list names every figure
     for recipe in ("rl", "cf-rl", "lp-ft"):
         assert (out / "runs" / f"{recipe}-seed0" / "final" / "config.json").is_file()
@@ -45,6 +51,12 @@ def test_same_config(tmp_path):
 
 
 def test_profiles():
-    assert set(reproduce.PROFILES) == {"full", "quick", "tiny"}
-    keys = set(reproduce.PROFILES["full"])
-    assert all(set(p) - {"base"} == keys for p in reproduce.PROFILES.values())
+    assert set(reproduce.PROFILES) == {"full", "quick", "tiny", "real", "real-tiny"}
+    required = {"seeds", "steps", "head_steps", "prompts_per_step", "group_size", "eval_every", "eval_prompts",
+                "eval_samples", "probe_every", "lr", "head_lr", "feature_prompts"}
+    optional = {"base", "model", "task", "rl", "one_step", "second", "passk", "budget", "kernel_prompts", "ntk_seeds"}
+    for name, p in reproduce.PROFILES.items():
+        assert required <= set(p) and set(p) - required <= optional, name
+    from ntkdyn.rl import RLConfig  # every profile's RL fields are RLConfig's
+    for p in reproduce.PROFILES.values():
+        RLConfig(out="x", **p.get("rl", {}))

@@ -168,6 +168,8 @@ def test_claim6_three_measures():
     less_gain = [_c6_run("cf-rl", 2.5, 0.40, 0.011, s) for s in (0, 1)]
     assert "6c fails" in C.claim6_gradient_component(rl, less_gain).numbers
     assert C.claim6_gradient_component(rl, []).holds is None
+    tied = [_c6_run("cf-rl", 2.5, float("nan"), 0.0, s) for s in (0, 1)]  # all advantages 0: no direction
+    assert C.claim6_gradient_component(rl, tied).verdict == C.CANNOT
 
 
 def test_claim_n1_drift():

@@ -15,26 +15,51 @@ from ..io import check_writable_dir, read_json, write_text
 from ..plots.training import plot_all
 from ..rl.recipes import RECIPES
 from ..tasks import DEFAULT_TASK
-from ..tasks import get as get_task
-from .verdicts import claims
+from ..tasks import resolve as get_task
+from .verdicts import ORDER, ORDER_V1, claims
 from .summary import table_cell, write_summary
 
 __all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "run_base_seeds", "robustness_markdown", "add_arguments", "run_cli"]
 
-# per profile: seeds, full-RL steps, stage-1 steps, rollout shape, eval cadence
+# per profile: seeds, full-RL steps, stage-1 steps, rollout shape, eval cadence; optional: `model` and `task` (the
+# profile's own defaults), `rl` (more RLConfig fields), `one_step` (its keyword arguments), `second` (a second,
+# single-answer task on its own shipped base model: task, recipes, steps), `kernel_prompts` (of the kernel picture),
+# `passk` (pass@k curves up to `samples`
+# on the single-answer task: samples, prompts, max_new_tokens), `ntk_seeds` (the seeds whose runs track the eNTK drift;
+# default: all), `budget` (stated in summary.md)
 PROFILES = {
     "full": dict(seeds=(0, 1, 2), steps=200, head_steps=16, prompts_per_step=8, group_size=8, eval_every=20,
-                 eval_prompts=16, eval_samples=32, probe_every=5, lr=3e-4, head_lr=3e-3, feature_prompts=32),
+                 eval_prompts=16, eval_samples=32, probe_every=5, lr=3e-4, head_lr=3e-3, feature_prompts=32,
+                 rl=dict(ntk_every=20, claim6=True), second=dict(task="plus", recipes=("rl", "cf-rl"), steps=100),
+                 passk=dict(samples=256, prompts=16)),
     "quick": dict(seeds=(0,), steps=40, head_steps=16, prompts_per_step=8, group_size=8, eval_every=10,
-                  eval_prompts=16, eval_samples=32, probe_every=5, lr=3e-4, head_lr=3e-3, feature_prompts=16),
+                  eval_prompts=16, eval_samples=32, probe_every=5, lr=3e-4, head_lr=3e-3, feature_prompts=16,
+                  rl=dict(ntk_every=10, claim6=True), second=dict(task="plus", recipes=("rl", "cf-rl"), steps=40),
+                  passk=dict(samples=256, prompts=16)),
     # for the end-to-end test: a tiny base model and a handful of steps
     "tiny": dict(seeds=(0,), steps=4, head_steps=2, prompts_per_step=2, group_size=4, eval_every=2,
                  eval_prompts=4, eval_samples=8, probe_every=2, lr=1e-3, head_lr=1e-2, feature_prompts=6,
-                 base=dict(size="tiny", steps=150, eval_prompts=4, eval_samples=4)),
+                 base=dict(size="tiny", steps=150, eval_prompts=4, eval_samples=4), rl=dict(ntk_every=2, claim6=True),
+                 passk=dict(samples=16, prompts=2)),
+    # the real pretrained model (SmolLM2-135M-Instruct) on a natural single-answer task, sized for 90 minutes on
+    # a 2-core CPU
+    "real": dict(model="smollm2-135m-instruct", task="add", seeds=(0, 1, 2), steps=10, head_steps=2,
+                 prompts_per_step=4, group_size=4, eval_every=5, eval_prompts=8, eval_samples=8, probe_every=5,
+                 lr=3e-5, head_lr=1e-4, feature_prompts=16, kernel_prompts=1, budget="90 minutes on a 2-core CPU",
+                 rl=dict(max_new_tokens=32, ntk_every=12, ntk_contexts=2, claim6=True), ntk_seeds=(0,),
+                 one_step=dict(n_prompts=2, group=4, probe_prompts=4, max_new_tokens=32),
+                 passk=dict(samples=256, prompts=4, max_new_tokens=32)),
+    # the real-model pipeline on any small HF checkpoint with a chat tokenizer (the end-to-end test's)
+    "real-tiny": dict(task="add", seeds=(0,), steps=2, head_steps=1, prompts_per_step=2, group_size=2,
+                      eval_every=2, eval_prompts=2, eval_samples=2, probe_every=2, lr=1e-4, head_lr=1e-3,
+                      feature_prompts=3, kernel_prompts=1,
+                      rl=dict(max_new_tokens=4, ntk_every=2, ntk_contexts=2, probe_prompts=2, claim6=True),
+                      one_step=dict(n_prompts=1, group=2, probe_prompts=2, max_new_tokens=4, prop2_samples=2),
+                      passk=dict(samples=4, prompts=2, max_new_tokens=4)),
 }
 FIGURES = ("fig_reward", "fig_confidence", "fig_diversity", "fig_dz_share", "fig_head_norm", "fig_features",
-           "fig_kernel", "fig_one_step")
-CLAIMS = 8
+           "fig_kernel", "fig_one_step", "fig_ntk_drift", "fig_pass_at_k")
+CLAIMS = ORDER + ORDER_V1  # the claims' labels in summary.md, then the earlier readings
 
 
 def _log(msg, progress=True):
@@ -57,16 +82,16 @@ def _base_model(out, prof, model, task, progress) -> str:
         return model_dir
     from ..default import default_model_dir
 
-    return default_model_dir(progress=progress)
+    return default_model_dir(task=task.name, progress=progress)
 
 
-def _one_step(lm, task, out, figures_dir, model_dir):
+def _one_step(lm, task, out, figures_dir, model_dir, prof):
     """The one-step experiment into OUT/one_step; its figures copied into the figures directory as
     fig_one_step(.png|.pdf) and fig_one_step_split. Returns (its result dict, its directory, the copied files)."""
     from ..experiments import one_step as one_step_exp
 
     os_dir = os.path.join(out, "one_step")
-    one = one_step_exp.run(lm, task, os_dir, seed=0, model_name=model_dir)
+    one = one_step_exp.run(lm, task, os_dir, seed=0, model_name=model_dir, **prof.get("one_step", {}))
     files = []
     for src in one.get("figures", []):
         base = os.path.basename(src).replace("one_step_scatter", "fig_one_step").replace("one_step_split",
@@ -77,32 +102,76 @@ def _one_step(lm, task, out, figures_dir, model_dir):
     return one, os_dir, files
 
 
-def _rl_runs(model_dir, task, runs_root, prof, progress):
+def _rl_runs(model_dir, task, runs_root, prof, progress, recipes=RECIPES, steps=None):
     """Every recipe × seed of the profile under `runs_root`: a finished run with the same config is reused, an
-    interrupted one resumed from its checkpoint."""
+    interrupted one resumed from its checkpoint. Returns {recipe: [run directory per seed]}."""
     from ..rl import RLConfig
     from ..rl import train as rl_train
 
-    done = []
-    for recipe in RECIPES:
+    done = {}
+    for recipe in recipes:
         for seed in prof["seeds"]:
             out = os.path.join(runs_root, f"{recipe}-seed{seed}")
-            cfg = dict(recipe=recipe, task=task.name, model=model_dir, out=out, steps=prof["steps"],
+            cfg = dict(recipe=recipe, task=task.name, model=model_dir, out=out, steps=steps or prof["steps"],
                        head_steps=None if recipe == "rl" else prof["head_steps"], seed=seed,
                        prompts_per_step=prof["prompts_per_step"], group_size=prof["group_size"],
                        eval_every=prof["eval_every"], eval_prompts=prof["eval_prompts"],
                        eval_samples=prof["eval_samples"], probe_every=prof["probe_every"], lr=prof["lr"],
-                       head_lr=prof["head_lr"], checkpoint_every=max(prof["steps"] // 3, 1))
-            final = os.path.join(out, "final")
-            if os.path.isdir(final) and _same_config(out, cfg):
+                       head_lr=prof["head_lr"], checkpoint_every=max((steps or prof["steps"]) // 3, 1),
+                       **prof.get("rl", {}))
+            if seed not in prof.get("ntk_seeds", prof["seeds"]):
+                cfg["ntk_every"] = 0  # the drift costs minutes per measurement on a real model
+            done.setdefault(recipe, []).append(out)
+            if os.path.isdir(os.path.join(out, "final")) and _same_config(out, cfg):
                 _log(f"{recipe} seed {seed}: finished earlier, reused ({out})", progress)
-                done.append(out)
                 continue
             resume = os.path.isdir(os.path.join(out, "checkpoint")) and _same_config(out, cfg)
             _log(f"{recipe} seed {seed}: {'resuming' if resume else 'training'} -> {out}", progress)
             rl_train(RLConfig(**cfg, resume=resume, overwrite=not resume), progress=progress)
-            done.append(out)
     return done
+
+
+def _second_task(out, figures_dir, prof, progress):
+    """The profile's second (single-answer) task from its own shipped base model: its RL runs under
+    OUT/runs-<task> and their reward figure fig_reward_<task>. Returns (task, base model dir, {recipe: dirs},
+    files)."""
+    from ..default import default_model_dir
+    from ..plots.training import plot_reward
+
+    sec = prof["second"]
+    task2 = get_task(sec["task"])
+    base2 = default_model_dir(task=task2.name, progress=progress)
+    _log(f"second task {task2.name} (single answer) from {base2}", progress)
+    root2 = os.path.join(out, f"runs-{task2.name}")
+    dirs = _rl_runs(base2, task2, root2, prof, progress, recipes=sec["recipes"], steps=sec["steps"])
+    files = plot_reward(root2, os.path.join(figures_dir, f"fig_reward_{task2.name}"))
+    return task2, base2, dirs, files
+
+
+def _pass_at_k(task, base_dir, run_dirs, out, figures_dir, prof, progress):
+    """pass@k curves up to prof["passk"]["samples"] of the base model and the final RL / CF-RL policies on `task`;
+    fig_pass_at_k copied into the figures directory. Returns (the verdicts' pass@k input, files, meta line)."""
+    from ..experiments import pass_at_k
+
+    pk = prof["passk"]
+    policies = {"base": [base_dir], **{rc: run_dirs[rc] for rc in ("rl", "cf-rl") if rc in run_dirs}}
+    res = pass_at_k.run(policies, task, os.path.join(out, "pass_at_k"), samples=pk["samples"],
+                        prompts=pk["prompts"], max_new_tokens=pk.get("max_new_tokens", 12), progress=progress)
+    files = []
+    for ext in (".png", ".pdf"):
+        src = os.path.join(out, "pass_at_k", "fig_pass_at_k" + ext)
+        if os.path.isfile(src):
+            files.append(shutil.copyfile(src, os.path.join(figures_dir, "fig_pass_at_k" + ext)))
+    seeds = {"base": [None], "rl": list(prof["seeds"]), "cf-rl": list(prof["seeds"])}
+    first_below = {lab: next((c["k"] for c in cs if c["direction"] == "falls below"), None)
+                   for lab, cs in res["crossings"].items()}
+    verdict_input = dict(ks=list(range(1, pk["samples"] + 1)), task=res["task"], prompts=len(res["prompts"]),
+                         crossing=first_below,
+                         policies={lab: dict(seeds=seeds[lab], curves=p["curves"])
+                                   for lab, p in res["policies"].items()})
+    line = (f"pass@k: {pk['samples']} samples per prompt on {len(res['prompts'])} held-out prompts of `{res['task']}` "
+            f"(T = 1, {res['max_new_tokens']} new tokens)")
+    return verdict_input, files, line
 
 
 def _same_config(out, cfg):
@@ -116,23 +185,32 @@ def _same_config(out, cfg):
 
 
 # ------------------------------------------------------------------------------------------------- driver
-def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, model=None, task=None,
-        progress=True, seeds=None) -> dict:
-    """Run everything; returns {"files": [...], "claims": [...], "minutes": ...}."""
-    from ..models import load
-
-    t0 = time.time()
+def _resolve(profile, quick, seeds, task, model):
+    """(profile name, its settings, the task, the model name or directory or None)."""
     name = profile or ("quick" if quick else "full")
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}")
     prof = dict(PROFILES[name])
     if seeds is not None:
         prof["seeds"] = tuple(seeds)
-    task = get_task(task or DEFAULT_TASK)
+    task = get_task(task or prof.get("task") or DEFAULT_TASK)
+    model = model or prof.get("model")
+    if name == "real-tiny" and not model:
+        raise ValueError("the real-tiny profile needs --model (a small HF checkpoint with a chat tokenizer)")
     if model:  # a bad --model fails here, before anything is written
         from ..models.known import resolve
 
         model = resolve(model)
+    return name, prof, task, model
+
+
+def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, model=None, task=None,
+        progress=True, seeds=None) -> dict:
+    """Run everything; returns {"files": [...], "claims": [...], "minutes": ...}."""
+    from ..models import load
+
+    t0 = time.time()
+    name, prof, task, model = _resolve(profile, quick, seeds, task, model)
     figures_dir = figures_dir or ("figures" if name == "full" else os.path.join(out, "figures"))
     check_writable_dir(out, "reproduction directory")
     check_writable_dir(figures_dir, "figures directory")
@@ -147,25 +225,32 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
 
     _log("feature similarity and kernel picture (claim 1)", progress)
     feats = feature_analysis(lm, task, figures_dir, n_prompts=prof["feature_prompts"])
-    kern = kernel_analysis(lm, task, figures_dir)
+    kern = kernel_analysis(lm, task, figures_dir, n_prompts=prof.get("kernel_prompts", 3))
 
     _log("one-step prediction (claims 3, 4)", progress)
-    one, os_dir, one_files = _one_step(lm, task, out, figures_dir, model_dir)
+    one, os_dir, one_files = _one_step(lm, task, out, figures_dir, model_dir, prof)
     files = list(feats["files"]) + list(kern["files"]) + one_files
+    arch = dict(num_params=lm.num_params, family=lm.config.family)
+    del lm  # the training runs load their own copies
 
-    _log("training runs (claims 2, 5-8)", progress)
+    _log("training runs (claims 2, 5-8, N1)", progress)
     runs_root = os.path.join(out, "runs")
-    _rl_runs(model_dir, task, runs_root, prof, progress)
+    run_dirs = _rl_runs(model_dir, task, runs_root, prof, progress)
     files += plot_all(runs_root, figures_dir)
 
+    passk, pk_line = None, None
+    if prof.get("passk"):
+        pk_task, pk_base, pk_dirs = task, model_dir, run_dirs
+        if prof.get("second") and not model:  # the second task needs its own shipped base model
+            pk_task, pk_base, pk_dirs, f2 = _second_task(out, figures_dir, prof, progress)
+            files += f2
+        _log(f"pass@k curves on {pk_task.name} (claim 2x)", progress)
+        passk, f3, pk_line = _pass_at_k(pk_task, pk_base, pk_dirs, out, figures_dir, prof, progress)
+        files += f3
+
     minutes = (time.time() - t0) / 60
-    claim_list = claims(runs_root, feats, one)
-    meta = dict(profile=name, date=time.strftime("%Y-%m-%d"), minutes=minutes,
-                machine=f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()}",
-                model=model_dir if model or "base" in prof else "the embedded default base model",
-                num_params=lm.num_params, family=lm.config.family, task=task.name, seeds=prof["seeds"],
-                steps=prof["steps"], head_steps=prof["head_steps"], lr=prof["lr"], head_lr=prof["head_lr"],
-                feature_table=feats["table"])
+    claim_list = claims(runs_root, feats, one, passk)
+    meta = _meta(name, prof, model, model_dir, task, minutes, feats, pk_line, arch)
     summary = os.path.join(figures_dir, "summary.md")
     write_summary(summary, claim_list, meta)
     files.append(summary)
@@ -173,11 +258,31 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
     features_record = {k: v for k, v in feats.items() if k != "stats"}
     write_text(os.path.join(out, "reproduce.json"),
                json.dumps(dict(meta=meta, claims=claim_list, kernel=kern, features=features_record,
-                               one_step_dir=os_dir, files=files), indent=2, default=str))
+                               one_step_dir=os_dir, pass_at_k=passk, files=files), indent=2, default=str))
     print(f"[reproduce] done in {minutes:.1f} min; wrote:")
     for f in files:
         print("  " + f)
     return dict(files=files, claims=claim_list, minutes=minutes)
+
+
+def _meta(name, prof, model, model_dir, task, minutes, feats, pk_line, arch) -> dict:
+    """The facts of the reproduction that summary.md states."""
+    rl = prof.get("rl", {})
+    rollout = (f"{prof['prompts_per_step']} prompts × {prof['group_size']} samples per step, "
+               f"{rl.get('max_new_tokens', 12)} new tokens; evaluation {prof['eval_prompts']} held-out prompts × "
+               f"{prof['eval_samples']} samples every {prof['eval_every']} steps")
+    if prof.get("second") and not model:
+        sec = prof["second"]
+        rollout += (f"; second task `{sec['task']}` (single answer, its own shipped base model): "
+                    f"{', '.join(sec['recipes'])} × {len(prof['seeds'])} seeds, {sec['steps']} full-RL steps")
+    command = "ntkdyn reproduce" + {"full": "", "quick": " --quick"}.get(name, f" --profile {name}")
+    return dict(profile=name, command=command, date=time.strftime("%Y-%m-%d"), minutes=minutes,
+                machine=f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()}",
+                model=model_dir if model or "base" in prof else "the embedded default base model",
+                **arch, task=task.name,
+                seeds=prof["seeds"], steps=prof["steps"], head_steps=prof["head_steps"], lr=prof["lr"],
+                head_lr=prof["head_lr"], feature_table=feats["table"], rollout=rollout, pass_at_k=pk_line,
+                budget=prof.get("budget"))
 
 
 def run_base_seeds(out="runs/reproduce", base_seeds=(0, 1, 2), *, quick=False, profile=None, figures_dir=None,
@@ -239,12 +344,14 @@ def robustness_markdown(results: dict, rewards: dict) -> str:
 def add_arguments(p):
     p.add_argument("--quick", action="store_true", help="1 seed, fewer steps, same figures (about 10 minutes)")
     p.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                   help="explicit profile (tiny: the end-to-end test's configuration)")
+                   help="explicit profile: real = SmolLM2-135M-Instruct on the natural task `add` (about 90 minutes; "
+                        "make reproduce-real), tiny / real-tiny = the end-to-end tests' configurations")
     p.add_argument("--out", default="runs/reproduce", help="run directory (training runs, one-step, logs)")
     p.add_argument("--figures", default=None,
                    help="where figures and summary.md go (default: figures/ for the full run, OUT/figures otherwise)")
-    p.add_argument("--model", default=None, help="base model directory (default: the embedded default)")
-    p.add_argument("--task", default=None, help=f"task (default: {DEFAULT_TASK})")
+    p.add_argument("--model", default=None, help="base model: a known name, HF directory or .gguf (default: the "
+                                                  "profile's, else the embedded default)")
+    p.add_argument("--task", default=None, help=f"task (default: the profile's, else {DEFAULT_TASK})")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
     p.add_argument("--base-seeds", type=int, nargs="+", default=None,
                    help="repeat the whole reproduction over base models trained with these recipe seeds (the "

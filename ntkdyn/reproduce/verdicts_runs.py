@@ -145,6 +145,9 @@ def claim6_gradient_component(rl_runs, cf_runs) -> ClaimResult:
                f"rollout: RL {fmt_mean_std(gn[0], 4)}, CF-RL {fmt_mean_std(gn[1], 4)}")
     if not all(x[0] and x[1] for x in (tr, al, gn)):
         return ClaimResult("6", _CLAIM6, numbers, None)
+    if not all(mean_std(x[0])[2] and mean_std(x[1])[2] for x in (al, gn)):  # NaN: every advantage was 0
+        return ClaimResult("6", _CLAIM6, numbers, None, "the first full-RL step of a recipe had all advantages 0 "
+                           "(tied rewards in every group), so D = 0 and no direction can be compared", cannot=True)
     (m_tr_rl, _, _), (m_tr_cf, _, _) = mean_std(tr[0]), mean_std(tr[1])
     a = abs(m_tr_cf / m_tr_rl - 1.0) > CLAIM6A_MIN_REL_CHANGE if m_tr_rl else False
     (m1, s1, _), (m2, s2, _) = mean_std(al[0]), mean_std(al[1])
