@@ -99,7 +99,7 @@ def _passk_of_seed(passk, seed):
     for label, p in passk["policies"].items():
         keep = [i for i, s in enumerate(p["seeds"]) if label == "base" or s == seed]
         pol[label] = dict(seeds=[p["seeds"][i] for i in keep], curves=[p["curves"][i] for i in keep])
-    return dict(passk, policies=pol)
+    return dict(passk, policies=pol, crossing=None)  # the crossings are the mean curves'; a seed's own is not kept
 
 
 def claims(runs_root, features, one_step, passk=None) -> list[dict]:

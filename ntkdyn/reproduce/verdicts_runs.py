@@ -48,8 +48,9 @@ def claim2x_diversity(rl_runs, passk=None) -> ClaimResult:
     one = _passk_at(passk, "base", 1), _passk_at(passk, "rl", 1)
     numbers = (f"RL Δ unique answers per prompt {fmt_mean_std(d_uniq, 1)}; pass@{kmax} base {fmt_mean_std(base)}, "
                f"RL {fmt_mean_std(rl)}; pass@1 base {fmt_mean_std(one[0])}, RL {fmt_mean_std(one[1])}"
-               + (f" (task {passk.get('task')}, {passk.get('prompts')} prompts × {kmax} samples; curves cross at k "
-                  f"{passk.get('crossing', {}).get('rl')})" if passk else ""))
+               + (f" (task {passk.get('task')}, {passk.get('prompts')} prompts × {kmax} samples" if passk else "")
+               + (f"; the mean RL curve falls below the base's at k = {passk['crossing']['rl']}"
+                  if passk and (passk.get("crossing") or {}).get("rl") else "") + (")" if passk else ""))
     if not d_uniq or not base or not rl:
         return ClaimResult("2x", _CLAIM2X, numbers, None, "no pass@k curves up to 256 were measured" if d_uniq
                            else "")
