@@ -156,7 +156,8 @@ def _pass_at_k(task, base_dir, run_dirs, out, figures_dir, prof, progress):
     pk = prof["passk"]
     policies = {"base": [base_dir], **{rc: run_dirs[rc] for rc in ("rl", "cf-rl") if rc in run_dirs}}
     res = pass_at_k.run(policies, task, os.path.join(out, "pass_at_k"), samples=pk["samples"],
-                        prompts=pk["prompts"], max_new_tokens=pk.get("max_new_tokens", 12), progress=progress)
+                        prompts=pk["prompts"], progress=progress,
+                        **{k: pk[k] for k in ("max_new_tokens",) if k in pk})  # else pass_at_k's own default
     files = []
     for ext in (".png", ".pdf"):
         src = os.path.join(out, "pass_at_k", "fig_pass_at_k" + ext)
@@ -267,9 +268,11 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
 
 def _meta(name, prof, model, model_dir, task, minutes, feats, pk_line, arch) -> dict:
     """The facts of the reproduction that summary.md states."""
+    from ..rl import RLConfig
     rl = prof.get("rl", {})
+    new_tokens = rl.get("max_new_tokens", RLConfig.max_new_tokens)
     rollout = (f"{prof['prompts_per_step']} prompts × {prof['group_size']} samples per step, "
-               f"{rl.get('max_new_tokens', 12)} new tokens; evaluation {prof['eval_prompts']} held-out prompts × "
+               f"{new_tokens} new tokens; evaluation {prof['eval_prompts']} held-out prompts × "
                f"{prof['eval_samples']} samples every {prof['eval_every']} steps")
     if prof.get("second") and not model:
         sec = prof["second"]

@@ -13,7 +13,7 @@ steps, at step 0 and at the last step the trainer logs, for Z in R, G, K,
     ntk/change_Z = metrics.kernel_change(Z_t, Z_0)      (‖Z_t − Z_0‖_F / ‖Z_0‖_F; 0 = unmoved)
     ntk/trace_G, ntk/trace_R = the mean diagonal of tr_V G, tr_V R (the kernels' size at one context)
 
-The kernels come from ntk.decompose: RLConfig.ntk_method "exact" (output="trace", the cost model's method) or
+The kernels come from ntk.decompose: RLConfig.ntk_method "exact" (output="trace", structured derivatives) or
 "hutchinson" (output="hutchinson", RLConfig.ntk_probes Rademacher probes with a fixed seed, the same probes at
 every step; R stays exact). The probe contexts are `drift_contexts` of the run's probe set.
 """
