@@ -16,6 +16,8 @@ peak resident memory (VmHWM) is its own):
   rl       (d) RL steps/s and generated tokens/s of `ntkdyn.rl.train` against TRL `GRPOTrainer` (benchmarks/rl_bench.py,
            TRL in .benchvenv) on the same checkpoint directory: task "mul", 8 prompts x 4 samples, 32 new tokens, one
            optimizer step per batch (RL_ARGS). Target >= 2x.
+  remat    ntkdyn's RL steps with the settings of (d), without and with `RLConfig.remat` (each layer rematerialised
+           in the update's backward pass), each in its own process: peak resident memory and s/step of both.
 Every section reports VmHWM (peak resident memory, /proc/self/status) and VmRSS after loading the model.
 
 The model is read from `<cache>/models/smollm2-135m-instruct` when it exists (NTKDYN_CACHE or ~/.cache/ntkdyn),
@@ -47,7 +49,7 @@ NAME = "smollm2-135m-instruct"
 SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
-SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl")
+SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat")
 # (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
 RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
            "--warmup", "2", "--rounds", "1", "--lr", "1e-5", "--score-truncated"]
@@ -246,11 +248,32 @@ def section_rl(path):
     return {"args": " ".join(RL_ARGS), **m, "ratio": round(m["ratio_steps"], 3)}
 
 
+def section_remat(path):
+    """ntkdyn's RL steps with (d)'s settings without and with RLConfig.remat, each run in its own process
+    (rl_bench.run_ntkdyn): VmHWM and the median s/step after the warm-up steps."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import rl_bench
+
+    if not os.path.isdir(path):
+        raise SystemExit(f"section remat needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
+    out = {"args": " ".join(RL_ARGS)}
+    for remat in (False, True):
+        a = rl_bench.parser().parse_args(RL_ARGS + ["--model", path] + (["--remat"] if remat else []))
+        r = rl_bench.run_ntkdyn(a)
+        key = "remat" if remat else "plain"
+        out[key] = {"peak_rss_mb": r["peak_rss_mb"], "step_s_median": round(statistics.median(
+            r["step_times"][a.warmup:]), 3), "first_step_s": round(r["step_times"][0], 2),
+            "mean_length": round(float(np.mean(r["mean_length"])), 2)}
+    out["peak_ratio"] = round(out["remat"]["peak_rss_mb"] / out["plain"]["peak_rss_mb"], 3)
+    out["step_time_ratio"] = round(out["remat"]["step_s_median"] / out["plain"]["step_s_median"], 3)
+    return out
+
+
 def run_section(name):
     t0 = time.perf_counter()
-    if name == "rl":  # the trainer and TRL load the model themselves
+    if name in ("rl", "remat"):  # the trainer and TRL load the model themselves
         root = os.environ.get("NTKDYN_CACHE", os.path.expanduser("~/.cache/ntkdyn"))
-        out = {"section": name, **section_rl(os.path.join(root, "models", NAME))}
+        out = {"section": name, **globals()[f"section_{name}"](os.path.join(root, "models", NAME))}
         out.update(vmhwm_mb=mem_mb()[0], total_seconds=round(time.perf_counter() - t0, 1),
                    load_average=os.getloadavg(), jax=jax.__version__)
         return out

@@ -216,10 +216,15 @@ class Backbone(nnx.Module):
         self.ln_f = Norm(cfg.d_model, cfg.norm_eps, cfg.family == "llama")
 
     def __call__(self, ids, head_table=None, positions=None, q_slot=None, key_valid=None, caches=None, start=0,
-                 taps=None):
+                 taps=None, remat=False):
         """ids (B,T). head_table: W, the input table of a tied model. positions default to 0..T-1, q_slot to
         start..start+T-1, key_valid to all-true. caches: list of per-layer (k, v) or None. taps: a Taps (zero
-        taps and a record of layer inputs, for structured derivatives) or None. Returns (h, caches)."""
+        taps and a record of layer inputs, for structured derivatives) or None. remat: rematerialise each layer
+        (jax.checkpoint): a reverse pass keeps only the layers' inputs and recomputes their insides, trading about
+        one more forward for the activation memory of all layers but one (not with caches or taps). Returns
+        (h, caches)."""
+        if remat and (caches is not None or taps is not None):
+            raise ValueError("remat=True is for teacher-forced passes: it takes neither caches nor taps")
         B, T = ids.shape
         table = head_table if self.embed is None else self.embed.embedding[...]
         x = jnp.take(table, ids, axis=0)
@@ -237,10 +242,19 @@ class Backbone(nnx.Module):
             x = taps.embed(ids, positions, x)
         new = []
         for i, layer in enumerate(self.layers):
+            if remat:
+                x = _remat_layer(layer, x, positions, q_slot, key_valid, start)
+                continue
             x, c = layer(x, positions, q_slot, key_valid, None if caches is None else caches[i], start,
                          _scope(taps, "layers", i))
             new.append(c)
         return self.ln_f(x), (new if caches is not None else None)
+
+
+@functools.partial(nnx.remat, static_argnums=(5,))
+def _remat_layer(layer, x, positions, q_slot, key_valid, start):
+    """One Block without a cache, its activations recomputed in the reverse pass (Backbone(remat=True))."""
+    return layer(x, positions, q_slot, key_valid, None, start)[0]
 
 
 def init_params(cfg: ModelConfig, seed: int = 0):

@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser):
                    help="score completions cut at --max-new-tokens with the reward too (default: they score 0)")
     p.add_argument("--claim6", dest="claim6", action="store_const", const=True, default=None,
                    help="log claim 6's measures (claim6/*) at the first step of the stage 'rl'")
+    p.add_argument("--remat", dest="remat", action="store_const", const=True, default=None,
+                   help="rematerialise each layer in the update's backward pass (jax.checkpoint): activation "
+                        "memory of one layer instead of all, for about one more forward pass per step")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -114,8 +117,9 @@ def config_from_args(args) -> RLConfig:
         d["rewards"] = list(getattr(args, "rewards", None) or []) + [REWARD_MODEL + m for m in args.reward_models]
     if getattr(args, "chat_template", None) is not None:
         d["chat_template"] = CHAT_CHOICES[args.chat_template]
-    if getattr(args, "score_truncated", None) is not None:
-        d["score_truncated"] = True
+    for key in ("score_truncated", "remat"):
+        if getattr(args, key, None) is not None:
+            d[key] = True
     if getattr(args, "out", None):
         d["out"] = args.out
     d["resume"] = bool(getattr(args, "resume", False))

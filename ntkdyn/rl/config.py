@@ -83,6 +83,7 @@ class RLConfig:
     ntk_probes: int = 64  # Rademacher probes per kernel when ntk_method="hutchinson"
     claim6: bool = False  # claim-6 measures (claim6/*) at the first step of the stage "rl" (rl/claim6.py)
     claim6_rollouts: int = 0  # rollouts of that step's batch measured (0: all; else a fixed random subset)
+    remat: bool = False  # rematerialise each layer in the update's backward pass (less memory, one more forward)
     checkpoint_every: int = 50  # checkpoint every k global steps and at the end (0: only at the end)
     seed: int = 0
     chat_template: bool | None = None  # prompts through the tokenizer's chat template (None: when it has one)
@@ -191,7 +192,7 @@ def _validate(c: RLConfig):
                                                "(use advantage='reinforce' for single samples)")
     if c.chat_template is not None and not isinstance(c.chat_template, bool):
         raise _bad("chat_template", c.chat_template, "None (auto: when the tokenizer has one), True or False")
-    for key in ("resume", "overwrite", "score_truncated", "claim6"):
+    for key in ("resume", "overwrite", "score_truncated", "claim6", "remat"):
         if not isinstance(getattr(c, key), bool):
             raise _bad(key, getattr(c, key), "True or False")
     if c.resume and c.overwrite:

@@ -73,7 +73,7 @@ def advantages(rewards_PxG, kind: str = "grpo", *, baseline=None, decay: float =
 
 
 def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, *, temperature: float = 1.0,
-                    with_model_stats: bool = True):
+                    with_model_stats: bool = True, remat: bool = False):
     """Teacher forcing over χ = [x; y] in one forward pass.
 
     prompt_ids (B, Tp) LEFT-padded with prompt_mask (1 on real tokens); completion (B, N). Positions count real
@@ -82,14 +82,15 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
 
     Returns a dict of (B, N) arrays: "logp" log π_T(y_l | c_l) under the policy at `temperature` (the sampling
     distribution, as TRL), and when `with_model_stats` "logp_model", "entropy" and "max_prob" of the model's own
-    distribution (temperature 1) at the same contexts.
+    distribution (temperature 1) at the same contexts. remat: each layer rematerialised in a reverse pass
+    through this (transformer.Backbone's remat).
     """
     B, Tp = prompt_ids.shape
     N = completion.shape[1]
     ids = jnp.concatenate([prompt_ids, completion], axis=1)[:, :-1]  # the last token predicts nothing
     valid = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((B, N - 1), bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-    h = features(graphdef, cfg, params, ids, positions=positions, key_valid=valid)[0][:, Tp - 1:]  # (B, N, d)
+    h = features(graphdef, cfg, params, ids, positions=positions, key_valid=valid, remat=remat)[0][:, Tp - 1:]  # (B, N, d)
     z = apply_head(params["head"], h)  # (B, N, V)
     lsm = log_softmax(z)  # the model's own distribution (temperature 1), float32
     out = {"logp": gather(lsm, completion) if temperature == 1.0 else token_logp(z, completion, temperature)}
