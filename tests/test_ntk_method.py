@@ -59,3 +59,26 @@ def test_probe_plans():
     _, sz_t, params_t = _choose(TINY)
     tp = mt.choose_probes("auto", TINY, params_t, sz_t, 2, 2, 8, None, (2, 8), probe_chunks(sz_t, 16, 2, 2, 8))
     assert tp.method == "jacobian"
+
+
+def test_jacobian_blocks_count_the_recomputed_b_blocks():
+    """engine.loop's work: with several b-blocks every a-block recomputes them (hand-counted)."""
+    assert mt.jacobian_blocks(8, 8, 1, True) == (8 + 28, 36)  # 8 a-blocks; b-blocks j > i recomputed
+    assert mt.jacobian_blocks(8, 8, 8, True) == (1, 1)
+    assert mt.jacobian_blocks(2, 3, 1, False) == (2 + 2 * 3, 6)
+    assert mt.jacobian_blocks(4, 2, 2, False) == (2 + 1, 2)  # one b-block: kept
+
+
+def test_default_model_many_contexts_take_the_structured_method():
+    """The embedded default model (0.8M parameters, d 128): one context's J_h is 413 MB, so 8 contexts do not fit
+    in one block and the Jacobian path recomputes the b-blocks (measured ~50 s warm against ~0.7 s structured,
+    benchmarks/planner_bench.py): auto takes structured derivatives; 2 contexts (one block) keep the Jacobian
+    path, which compiles less."""
+    from ntkdyn.default import default_model_dir
+
+    cfg = nd.load(default_model_dir(progress=False)).config
+    kp8, _, _ = _choose(cfg, "trace", n=8)
+    assert kp8.method == "structured" and kp8.reason == "predicted faster", kp8
+    assert kp8.predicted_seconds["jacobian"] > 3 * kp8.predicted_seconds["structured"]
+    kp2, _, _ = _choose(cfg, "trace", n=2)
+    assert kp2.method == "jacobian", kp2

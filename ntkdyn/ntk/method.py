@@ -9,8 +9,11 @@ T the tokens kept, n the contexts swept, r the cotangents (d, or |S|, or the row
               n · d · P floats written and read, and the contraction (N² d P for a factored trace, N² d² P otherwise);
   structured  per sweep of b contexts × r cotangents: b (1 + r) 2 T P_D, the δ written (b r T Σm floats), and the
               Gram matrices of the visited pairs (na nb Ta Tb (Σn + r Σm), plus r² T Σm per pair for matrices).
-The constants were read off SmolLM2-135M and the tiny test models on the 2-core CPU of benchmarks/RESULTS.md
-(real_bench's "predicted_seconds" beside the measured ones). The structured path is taken whenever the Jacobian plan
+The Jacobian path's count follows engine.loop: with more contexts than one memory block holds, the b-blocks are
+recomputed for every a-block (`jacobian_blocks`), which made 8 contexts of the default model cost ~50 s against
+~0.7 s structured while the earlier model (no recomputation, 4e9 B/s) predicted 8.5 s and kept the Jacobian path.
+The constants were read off benchmarks/planner_bench.py (predicted beside measured seconds, the default model,
+tiny and small random Llamas) and real_bench (SmolLM2) on the 2-core CPU; see benchmarks/RESULTS.md. The structured path is taken whenever the Jacobian plan
 would split the parameters into groups (one whole backward sweep per group) or, for Hutchinson probes, hold weight
 gradients beyond the memory budget, and otherwise when it is predicted faster; method="jacobian" | "structured" forces either.
 """
@@ -25,8 +28,11 @@ __all__ = ["KernelPlan", "METHODS", "choose_exact", "choose_probes"]
 
 METHODS = ("auto", "jacobian", "structured")
 FLOPS = 1.5e10  # effective float operations per second of the vmapped passes (2 CPU cores)
-BANDWIDTH = 4e9  # bytes per second written and read back
-COMPILE = {"jacobian": 1.5, "structured": 4.0}  # seconds of compilation (tiny models; grows with depth)
+BANDWIDTH = 1.5e9  # bytes per second of weight gradients written and read back (benchmarks/planner_bench.py)
+# seconds of compilation per 2 layers (at least 2): the exact kernels' programs and the Hutchinson probes' (a VJP
+# and a JVP program); read off benchmarks/planner_bench.py (the default model: Jacobian ~5 s, structured ~7-8 s;
+# probes ~12 s for both)
+COMPILE = {"jacobian": 2.5, "structured": 4.0, "jacobian_probes": 5.5, "structured_probes": 6.5}
 
 
 class KernelPlan(NamedTuple):
@@ -54,16 +60,38 @@ def _seconds(method, flops, nbytes, n_layers):
     return round(flops / FLOPS + nbytes / BANDWIDTH + COMPILE[method] * max(1.0, n_layers / 2), 3)
 
 
+def jacobian_blocks(n_pad_a, n_pad_b, bs, sym):
+    """(Jacobian blocks computed, block pairs visited) of engine.loop over blocks of bs contexts: with several
+    b-blocks they are recomputed for every a-block (the memory bound), one b-block is kept."""
+    nA = -(-n_pad_a // bs)
+    nB = nA if sym else -(-n_pad_b // bs)
+    if sym:
+        return nA + nA * (nA - 1) // 2, nA * (nA + 1) // 2
+    return nA + (nB if nB == 1 else nA * nB), nA * nB
+
+
 def _jacobian_cost(cfg, params, sz, compute, jplan, na, nb, sym, output):
+    """Per parameter group: every computed context block costs d backward passes through the activations (2 T P_D
+    each) and the group's weight gradients (2 T P_g), d·P_g floats written and read; every visited block pair is
+    contracted in d·P_g (factored trace: untied, or tied blocks of more than 4 contexts, which pay d²·P_g per
+    context to factor) or d²·P_g (M, contracted with WᵀW) per context pair (api._trace_mode)."""
     P_D = _dense(params)[0]
-    P = sum(sz.leaf_sizes)
     d, T, item = cfg.d_model, max(sz.Ta, sz.Tb), sz.itemsize
-    n = na if sym else na + nb
-    groups = len(jplan)
-    flops = groups * n * d * 2 * T * P_D + n * d * 2 * T * P_D
-    pairs = na * nb / (2 if sym else 1)
-    flops += 2 * pairs * d * P * (1 if output == "trace" else d)
-    return _seconds("jacobian", flops, 2 * n * d * P * item, cfg.n_layers)
+    tied = cfg.tie_word_embeddings
+    pad = lambda n: -(-n // compute) * compute  # noqa: E731
+    flops = nbytes = 0.0
+    for group, _, k in jplan:
+        P_g = sum(sz.leaf_sizes[i] for i in group)
+        bs = k * compute
+        blocks, pairs = jacobian_blocks(pad(na), pad(nb), bs, sym)
+        ctx = blocks * bs
+        flops += ctx * d * 2 * T * (P_D + min(P_g, P_D))
+        nbytes += 2 * ctx * d * P_g * item
+        factored = output == "trace" and (not tied or bs > 4)
+        flops += 2 * pairs * bs * bs * d * P_g * (1 if factored else d)
+        if factored and tied:
+            flops += 2 * ctx * d * d * P_g
+    return _seconds("jacobian", flops, nbytes, cfg.n_layers)
 
 
 def _structured_cost(cfg, params, splan, na, nb, item):
@@ -120,9 +148,10 @@ def choose_probes(method, cfg, params, sz, na, nb, num_probes, mesh, sizes, jac_
     P = sum(sz.leaf_sizes)
     T, item = max(sz.Ta, sz.Tb), sz.itemsize
     vjps, jvps = nb * num_probes, na * nb * num_probes
-    secs = {"jacobian": _seconds("jacobian", vjps * 6 * T * P_D + jvps * 4 * T * P_D, 3 * vjps * P * item + jvps
-                                 * P * item, cfg.n_layers),
-            "structured": _seconds("structured", vjps * 4 * T * P_D + jvps * (2 * T * P_D + 2 * T * T * (sum_m + sum_n)),
+    secs = {"jacobian": _seconds("jacobian_probes", vjps * 6 * T * P_D + jvps * 4 * T * P_D,
+                                 3 * vjps * P * item + jvps * P * item, cfg.n_layers),
+            "structured": _seconds("structured_probes",
+                                   vjps * 4 * T * P_D + jvps * (2 * T * P_D + 2 * T * T * (sum_m + sum_n)),
                                    2 * vjps * T * sum_m * item, cfg.n_layers)}
     ca, cb_j = jac_chunks
     held_j = cb_j * num_probes * (P + T * cfg.d_model) * item
