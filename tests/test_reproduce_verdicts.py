@@ -267,3 +267,13 @@ def test_claim_result(holds, verdict):
     c = C.ClaimResult("3", "text", "numbers", holds)
     assert c.verdict == verdict and c.as_dict()["verdict"] == verdict and c.as_dict()["note"] == ""
     assert C.ClaimResult("3", "t", "n", holds, cannot=True).verdict == (C.CANNOT if holds is None else verdict)
+
+
+def test_claim6_leaves_out_zero_updates():
+    """A run whose first full-RL batch had every advantage 0 (align NaN, gain 0 by construction) is left out of
+    (b) and (c) alike, and the numbers say so; the other runs decide."""
+    rl = [_c6_run("rl", 2.0, 0.30, 0.010, 0), _c6_run("rl", 2.0, 0.32, 0.012, 1)]
+    cf = [_c6_run("cf-rl", 2.5, float("nan"), 0.0, 0), _c6_run("cf-rl", 2.5, 0.40, 0.020, 1)]
+    c = C.claim6_gradient_component(rl, cf)
+    assert "CF-RL 0.0200" in c.numbers and "left out of (b) and (c)" in c.numbers and "1 CF-RL run(s)" in c.numbers
+    assert "6c holds" in c.numbers  # 0.020 > 0.011 + 0.001; with the zero gain in, 0.010 ± 0.010 would fail

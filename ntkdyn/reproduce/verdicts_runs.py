@@ -138,13 +138,21 @@ def claim6_gradient_component(rl_runs, cf_runs) -> ClaimResult:
     with the reward-improving direction D, (c) the first-order reward gain through Δz_G is larger."""
     tr = [first_in_stage(r, "claim6/trG_answer") for r in (rl_runs, cf_runs)]
     al = [first_in_stage(r, "claim6/align_G") for r in (rl_runs, cf_runs)]
-    gn = [first_in_stage(r, "claim6/gain_G") for r in (rl_runs, cf_runs)]
+    gn_logged = gn = [first_in_stage(r, "claim6/gain_G") for r in (rl_runs, cf_runs)]
+    # a run whose first full-RL batch had every advantage 0 made a zero update: its alignment is undefined (NaN)
+    # and its gain 0 by construction, so it measures nothing about G and is left out of (b) and (c) alike
+    gn = [[g for g, a in zip(gs, als) if a is not None and np.isfinite(a)] if len(gs) == len(als) else gs
+          for gs, als in zip(gn, al)]
     alr = [first_in_stage(r, "claim6/align_R") for r in (rl_runs, cf_runs)]
     numbers = (f"(a) tr G_S on the answer tokens: RL {fmt_mean_std(tr[0], 4)}, CF-RL {fmt_mean_std(tr[1], 4)}; "
                f"(b) cos(Δz_G, D): RL {fmt_mean_std(al[0])}, CF-RL {fmt_mean_std(al[1])} (cos(Δz_R, D): RL "
                f"{fmt_mean_std(alr[0])}, CF-RL {fmt_mean_std(alr[1])}); (c) first-order gain through Δz_G per "
                f"rollout: RL {fmt_mean_std(gn[0], 4)}, CF-RL {fmt_mean_std(gn[1], 4)}")
-    if not all(x[0] and x[1] for x in (tr, al, gn)):
+    left = [sum(1 for a in als if a is None or not np.isfinite(a)) for als in al]
+    if any(left):
+        numbers += ("; left out of (b) and (c), their first full-RL batch having every advantage 0 (a zero update): "
+                    + ", ".join(f"{n} {lab} run(s)" for n, lab in zip(left, ("RL", "CF-RL")) if n))
+    if not all(x[0] and x[1] for x in (tr, al, gn_logged)):
         return ClaimResult("6", _CLAIM6, numbers, None)
     if not all(mean_std(x[0])[2] and mean_std(x[1])[2] for x in (al, gn)):  # NaN: every advantage was 0
         return ClaimResult("6", _CLAIM6, numbers, None, "the first full-RL step of a recipe had all advantages 0 "
