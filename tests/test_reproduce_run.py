@@ -36,6 +36,14 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     for recipe in ("rl", "cf-rl", "lp-ft"):
         assert (out / "runs" / f"{recipe}-seed0" / "final" / "config.json").is_file()
     assert "summary.md" in proc.stdout
+    # --rejudge runs nothing and writes the same verdicts back (the same verdict code judged the same outputs)
+    (figs / "summary.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "ntkdyn.cli", "reproduce", "--rejudge", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (figs / "summary.md").read_text() == summary
+    again = json.loads((out / "reproduce.json").read_text())
+    assert [c["verdict"] for c in again["claims"]] == [c["verdict"] for c in meta["claims"]]
 
 
 def test_same_config(tmp_path):
