@@ -18,17 +18,30 @@ __all__ = ["kernel_analysis", "ANSWER_CHARS"]
 ANSWER_CHARS = "0123456789+"  # the token subset of G (with EOS)
 
 
+LABEL_CHARS = 24  # a context's axis label: at most this many characters of its prompt
+
+
+def short_label(prompt, max_chars: int = LABEL_CHARS) -> str:
+    """A figure label for a prompt: its text (a chat prompt's last user message), whitespace collapsed, cut to
+    `max_chars` with an ellipsis."""
+    if isinstance(prompt, (list, tuple)):
+        users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        prompt = users[-1] if users else " ".join(str(m.get("content", "")) for m in prompt if isinstance(m, dict))
+    text = " ".join(str(prompt).split())
+    return text if len(text) <= max_chars else text[:max_chars - 1] + "…"
+
+
 def _context_pairs(tok, prompts, ids, pmask, cmask):
     """(row, position) of the last prompt position of each prompt and, when the completion has two tokens or
-    more, of its first completion position; with a label per context (the text it continues)."""
+    more, of its first completion position; with a short label per context (the text it continues)."""
     pairs, labels = [], []
     for b, p in enumerate(prompts):
         last = int(pmask[b].sum()) - 1
         pairs.append((b, last))
-        labels.append(f"{p}")
+        labels.append(short_label(p))
         if cmask[b, last + 1] and cmask[b, last + 2]:
             pairs.append((b, last + 1))
-            labels.append(f"{p}{tok.decode([int(ids[b, last + 1])])}")
+            labels.append(f"{short_label(p)} → {tok.decode([int(ids[b, last + 1])])!r}")
     return pairs, labels
 
 

@@ -215,8 +215,9 @@ def plot_ntk_drift(runs_root, out) -> list[str]:
         name = {"K": "K = R + G", "R": "R (features)", "G": "G (gradient)"}[comp]
         _panel_lines(ax, rr, [(f"ntk/align_{comp}", {"marker": "o", "ms": 3.0})],
                      title=f"alignment of {name} with step 0", ylabel="alignment", any_stage1=st1)
-    present = [rc for rc, runs in rr.items() if any(r.has("ntk/align_K") for r in runs)]
-    fig_legend(fig, recipe_handles(present or list(rr), _n_seeds(rr)))
+    tracked = {rc: [r for r in runs if r.has("ntk/align_K")] for rc, runs in rr.items()}
+    present = [rc for rc, runs in tracked.items() if runs]
+    fig_legend(fig, recipe_handles(present or list(rr), _n_seeds(tracked)))  # n: the runs that tracked the drift
     return save(fig, out)
 
 
