@@ -80,12 +80,19 @@ def _probe_jvp(graphdef, cfg, big, small, table, ida, pa, ua, posa, ha, SB, hb, 
         if "pos" in big:
             Q = Q + (posa[:, None] == posb[None, :]).astype(dtype)
         tang[EMBED] = jnp.einsum("ts,psj->ptj", Q, dxb)[:, None]
-        y = jax.vmap(lambda st, tt: jax.jvp(h_a, (small, zeros), (st, tt))[1])(jax.vmap(unflat)(dsb), tang)
-        out = [jnp.sum(U * y, -1), jnp.einsum("pk,kl,pl->p", y, C, y)]
-        if tied:  # X v = W J_x(a) (v[ids_a] ⊗ h(b)) + Σ_s e_{ids_b[s]} (δx'_s·h(a))
-            h_x = lambda e: h_a(small, {**zeros, EMBED: e})  # noqa: E731
+        st = jax.vmap(unflat)(dsb)
+        npr = dsb.shape[0]
+        if tied:  # X v = W J_x(a) (v[ids_a] ⊗ h(b)) + Σ_s e_{ids_b[s]} (δx'_s·h(a)): its J_x(a) tangent rides along
+            # as npr more tangents of the same JVP (zero everywhere but the looked-up rows), so that the program
+            # holds one JVP through the network instead of two (compilation is most of the cost of a few probes)
             tx = (probes[:, ida][:, :, None] * h_b[None, None, :])[:, None]  # (np, 1, T, d)
-            yx = jax.vmap(lambda t: jax.jvp(h_x, (zeros[EMBED],), (t,))[1])(tx)
+            st = jax.tree.map(lambda x: jnp.concatenate([x, jnp.zeros_like(x)]), st)
+            tang = {p: jnp.concatenate([t, tx if p == EMBED else jnp.zeros_like(t)]) for p, t in tang.items()}
+        y_all = jax.vmap(lambda s_, tt: jax.jvp(h_a, (small, zeros), (s_, tt))[1])(st, tang)
+        y = y_all[:npr]
+        out = [jnp.sum(U * y, -1), jnp.einsum("pk,kl,pl->p", y, C, y)]
+        if tied:
+            yx = y_all[npr:]
             sv = jnp.einsum("psj,j->ps", dxb, ha)
             Qb = (idb[:, None] == idb[None, :]).astype(dtype)
             out += [jnp.sum(U * yx, -1) + jnp.sum(probes[:, idb] * sv, -1),
