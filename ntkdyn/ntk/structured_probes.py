@@ -33,20 +33,10 @@ def _model_params(big, small, table):
     return {"backbone": bb, "head": {} if table is None else {"W": table}}
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def _record(graphdef, cfg, big, small, table, ids):
-    """What every Dense reads, {kind: (L, n, T, n_in)}, the positions (n, T) and the features h (n, T, d) of the rows
-    ids (n, T): a forward."""
-    taps = Taps()
-    h = features(graphdef, cfg, _model_params(big, small, table), ids, taps=taps)[0]
-    u = taps.inputs_BxTxN
-    return {k: jnp.stack([u[p] for p in ps]) for k, ps in _kinds(big).items()}, taps.positions_BxT, h
-
-
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "tied"))
-def _probe_jvp(graphdef, cfg, big, small, table, ida, pa, ua, posa, ha, SB, hb, U, probes, W, tied):
+def _probe_jvp(graphdef, cfg, big, small, table, ida, pa, SB, hb, U, probes, W, tied):
     """Per b context and probe of the sweep SB: (vᵀ G v, ‖G v‖² [, vᵀ X v, ‖X v‖²]) at the a context (ids ida (T,),
-    analysed position pa, Dense inputs ua {kind: (L, T, n)}, positions posa (T,), features ha): (nb, k, np)."""
+    analysed position pa): ((nb, k, np), h(a) (d,)). The a context is linearised once: its primal pass records
+    what every Dense reads (u, {kind: (L, T, n)}), the positions and h(a), so no separate forward is compiled."""
     kinds = _kinds(big)
     leaves, treedef = jax.tree.flatten(small)
     C = W.T @ W
@@ -58,8 +48,13 @@ def _probe_jvp(graphdef, cfg, big, small, table, ida, pa, ua, posa, ha, SB, hb, 
     zeros[EMBED] = jnp.zeros((1, T, cfg.d_model), dtype)
 
     def h_a(small, taps):
-        h = features(graphdef, cfg, _model_params(big, small, table), ida[None], taps=Taps(taps))[0][0]
-        return jax.lax.dynamic_index_in_dim(h, pa, 0, keepdims=False)
+        t = Taps(taps)
+        h = features(graphdef, cfg, _model_params(big, small, table), ida[None], taps=t)[0][0]
+        u = t.inputs_BxTxN
+        h_p = jax.lax.dynamic_index_in_dim(h, pa, 0, keepdims=False)
+        return h_p, ({k: jnp.stack([u[p][0] for p in ps]) for k, ps in kinds.items()}, t.positions_BxT[0], h_p)
+
+    _, lin, (ua, posa, ha) = jax.linearize(h_a, small, zeros, has_aux=True)
 
     def unflat(ds):  # (P_small,) -> the small pytree
         out, o = [], 0
@@ -88,7 +83,7 @@ def _probe_jvp(graphdef, cfg, big, small, table, ida, pa, ua, posa, ha, SB, hb, 
             tx = (probes[:, ida][:, :, None] * h_b[None, None, :])[:, None]  # (np, 1, T, d)
             st = jax.tree.map(lambda x: jnp.concatenate([x, jnp.zeros_like(x)]), st)
             tang = {p: jnp.concatenate([t, tx if p == EMBED else jnp.zeros_like(t)]) for p, t in tang.items()}
-        y_all = jax.vmap(lambda s_, tt: jax.jvp(h_a, (small, zeros), (s_, tt))[1])(st, tang)
+        y_all = jax.vmap(lin)(st, tang)
         y = y_all[:npr]
         out = [jnp.sum(U * y, -1), jnp.einsum("pk,kl,pl->p", y, C, y)]
         if tied:
@@ -100,7 +95,7 @@ def _probe_jvp(graphdef, cfg, big, small, table, ida, pa, ua, posa, ha, SB, hb, 
                     + jnp.einsum("ps,st,pt->p", sv, Qb, sv)]
         return jnp.stack(out)
 
-    return jax.vmap(per_b, in_axes=(1, 1, 0, 0, 0, 0, 0))(SB.u, SB.du, SB.dx, SB.ds, SB.ids, SB.positions, hb)
+    return jax.vmap(per_b, in_axes=(1, 1, 0, 0, 0, 0, 0))(SB.u, SB.du, SB.dx, SB.ds, SB.ids, SB.positions, hb), ha
 
 
 @partial(jax.jit, static_argnames=("seed", "num_probes"))
@@ -125,22 +120,20 @@ def probe_sizes(cfg, params, T, nb, num_probes, budget):
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "tied"))
 def _probe_block(graphdef, cfg, big, small, table, ida, pa, rows_b, pos_b, U, probes, W, tied):
-    """One compiled program per (b block, probe chunk): the a contexts' Dense inputs and h(a) (a forward), the VJP
-    sweep of the b contexts along the probes U (pc, d) (its primal output is h(b)) and the JVPs at every a context.
-    Returns (estimates (na, nb, k, pc), h(a) (na, d), h(b) (nb, d)). One program instead of a separate forward for
-    s, _record, _sweep and _probe_jvp: compilation, most of the cost of a few probes, is paid once."""
-    ua, posa, h = _record(graphdef, cfg, big, small, table, ida)
-    ha = h[jnp.arange(h.shape[0]), pa]
+    """One compiled program per (b block, probe chunk): the VJP sweep of the b contexts along the probes U (pc, d)
+    (its primal output is h(b)) and, per a context, one linearisation (its primal pass gives what the Dense layers
+    read and h(a)) applied to every probe's tangents. Returns (estimates (na, nb, k, pc), h(a) (na, d), h(b)
+    (nb, d)). One program, one forward per a context: compilation, most of the cost of a few probes, is paid once
+    for the smallest program that does the work."""
     SB = _sweep(graphdef, cfg, big, small, table, rows_b, pos_b, jnp.broadcast_to(U, (rows_b.shape[0],) + U.shape))
     hb = SB.h
 
     def per_a(xs):
-        ida_i, pa_i, ua_i, posa_i, ha_i = xs
-        return _probe_jvp(graphdef, cfg, big, small, table, ida_i, pa_i, ua_i, posa_i, ha_i, SB, hb, U, probes, W,
-                          tied)
+        ida_i, pa_i = xs
+        return _probe_jvp(graphdef, cfg, big, small, table, ida_i, pa_i, SB, hb, U, probes, W, tied)
 
-    ua_a = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), ua)  # (na, L, T, n) per kind
-    return jax.lax.map(per_a, (ida, pa, ua_a, posa, ha)), ha, hb
+    est, ha = jax.lax.map(per_a, (ida, pa))
+    return est, ha, hb
 
 
 def structured_hutchinson(graphdef, cfg, params, a, b, tied, num_probes, seed, budget, chunk=None, block=None):
