@@ -11,7 +11,7 @@ from ntk_cases import tiny
 from ntkdyn.models.transformer import features
 from ntkdyn.rl import objectives as O
 from ntkdyn.rl.step import LossSpec, opt_init, rl_update
-from ntkdyn.rl.objectives import make_optimizer
+from ntkdyn.optim import make_optimizer
 
 CASES = [("gpt2", True), ("gpt_neox", False), ("llama", True), ("llama", False)]
 

@@ -73,7 +73,7 @@ def advantages(rewards_PxG, kind: str = "grpo", *, baseline=None, decay: float =
 
 
 def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, *, temperature: float = 1.0,
-                    with_model_stats: bool = True, remat: bool = False):
+                    with_model_stats: bool = True, remat: bool = False, shared_prompts: int = 1):
     """Teacher forcing over χ = [x; y] in one forward pass.
 
     prompt_ids (B, Tp) LEFT-padded with prompt_mask (1 on real tokens); completion (B, N). Positions count real
@@ -83,14 +83,23 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
     Returns a dict of (B, N) arrays: "logp" log π_T(y_l | c_l) under the policy at `temperature` (the sampling
     distribution, as TRL), and when `with_model_stats` "logp_model", "entropy" and "max_prob" of the model's own
     distribution (temperature 1) at the same contexts. remat: each layer rematerialised in a reverse pass
-    through this (transformer.Backbone's remat).
+    through this (transformer.Backbone's remat). shared_prompts = G > 1: rows come in consecutive groups of G with
+    the same prompt (an RL batch of P prompts × G samples); each prompt then runs once, and its keys and values
+    are shared by the G completions (repeated; their gradients sum back), which saves (G − 1)/G of the prompt
+    tokens' forward and backward. The caller guarantees the grouping; the result equals the plain pass up to
+    float rounding (tested). Not with remat (the shared pass goes through the KV cache).
     """
     B, Tp = prompt_ids.shape
     N = completion.shape[1]
     ids = jnp.concatenate([prompt_ids, completion], axis=1)[:, :-1]  # the last token predicts nothing
     valid = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((B, N - 1), bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
-    h = features(graphdef, cfg, params, ids, positions=positions, key_valid=valid, remat=remat)[0][:, Tp - 1:]  # (B, N, d)
+    G = int(shared_prompts)
+    if G > 1 and not remat and B % G == 0:
+        h = _shared_prompt_features(graphdef, cfg, params, prompt_ids, completion, positions, valid, G)
+    else:
+        h = features(graphdef, cfg, params, ids, positions=positions, key_valid=valid, remat=remat)[0][:, Tp - 1:]
+    # h (B, N, d): the features at the N contexts that predict the completion tokens
     z = apply_head(params["head"], h)  # (B, N, V)
     lsm = log_softmax(z)  # the model's own distribution (temperature 1), float32
     out = {"logp": gather(lsm, completion) if temperature == 1.0 else token_logp(z, completion, temperature)}
@@ -100,6 +109,26 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
         out["entropy"] = -jnp.sum(p * jnp.where(p > 0, lsm, 0.0), axis=-1)
         out["max_prob"] = jnp.exp(jnp.max(lsm, axis=-1))
     return out
+
+
+def _shared_prompt_features(graphdef, cfg, params, prompt_ids, completion, positions, valid, G):
+    """completion_logp's h (B, N, d) with each group's prompt run once: the P = B/G prompts fill a KV cache of the
+    whole sequence, repeated G times along the batch, and the completions run on it from slot Tp (as the sampler
+    continues a prefill)."""
+    B, Tp = prompt_ids.shape
+    N = completion.shape[1]
+    dtype = jnp.promote_types(params["head"]["W"].dtype, jnp.float32)
+    S = Tp + N - 1
+    caches = [(jnp.zeros((B // G, S, cfg.n_kv_heads, cfg.head_dim), dtype),) * 2 for _ in range(cfg.n_layers)]
+    hp, caches = features(graphdef, cfg, params, prompt_ids[::G], positions=positions[::G, :Tp],
+                          key_valid=valid[::G], caches=caches, start=0)
+    first = jnp.repeat(hp[:, -1:], G, axis=0)  # h at the last prompt token predicts the first completion token
+    if N == 1:
+        return first
+    caches = [tuple(jnp.repeat(x, G, axis=0) for x in c) for c in caches]
+    hc = features(graphdef, cfg, params, completion[:, :-1], positions=positions[:, Tp:], key_valid=valid,
+                  caches=caches, start=Tp)[0]
+    return jnp.concatenate([first, hc], axis=1)
 
 
 # ----------------------------------------------------------------------------- loss pieces

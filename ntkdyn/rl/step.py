@@ -36,11 +36,12 @@ class LossSpec(NamedTuple):
     beta: float
     kl_estimator: str
     remat: bool = False  # each layer rematerialised in the backward pass (RLConfig.remat)
+    shared_prompts: int = 1  # rows in consecutive groups of this many share a prompt, which runs once (G)
 
     @classmethod
     def of(cls, c) -> "LossSpec":
         return cls(float(c.temperature), float(c.clip_eps), c.loss_agg, float(c.beta), c.kl_estimator,
-                   bool(getattr(c, "remat", False)))
+                   bool(getattr(c, "remat", False)), int(c.group_size))
 
 
 def stage_optimizer(c, stage):
@@ -74,7 +75,7 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     def loss_fn(train_p, frozen_p):
         p = {**frozen_p, **train_p}
         st = O.completion_logp(graphdef, cfg, p, batch["prompt_ids"], batch["prompt_mask"], batch["completion"],
-                               temperature=ls.temperature, remat=ls.remat)
+                               temperature=ls.temperature, remat=ls.remat, shared_prompts=ls.shared_prompts)
         old = jnp.where(on_policy, jax.lax.stop_gradient(st["logp"]), logp_old)
         loss, aux = O.pg_loss(st["logp"], old, batch["adv"], batch["mask"], clip_eps=ls.clip_eps,
                               loss_agg=ls.loss_agg, logp_ref=logp_ref, beta=ls.beta, kl_estimator=ls.kl_estimator)
