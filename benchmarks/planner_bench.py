@@ -65,6 +65,31 @@ def _time(fn):
     return time.perf_counter() - t, k
 
 
+def predict(name):
+    """The cost model's seconds for both methods and the method auto picks, without running a kernel."""
+    from ntkdyn.ntk.contexts import kernel_contexts
+    from ntkdyn.ntk.engine import Engine
+    from ntkdyn.ntk.method import choose_exact, choose_probes
+    from ntkdyn.ntk.plan import exact_plan, probe_chunks, sizing
+    from ntkdyn.ntk.structured_plan import make_plan
+    from ntkdyn.ntk.structured_probes import probe_sizes
+
+    build, N, T, output, kw = CASES[name]
+    lm = build()
+    ids = np.random.default_rng(0).integers(3, lm.config.vocab_size, (N, T)).astype(np.int32)
+    p, cfg = lm.params, lm.config
+    a, b, sym = kernel_contexts(cfg, ids, np.full(N, T - 1), None, None)
+    sz = sizing(cfg, Engine(lm.graphdef, cfg, p, None).sp, a, b, None, None, None)
+    if output == "hutchinson":
+        npr = kw["num_probes"]
+        kp = choose_probes("auto", cfg, p, sz, N, N, npr, None, probe_sizes(cfg, p, T, N, npr, sz.budget),
+                           probe_chunks(sz, cfg.d_model, N, N, npr))
+    else:
+        kp = choose_exact("auto", cfg, p, sz, exact_plan(sz, cfg.d_model, N, N, True),
+                          lambda: make_plan(cfg, p, *a, output=output), N, N, True, output, None, False)
+    return {"case": name, "params": lm.num_params, "auto": kp.method, "predicted_s": kp.predicted_seconds}
+
+
 def run_case(name):
     build, N, T, output, kw = CASES[name]
     lm = build()
@@ -89,7 +114,12 @@ def run_case(name):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    ap.add_argument("--predict-only", action="store_true", help="print the cost model's plans, run nothing")
     args = ap.parse_args(argv)
+    if args.predict_only:
+        for name in args.cases.split(","):
+            print(json.dumps(predict(name)), flush=True)
+        return
     rows = []
     for name in args.cases.split(","):
         r = run_case(name)

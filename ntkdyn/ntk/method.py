@@ -27,12 +27,12 @@ from flax import traverse_util
 __all__ = ["KernelPlan", "METHODS", "choose_exact", "choose_probes"]
 
 METHODS = ("auto", "jacobian", "structured")
-FLOPS = 1.5e10  # effective float operations per second of the vmapped passes (2 CPU cores)
-BANDWIDTH = 1.5e9  # bytes per second of weight gradients written and read back (benchmarks/planner_bench.py)
+FLOPS = 3e10  # effective float operations per second of the vmapped passes (2 idle CPU cores)
+BANDWIDTH = 3e9  # bytes per second of weight gradients written and read back (benchmarks/planner_bench.py)
 # seconds of compilation per 2 layers (at least 2): the exact kernels' programs and the Hutchinson probes' (a VJP
-# and a JVP program); read off benchmarks/planner_bench.py (the default model: Jacobian ~5 s, structured ~7-8 s;
-# probes ~12 s for both)
-COMPILE = {"jacobian": 2.5, "structured": 4.0, "jacobian_probes": 5.5, "structured_probes": 6.5}
+# and a JVP program), read off benchmarks/planner_bench.py on the idle machine (first call minus warm call: the
+# default model's 4 layers ~1.9 s Jacobian, ~2.5 s structured; probes ~3.7 s for both)
+COMPILE = {"jacobian": 1.0, "structured": 1.25, "jacobian_probes": 1.85, "structured_probes": 1.8}
 
 
 class KernelPlan(NamedTuple):
