@@ -231,11 +231,13 @@ def _kernel_g_panel(fig, a2, big, N, k, labels, tokens, normalize) -> None:
         a2.set_yticks(pos, [str(t) for t in tokens] * N, fontsize=6)
         a2.set_xlabel("token (within context block j)")
         a2.set_ylabel("token (within context block i)")
+        # the blocks by number (the s panel names them "i: label"); whole labels would collide over small blocks
+        num = [f"context {i}" for i in range(N)] if labels is not None else ctx
         top = a2.secondary_xaxis("top")
-        top.set_xticks(centres, ctx, fontsize=7)
+        top.set_xticks(centres, num, fontsize=7)
         top.tick_params(length=0)
         right = a2.secondary_yaxis("right")
-        right.set_yticks(centres, ctx, fontsize=7, rotation=90, va="center")
+        right.set_yticks(centres, num, fontsize=7, rotation=90, va="center")
         right.tick_params(length=0)
     else:
         rot = labels is not None
@@ -256,7 +258,8 @@ def plot_kernel(s, G_blocks, out, labels: Sequence[str] | None = None, tokens: S
     s_arr = np.asarray(s, dtype=np.float64)
     k, big = _kernel_blocks(s_arr, G_blocks, normalize)
     fig, (a1, a2) = new_figure(2, width=4.8, height=4.3)
-    _kernel_s_panel(fig, a1, s_arr, labels)
+    numbered = None if labels is None else [f"{i}: {lab}" for i, lab in enumerate(labels)]
+    _kernel_s_panel(fig, a1, s_arr, numbered)
     _kernel_g_panel(fig, a2, big, s_arr.shape[0], k, labels, tokens, normalize)
     fig.suptitle("Empirical NTK for a few contexts: K = R + G")
     return save(fig, out)
