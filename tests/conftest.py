@@ -5,6 +5,10 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# hermetic: no persistent XLA compilation cache shared with other processes (the tests' runs and their subprocesses
+# inherit this). A clean-clone run once died with a segfault inside jax's cache read of an entry another process of
+# the same jax had written (compilation_cache.get_executable_and_time), which the tests do not need to risk.
+os.environ.setdefault("NTKDYN_NO_COMPILE_CACHE", "1")
 
 
 import pytest  # noqa: E402
