@@ -10,12 +10,13 @@ T the tokens kept, n the contexts swept, r the cotangents (d, or |S|, or the row
   structured  per sweep of b contexts × r cotangents: b (1 + r) 2 T P_D, the δ written (b r T Σm floats), and the
               Gram matrices of the visited pairs (na nb Ta Tb (Σn + r Σm), plus r² T Σm per pair for matrices).
 The Jacobian path's count follows engine.loop: with more contexts than one memory block holds, the b-blocks are
-recomputed for every a-block (`jacobian_blocks`), which made 8 contexts of the default model cost ~50 s against
-~0.7 s structured while the earlier model (no recomputation, 4e9 B/s) predicted 8.5 s and kept the Jacobian path.
-The constants were read off benchmarks/planner_bench.py (predicted beside measured seconds, the default model,
-tiny and small random Llamas) and real_bench (SmolLM2) on the 2-core CPU; see benchmarks/RESULTS.md. The structured path is taken whenever the Jacobian plan
-would split the parameters into groups (one whole backward sweep per group) or, for Hutchinson probes, hold weight
-gradients beyond the memory budget, and otherwise when it is predicted faster; method="jacobian" | "structured" forces either.
+recomputed for every a-block (`jacobian_blocks`), which makes 8 contexts of the default model cost ~16 s warm
+against 0.3 s structured (idle CPU), where the earlier model (no recomputation, 4e9 B/s) predicted 8.5 s and kept
+the Jacobian path. The constants were fitted to benchmarks/planner_bench.py (measured beside predicted seconds: the
+default model, tiny and small random Llamas) on the 2-core CPU; see benchmarks/RESULTS.md. The structured path is
+taken whenever the Jacobian plan would split the parameters into groups (one whole backward sweep per group) or,
+for Hutchinson probes, hold weight gradients beyond the memory budget, and otherwise when it is predicted faster;
+method="jacobian" | "structured" forces either.
 """
 from __future__ import annotations
 
