@@ -19,7 +19,8 @@ from ..tasks import resolve as get_task
 from .verdicts import ORDER, ORDER_V1, claims
 from .summary import table_cell, write_summary
 
-__all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "rejudge", "run_base_seeds", "robustness_markdown", "add_arguments", "run_cli"]
+__all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "rejudge", "run_base_seeds", "robustness_markdown", "add_arguments",
+           "run_cli"]
 
 # per profile: seeds, full-RL steps, stage-1 steps, rollout shape, eval cadence; optional: `model` and `task` (the
 # profile's own defaults), `rl` (more RLConfig fields), `one_step` (its keyword arguments), `second` (a second,
