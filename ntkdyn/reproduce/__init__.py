@@ -21,8 +21,10 @@ that finished.
 from ..experiments.features import feature_analysis
 from ..experiments.kernel import kernel_analysis
 from .verdicts import ClaimResult, claims
-from .pipeline import CLAIMS, FIGURES, PROFILES, add_arguments, run, run_cli
+from .cli import add_arguments, run_cli
+from .pipeline import CLAIMS, FIGURES, PROFILES, run
+from .rejudge import rejudge
 from .summary import write_summary
 
-__all__ = ["run", "claims", "ClaimResult", "write_summary", "PROFILES", "FIGURES", "CLAIMS", "add_arguments",
+__all__ = ["run", "rejudge", "claims", "ClaimResult", "write_summary", "PROFILES", "FIGURES", "CLAIMS", "add_arguments",
            "run_cli", "feature_analysis", "kernel_analysis"]

@@ -19,8 +19,7 @@ from ..tasks import resolve as get_task
 from .verdicts import ORDER, ORDER_V1, claims
 from .summary import table_cell, write_summary
 
-__all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "rejudge", "run_base_seeds", "robustness_markdown", "add_arguments",
-           "run_cli"]
+__all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "run_base_seeds", "robustness_markdown"]
 
 # per profile: seeds, full-RL steps, stage-1 steps, rollout shape, eval cadence; optional: `model` and `task` (the
 # profile's own defaults), `rl` (more RLConfig fields), `one_step` (its keyword arguments), `second` (a second,
@@ -292,28 +291,6 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
     return dict(files=files, claims=claim_list, minutes=minutes)
 
 
-def rejudge(out="runs/reproduce", figures_dir=None) -> list[dict]:
-    """Judge a finished reproduction in `out` again with this version's verdict code, without running anything:
-    the training runs under OUT/runs, the feature table and pass@k curves of OUT/reproduce.json and the one-step
-    result it points to. Rewrites summary.md in `figures_dir` (default: the figures directory of reproduce.json's
-    files) and the claims of reproduce.json; the meta (command, minutes, settings) stays the run's own."""
-    from ..experiments.features import FEATURE_LABELS
-
-    path = os.path.join(out, "reproduce.json")
-    rec = read_json(path, what="reproduction record (run `ntkdyn reproduce` first)")
-    table = rec["features"]["table"]
-    feats = {"stats": {k: table[label] for k, label in FEATURE_LABELS.items()}}
-    one = read_json(os.path.join(rec["one_step_dir"], "one_step.json"), what="one-step result")
-    claim_list = claims(os.path.join(out, "runs"), feats, one, rec.get("pass_at_k"))
-    if figures_dir is None:
-        summaries = [f for f in rec["files"] if os.path.basename(f) == "summary.md"]
-        figures_dir = os.path.dirname(summaries[0]) if summaries else os.path.join(out, "figures")
-    write_summary(os.path.join(figures_dir, "summary.md"), claim_list, rec["meta"])
-    rec["claims"] = claim_list
-    write_text(path, json.dumps(rec, indent=2, default=str))
-    return claim_list
-
-
 def _meta(name, prof, model, model_dir, task, minutes, feats, pk_line, arch) -> dict:
     """The facts of the reproduction that summary.md states."""
     from ..rl import RLConfig
@@ -390,41 +367,3 @@ def robustness_markdown(results: dict, rewards: dict) -> str:
              if len({results[b][i]["verdict"] for b in bases}) == 1]
     lines += ["", f"Claims whose verdict is the same on every base model: {agree}.", ""]
     return "\n".join(lines)
-
-
-def add_arguments(p):
-    p.add_argument("--quick", action="store_true", help="1 seed, fewer steps, same figures (about 10 minutes)")
-    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                   help="explicit profile: real = SmolLM2-135M-Instruct on the natural task `add` (about 90 minutes; "
-                        "make reproduce-real), tiny / real-tiny = the end-to-end tests' configurations")
-    p.add_argument("--out", default="runs/reproduce", help="run directory (training runs, one-step, logs)")
-    p.add_argument("--figures", default=None,
-                   help="where figures and summary.md go (default: figures/ for the full run, OUT/figures otherwise)")
-    p.add_argument("--model", default=None, help="base model: a known name, HF directory or .gguf (default: the "
-                                                  "profile's, else the embedded default)")
-    p.add_argument("--task", default=None, help=f"task (default: the profile's, else {DEFAULT_TASK})")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
-    p.add_argument("--base-seeds", type=int, nargs="+", default=None,
-                   help="repeat the whole reproduction over base models trained with these recipe seeds (the "
-                        "recipe's own seed is the shipped model) and write robustness.md")
-    p.add_argument("--rejudge", action="store_true",
-                   help="run nothing: judge the finished reproduction in --out again with this version's verdicts "
-                        "(rewrites summary.md and reproduce.json's claims)")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def run_cli(args) -> int:
-    if getattr(args, "rejudge", False):
-        for c in rejudge(args.out, args.figures):
-            print(f"{c['n']:>6}  {c['verdict']}")
-        return 0
-    if args.base_seeds:
-        if args.model:
-            raise ValueError("--base-seeds retrains the default recipe's base model; it cannot be combined with "
-                             "--model")
-        run_base_seeds(args.out, args.base_seeds, quick=args.quick, profile=args.profile, figures_dir=args.figures,
-                       task=args.task, progress=not args.no_progress, seeds=args.seeds)
-        return 0
-    run(args.out, quick=args.quick, profile=args.profile, figures_dir=args.figures, model=args.model,
-        task=args.task, progress=not args.no_progress, seeds=args.seeds)
-    return 0
