@@ -52,7 +52,36 @@ def _release_compiled_programs():
     gc.collect()
 
 
+def _free_gb(path: str) -> float:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize / 2**30
+
+
+# the suite writes up to ~2.5 GB at once under the temporary directory (one real-model RL checkpoint, removed when its
+# test passes) and ~0.7 GB once into the model cache; a full disk shows up as "No space left on device" in whichever
+# test writes next, so the free space is printed up front
+_DISK_NEEDED_GB = 3.0
+
+
+def pytest_sessionstart(session):
+    """Printed even under -q (a report header is not)."""
+    import tempfile
+
+    tmp = tempfile.gettempdir()
+    free = _free_gb(tmp)
+    line = f"free disk under {tmp}: {free:.1f} GB"
+    if free < _DISK_NEEDED_GB:
+        line += f"  WARNING: the suite needs about {_DISK_NEEDED_GB:.0f} GB free; tests that write models will fail"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
 def pytest_terminal_summary(terminalreporter):
+    import tempfile
+
+    terminalreporter.write_line(f"free disk under {tempfile.gettempdir()} at the end: "
+                                f"{_free_gb(tempfile.gettempdir()):.1f} GB")
     n = _memory_maps()
     try:
         with open("/proc/sys/vm/max_map_count") as f:
