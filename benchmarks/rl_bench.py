@@ -1,8 +1,9 @@
 """RL steps per second and generated tokens per second: ntkdyn's trainer vs TRL's GRPOTrainer, on the same model
 (an HF-layout directory, loaded by TRL with transformers), the same task and reward functions (ntkdyn.tasks, loaded by
 path in TRL's process; truncated completions score 0 unless --score-truncated), the same prompts (the task's train
-pool; chat prompts through the model's chat template: TRL's own tokenization of the first rows is checked equal to
-ntkdyn's encode_prompt, else the run stops), the same batch shape (prompts x G samples, max_new_tokens) and the same
+pool in ntkdyn's order: step s of each side trains on the same P prompts, checked in TRL's reward calls; chat
+prompts through the model's chat template: TRL's own tokenization of the first rows is checked equal to ntkdyn's
+encode_prompt, else the run stops), the same batch shape (prompts x G samples, max_new_tokens) and the same
 objective (GRPO advantages, sequence-mean-token-mean loss, beta 0, one gradient step per rollout batch, Adam(W) at
 one constant lr, grad-norm clip 1), on this machine's CPU, in one run. Each side runs in its own process (ntkdyn:
 this script with --worker; TRL: its own virtual environment, it cannot live beside jax in the main one), one after
@@ -61,11 +62,14 @@ def as_prompt(p):  # chat: messages (TRL renders the chat template); else [bos] 
         return [{"role": "user", "content": p}] if isinstance(p, str) else p
     return bos + p
 pool = task.split_rows("train") or task.rows("train", 4096, seed=0)  # ntkdyn's train pool (rl/context._prompts)
-ds = Dataset.from_list([{**r, "prompt": as_prompt(r["prompt"])} for r in pool])
+# the rows ntkdyn's run draws, in its order (P per step); unshuffled, TRL's step s takes the same P prompts
+ds = Dataset.from_list([{**pool[i], "prompt": as_prompt(pool[i]["prompt"])} for i in a["order"]])
 funcs = task.reward_funcs()
 
+seen = []  # the prompts of each reward call (one per step), to check the order against ntkdyn's
 def reward(prompts, completions, completion_ids, **cols):
     prompts = [p[len(bos):] if isinstance(p, str) and bos and p.startswith(bos) else p for p in prompts]
+    seen.append([json.dumps(p) for p in prompts[::a["group"]]])
     out = np.zeros(len(prompts))
     for f in funcs:
         out += np.asarray([np.nan if v is None else v for v in f(prompts, completions, completion_ids, **cols)], float)
@@ -87,7 +91,7 @@ cfg = GRPOConfig(output_dir=a["out"], per_device_train_batch_size=a["prompts"] *
                  lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0,
                  max_steps=a["steps"], logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
                  bf16=False, gradient_checkpointing=False, disable_tqdm=True, seed=a["seed"],
-                 dataloader_num_workers=0)
+                 dataloader_num_workers=0, shuffle_dataset=False)
 timer = Timer()
 tr = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
                  callbacks=[timer])
@@ -100,11 +104,15 @@ t0 = time.perf_counter()
 tr.train()
 total = time.perf_counter() - t0
 logs = [h for h in tr.state.log_history if "completions/mean_length" in h]
+P = a["prompts"]
+want = [[json.dumps(as_prompt(pool[i]["prompt"]) if a["chat"] else pool[i]["prompt"])
+         for i in a["order"][k * P:(k + 1) * P]] for k in range(len(a["order"]) // P)]
 print("RESULT " + json.dumps(dict(step_times=timer.times, total_s=total,
                                   mean_length=[h["completions/mean_length"] for h in logs],
                                   reward=[h.get("reward") for h in logs], torch_threads=torch.get_num_threads(),
                                   prompt_ids_match=theirs == a["expect_ids"], prompt_ids_first=theirs[0],
                                   eos_ids=eos_ids, peak_rss_mb=vmhwm_mb(),
+                                  order_match=seen == want[:len(seen)] and len(seen) == a["steps"],
                                   versions=dict(trl=trl.__version__, torch=torch.__version__,
                                                 transformers=transformers.__version__))))
 '''
@@ -119,12 +127,18 @@ def ntkdyn_worker(a) -> dict:
     from ntkdyn.models.tokenizer import chat_enabled, encode_prompt, eos_ids_of
     from ntkdyn.rl import RLConfig, read_metrics, train
 
+    from ntkdyn.rl.recipes import RL_ID
+    from ntkdyn.rl.rollout import stage_row_indices
+
     lm = nd.load(a.model)
     task = tasks.resolve(a.task)
     pool = task.split_rows("train") or task.rows("train", 4096, seed=0)
     ids = [list(map(int, encode_prompt(lm.tokenizer, r["prompt"]))) for r in pool[:8]]
+    # the pool rows of each RL step of this run (recipe "rl": one stage), for TRL to take in the same order
+    order = [i for s in range(1, max(a.steps, a.trl_steps) + 1)
+             for i in stage_row_indices(a.seed, RL_ID, s, a.prompts, len(pool))]
     info = dict(chat=chat_enabled(lm.tokenizer), eos_ids=list(eos_ids_of(lm.tokenizer, lm.config)), expect_ids=ids,
-                params=lm.num_params)
+                params=lm.num_params, order=order)
     del lm
     out = tempfile.mkdtemp(prefix="rl_bench_")
     cfg = RLConfig(recipe="rl", task=a.task, model=a.model, steps=a.steps, group_size=a.group,
@@ -151,14 +165,14 @@ def run_ntkdyn(a) -> dict:
     return json.loads(line[-1][len("RESULT "):])
 
 
-def run_trl(a, chat, expect_ids):
+def run_trl(a, chat, expect_ids, order):
     if not os.path.exists(BENCH_PY):
         raise SystemExit(f"{BENCH_PY} not found: python -m venv .benchvenv && "
                          ".benchvenv/bin/pip install trl torch==2.13.0 transformers")
     out = tempfile.mkdtemp(prefix="rl_bench_trl_")
     args = dict(root=ROOT, model=a.model, task=a.task, steps=a.trl_steps, prompts=a.prompts, group=a.group,
                 new=a.new, lr=a.lr, seed=a.seed, out=out, chat=chat, expect_ids=expect_ids,
-                score_truncated=a.score_truncated)
+                score_truncated=a.score_truncated, order=order)
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     p = subprocess.run([BENCH_PY, "-c", TRL_SCRIPT, json.dumps(args)], capture_output=True, text=True, env=env)
     shutil.rmtree(out, ignore_errors=True)
@@ -166,6 +180,8 @@ def run_trl(a, chat, expect_ids):
     if p.returncode != 0 or not line:
         raise SystemExit(f"TRL run failed (exit {p.returncode}):\n{p.stderr[-4000:]}")
     res = json.loads(line[-1][len("RESULT "):])
+    if not res["order_match"]:
+        raise SystemExit("TRL's steps did not train on ntkdyn's prompts in ntkdyn's order")
     if not res["prompt_ids_match"]:
         raise SystemExit(f"TRL's prompt ids differ from ntkdyn's encode_prompt: first row {res['prompt_ids_first']} "
                          f"vs {expect_ids[0]}")
@@ -225,7 +241,7 @@ def measure(a) -> dict:
     for r in range(a.rounds):  # interleaved, so that both see the same machine load on average
         ours_raw.append(run_ntkdyn(a))
         chat, eos, expect_ids, n_params = (ours_raw[0][k] for k in ("chat", "eos_ids", "expect_ids", "params"))
-        trl_raws.append(run_trl(a, chat, expect_ids))
+        trl_raws.append(run_trl(a, chat, expect_ids, ours_raw[0]["order"]))
         print(f"round {r + 1}: ntkdyn {np.median(ours_raw[-1]['step_times'][a.warmup:]):.3f} s/step, "
               f"TRL {np.median(trl_raws[-1]['step_times'][a.warmup:]):.3f} s/step", flush=True)
     ours, theirs = summarize(ours_raw, batch, a.warmup), summarize(trl_raws, batch, a.warmup)
@@ -235,7 +251,7 @@ def measure(a) -> dict:
                 ratio_tokens=ours["tokens_per_s"] / theirs["tokens_per_s"], load=(load0, os.getloadavg()[0]),
                 peak_rss_mb_ntkdyn=max(r["peak_rss_mb"] for r in ours_raw),
                 peak_rss_mb_trl=max(r["peak_rss_mb"] for r in trl_raws),
-                raw=dict(ntkdyn=[{k: v for k, v in r.items() if k != "expect_ids"} for r in ours_raw],
+                raw=dict(ntkdyn=[{k: v for k, v in r.items() if k not in ("expect_ids", "order")} for r in ours_raw],
                          trl=[{k: v for k, v in r.items() if k != "prompt_ids_first"} for r in trl_raws]))
 
 

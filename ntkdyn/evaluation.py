@@ -11,6 +11,8 @@ keyed sampler (ntkdyn.rl.evaluate) and scores with the same functions.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import metrics as M
@@ -140,8 +142,10 @@ def evaluate(lm, task, n_prompts: int = 64, samples: int = 32, seed: int = 0, sp
     eos = eos_ids_of(tok, lm.config)
     texts, finished, lengths = [], [], []
     for i in range(0, len(ids), chunk):
-        g = lm.generate(ids[i: i + chunk], max_new_tokens, temperature=temperature, seed=seed + i,
-                        stop_token=eos)
+        rows = ids[i: i + chunk]  # prompt-major: each prompt's samples consecutive, so groups of gcd(samples,
+        # chunk) rows from a multiple of chunk are one prompt each; ragged ids are padded alike within a group
+        g = lm.generate(rows, max_new_tokens, temperature=temperature, seed=seed + i, stop_token=eos,
+                        shared_prompts=math.gcd(samples, len(rows)))
         t, f = decode_completions(tok, g.tokens, g.mask, eos)
         texts += t
         finished.append(f)

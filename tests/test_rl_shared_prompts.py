@@ -61,3 +61,37 @@ def test_rl_update_with_shared_prompts_equals_plain():
     assert np.isclose(outs[0][1], outs[1][1], rtol=1e-5)
     for a, c in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0])):
         np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family,tied", CASES)
+def test_sampler_shared_prefill_equals_plain(family, tied):
+    """sample(shared_prompts=G): each prompt prefilled once. Same draws (same key) and log-probs as the plain
+    prefill, greedy and at temperature 1, with a left-padded group."""
+    lm = tiny(family, tied)
+    b = _grouped_batch(np.random.default_rng(2), P=2, G=3)
+    for temperature in (0.0, 1.0):
+        gens = [lm.generate(b["prompt_ids"], 6, prompt_mask=b["prompt_mask"], temperature=temperature, seed=4,
+                            stop_token=-1, shared_prompts=G) for G in (1, 3)]
+        np.testing.assert_array_equal(np.asarray(gens[1].tokens), np.asarray(gens[0].tokens))
+        np.testing.assert_array_equal(np.asarray(gens[1].mask), np.asarray(gens[0].mask))
+        for k in ("logp", "logp_model"):
+            np.testing.assert_allclose(np.asarray(getattr(gens[1], k)), np.asarray(getattr(gens[0], k)),
+                                       rtol=1e-5, atol=1e-5)
+    # the shared prefill's log-probs equal teacher forcing's (the cache continues from the repeated prompt)
+    st = O.completion_logp(lm.graphdef, lm.config, lm.params, b["prompt_ids"], b["prompt_mask"], gens[1].tokens)
+    np.testing.assert_allclose(np.asarray(gens[1].logp_model), np.asarray(st["logp_model"]), rtol=1e-5, atol=1e-5)
+
+
+def test_generate_checks_the_groups():
+    lm = tiny("llama", True)
+    b = _grouped_batch(np.random.default_rng(3), P=2, G=3)
+    with pytest.raises(ValueError, match="must divide the number of prompt rows"):
+        lm.generate(b["prompt_ids"], 2, prompt_mask=b["prompt_mask"], shared_prompts=4)
+    with pytest.raises(ValueError, match=r"rows 0\.\.5 of prompt_ids are not one prompt repeated"):
+        lm.generate(b["prompt_ids"], 2, prompt_mask=b["prompt_mask"], shared_prompts=6)
+    mask = b["prompt_mask"].copy()
+    mask[4, 0] = 0
+    with pytest.raises(ValueError, match=r"rows 3\.\.5 of prompt_mask"):
+        lm.generate(b["prompt_ids"], 2, prompt_mask=mask, shared_prompts=3)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        lm.generate(b["prompt_ids"], 2, prompt_mask=b["prompt_mask"], shared_prompts=0)

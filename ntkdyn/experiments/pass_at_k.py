@@ -16,6 +16,8 @@ writes ``pass_at_k.json`` (atomically) and ``fig_pass_at_k.png`` / ``.pdf`` into
 """
 from __future__ import annotations
 
+import math
+
 import os
 import time
 
@@ -69,8 +71,10 @@ def sample_correct(lm, task, prompts, samples: int, *, max_new_tokens: int = MAX
     t0 = time.perf_counter()
     texts, finished, comp_ids, tokens = [], [], [], 0
     for i in range(0, len(ids), chunk):
+        n = len(ids[i: i + chunk])  # prompt-major rows: groups of gcd(samples, n) from i are one prompt each
         g = lm.generate(ids[i: i + chunk], max_new_tokens, prompt_mask=pmask[i: i + chunk],
-                        temperature=temperature, seed=seed + i, stop_token=eos)
+                        temperature=temperature, seed=seed + i, stop_token=eos,
+                        shared_prompts=math.gcd(samples, n))
         toks, mask = np.asarray(g.tokens), np.asarray(g.mask)
         t, f = decode_completions(tok, toks, mask, eos)
         texts += t

@@ -69,11 +69,13 @@ class LM:
     # ------------------------------------------------------------------ sampling
     def generate(self, prompt_ids, max_new_tokens: int, *, prompt_mask=None, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float = 1.0, stop_token=None, seed: int = 0,
-                 key=None, params=None) -> Generation:
+                 key=None, params=None, shared_prompts: int = 1) -> Generation:
         """Sample continuations with a KV cache. `prompt_ids`: (B, Tp) left-padded array (with `prompt_mask`, 1 on
         real tokens) or a list of token lists of different lengths (left-padded here). temperature=0 is greedy.
         stop_token: an id or a sequence of ids (a row stops at the first of them; -1 or [] never stops); default:
-        the config's eos_token_id plus the tokenizer's EOS ids (tokenizer.eos_ids_of). Returns
+        the config's eos_token_id plus the tokenizer's EOS ids (tokenizer.eos_ids_of). shared_prompts = G > 1:
+        the rows come in consecutive groups of G identical prompts (several samples per prompt), and each prompt
+        is prefilled once (checked here; the samples equal G = 1's up to float rounding of the logits). Returns
         Generation(tokens, logp, logp_model, mask)."""
         _check_sampling(max_new_tokens, temperature, top_k, top_p)
         if not isinstance(prompt_ids, (np.ndarray, jax.Array)) and not len(prompt_ids):
@@ -81,6 +83,7 @@ class LM:
         ids, mask = pad_left(prompt_ids, self.config.pad_token_id or 0) if prompt_mask is None else (
             np.asarray(prompt_ids), np.asarray(prompt_mask))
         self.check_ids(ids, "prompt_ids")
+        _check_groups(ids, mask, shared_prompts)
         if ids.shape[1] + max_new_tokens > self.config.max_positions:
             raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                              f"max_positions={self.config.max_positions}")
@@ -91,12 +94,30 @@ class LM:
         return sample(self.graphdef, self.config, self.params if params is None else params, jnp.asarray(ids),
                       jnp.asarray(mask), key, max_new_tokens=int(max_new_tokens),
                       temperature=float(temperature), top_k=top_k, top_p=float(top_p), stop_token=stops,
-                      pad_id=int(self.config.pad_token_id or 0), greedy=temperature == 0)
+                      pad_id=int(self.config.pad_token_id or 0), greedy=temperature == 0,
+                      shared_prompts=int(shared_prompts))
 
     # ------------------------------------------------------------------ files
     def save(self, path: str, params=None) -> str:
         """Hugging Face layout (config.json + model.safetensors [+ tokenizer]), written atomically."""
         return hf.write_model_dir(path, self.config, self.params if params is None else params, self.tokenizer)
+
+
+def _check_groups(ids, mask, group) -> None:
+    """shared_prompts = group: an integer >= 1 dividing the rows, each run of `group` rows one prompt."""
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1:
+        raise ValueError(f"shared_prompts must be an integer >= 1; got {group!r}")
+    B = ids.shape[0]
+    if B % group:
+        raise ValueError(f"shared_prompts={group} must divide the number of prompt rows ({B})")
+    if group > 1:
+        for name, a in (("prompt_ids", np.asarray(ids)), ("prompt_mask", np.asarray(mask))):
+            g = a.reshape(B // group, group, -1)
+            bad = np.flatnonzero(~(g == g[:, :1]).all(axis=(1, 2)))
+            if bad.size:
+                raise ValueError(f"shared_prompts={group}: rows {bad[0] * group}..{bad[0] * group + group - 1} of "
+                                 f"{name} are not one prompt repeated; expected consecutive groups of {group} "
+                                 "identical rows")
 
 
 def _check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .transformer import apply_head, features
+from .transformer import apply_head, features, prefill
 
 
 class Generation(NamedTuple):
@@ -40,20 +40,22 @@ def process_logits(z, temperature, top_k, top_p):
     return z
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "max_new_tokens", "top_k", "top_p", "greedy"))
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "max_new_tokens", "top_k", "top_p", "greedy",
+                                   "shared_prompts"))
 def sample(graphdef, cfg, params, prompt_ids, prompt_mask, key, *, max_new_tokens, temperature=1.0, top_k=None,
-           top_p=1.0, stop_token=-1, pad_id=0, greedy=False):
-    """stop_token: (S,) int32 stop ids (a scalar works too); a row is done after sampling any of them."""
+           top_p=1.0, stop_token=-1, pad_id=0, greedy=False, shared_prompts=1):
+    """stop_token: (S,) int32 stop ids (a scalar works too); a row is done after sampling any of them.
+    shared_prompts = G > 1: rows come in consecutive groups of G with the same prompt (P prompts × G samples; the
+    caller guarantees it), and each prompt is prefilled once (transformer.prefill); the samples equal the plain
+    prefill's up to float rounding of the logits."""
     B, Tp = prompt_ids.shape
     stop_S = jnp.atleast_1d(jnp.asarray(stop_token, jnp.int32))  # (S,)
-    S = Tp + max_new_tokens
     prompt_mask = prompt_mask.astype(bool)
     valid = jnp.concatenate([prompt_mask, jnp.ones((B, max_new_tokens), bool)], 1)
     pos_prompt = jnp.maximum(jnp.cumsum(prompt_mask, 1) - 1, 0).astype(jnp.int32)
-    caches = [(jnp.zeros((B, S, cfg.n_kv_heads, cfg.head_dim), jnp.float32),) * 2 for _ in range(cfg.n_layers)]
-    h, caches = features(graphdef, cfg, params, prompt_ids, positions=pos_prompt, key_valid=valid, caches=caches,
-                         start=0)
-    z0 = apply_head(params["head"], h[:, -1])
+    h_last, caches = prefill(graphdef, cfg, params, prompt_ids, pos_prompt, valid, Tp + max_new_tokens,
+                             group=shared_prompts)
+    z0 = apply_head(params["head"], h_last)
     next_pos = pos_prompt[:, -1] + 1
 
     def step(carry, i):

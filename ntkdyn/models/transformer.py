@@ -290,3 +290,28 @@ def features(graphdef, cfg: ModelConfig, params, ids, **kw):
     backbone = nnx.merge(graphdef, params["backbone"])
     table = params["head"]["W"] if cfg.tie_word_embeddings else None
     return backbone(ids, table, **kw)
+
+
+def prefill(graphdef, cfg: ModelConfig, params, prompt_ids, positions, key_valid, length: int, dtype=jnp.float32,
+            group: int = 1):
+    """Run left-padded prompts (B, Tp) into a fresh KV cache of `length` slots (per layer a (k, v) pair of
+    (B, length, n_kv_heads, head_dim)); key_valid (B, length) masks the padding. Returns (h at the last prompt
+    token (B, d), caches); the continuation runs on the caches from slot Tp.
+
+    group = G > 1: rows come in consecutive groups of G with the same prompt (an RL batch of P prompts × G
+    samples; the caller guarantees it). Each prompt then runs once and its features and cache are repeated G
+    times, which saves (G − 1)/G of the prompt tokens' work (and, in a reverse pass, their gradients sum back
+    through the repeat). Equal to group = 1 up to float rounding."""
+    B, Tp = prompt_ids.shape
+    G = int(group)
+    if G < 1 or B % G:
+        raise ValueError(f"group must be >= 1 and divide the batch ({B} rows); got {G}")
+    rows = B // G
+    caches = [(jnp.zeros((rows, length, cfg.n_kv_heads, cfg.head_dim), dtype),) * 2 for _ in range(cfg.n_layers)]
+    h, caches = features(graphdef, cfg, params, prompt_ids[::G], positions=positions[::G, :Tp],
+                         key_valid=key_valid[::G], caches=caches, start=0)
+    h = h[:, -1]
+    if G > 1:
+        h = jnp.repeat(h, G, axis=0)
+        caches = [tuple(jnp.repeat(x, G, axis=0) for x in c) for c in caches]
+    return h, caches

@@ -24,7 +24,7 @@ def evaluate(ctx, params, step: int) -> dict:
     flat = [p for p in ctx.eval_prompts for _ in range(k)]
     ids, pmask = prompt_batch(ctx, flat)
     key = ctx.sh.replicate(step_key(ctx.key, step, stage_id=EVAL_ID))
-    gen = rollout(ctx, params, ids, pmask, key, c.eval_temperature)
+    gen = rollout(ctx, params, ids, pmask, key, c.eval_temperature, group=k)
     conf = jax.device_get(confidence(params, ids, pmask, gen.tokens, gen.mask, **ctx.gd))
     tokens, mask = jax.device_get((gen.tokens, gen.mask))
     texts, _, r, _ = rewards(ctx, ctx.eval_rows, tokens, mask, f"evaluation at step {step}", group_size=k)

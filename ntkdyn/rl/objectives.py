@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ..models.logprobs import gather, log_softmax, token_logp
-from ..models.transformer import apply_head, features
+from ..models.transformer import apply_head, features, prefill
 from ..optim import GROUPS, OPTIMIZERS, group_labels, make_optimizer, trainable_keys
 
 __all__ = ["ADVANTAGE_KINDS", "LOSS_AGGS", "KL_ESTIMATORS", "GROUPS", "OPTIMIZERS", "advantages",
@@ -112,20 +112,14 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
 
 
 def _shared_prompt_features(graphdef, cfg, params, prompt_ids, completion, positions, valid, G):
-    """completion_logp's h (B, N, d) with each group's prompt run once: the P = B/G prompts fill a KV cache of the
-    whole sequence, repeated G times along the batch, and the completions run on it from slot Tp (as the sampler
-    continues a prefill)."""
-    B, Tp = prompt_ids.shape
-    N = completion.shape[1]
+    """completion_logp's h (B, N, d) with each group's prompt run once (transformer.prefill with group G); the
+    completions run on the repeated cache from slot Tp (as the sampler continues a prefill)."""
+    Tp, N = prompt_ids.shape[1], completion.shape[1]
     dtype = jnp.promote_types(params["head"]["W"].dtype, jnp.float32)
-    S = Tp + N - 1
-    caches = [(jnp.zeros((B // G, S, cfg.n_kv_heads, cfg.head_dim), dtype),) * 2 for _ in range(cfg.n_layers)]
-    hp, caches = features(graphdef, cfg, params, prompt_ids[::G], positions=positions[::G, :Tp],
-                          key_valid=valid[::G], caches=caches, start=0)
-    first = jnp.repeat(hp[:, -1:], G, axis=0)  # h at the last prompt token predicts the first completion token
+    first, caches = prefill(graphdef, cfg, params, prompt_ids, positions, valid, Tp + N - 1, dtype, group=G)
+    first = first[:, None]  # h at the last prompt token predicts the first completion token
     if N == 1:
         return first
-    caches = [tuple(jnp.repeat(x, G, axis=0) for x in c) for c in caches]
     hc = features(graphdef, cfg, params, completion[:, :-1], positions=positions[:, Tp:], key_valid=valid,
                   caches=caches, start=Tp)[0]
     return jnp.concatenate([first, hc], axis=1)

@@ -33,15 +33,20 @@ def _permutation(seed: int, stage_id: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, stage_id, epoch]).permutation(n)
 
 
-def stage_rows(ctx, stage, stage_step: int) -> list[dict]:
-    """P train rows {"prompt": ..., **columns} for this stage step: epochs over the pool, each a permutation keyed
-    by (seed, stage, epoch)."""
-    P, N = ctx.c.prompts_per_step, len(ctx.train_pool)
+def stage_row_indices(seed: int, stage_id: int, stage_step: int, P: int, N: int) -> list[int]:
+    """Indices into a train pool of N rows of the P rows of a stage step (1-based): epochs over the pool, each a
+    permutation keyed by (seed, stage_id, epoch)."""
     out = []
     for i in range((stage_step - 1) * P, stage_step * P):
         epoch, pos = divmod(i, N)
-        out.append(ctx.train_pool[_permutation(ctx.c.seed, stage.stage_id, epoch, N)[pos]])
+        out.append(int(_permutation(seed, stage_id, epoch, N)[pos]))
     return out
+
+
+def stage_rows(ctx, stage, stage_step: int) -> list[dict]:
+    """P train rows {"prompt": ..., **columns} for this stage step (stage_row_indices)."""
+    idx = stage_row_indices(ctx.c.seed, stage.stage_id, stage_step, ctx.c.prompts_per_step, len(ctx.train_pool))
+    return [ctx.train_pool[i] for i in idx]
 
 
 def prompt_batch(ctx, prompts):
@@ -51,12 +56,13 @@ def prompt_batch(ctx, prompts):
     return ctx.sh.batch(ids), ctx.sh.batch(mask)
 
 
-def rollout(ctx, params, ids, mask, key, temperature):
-    """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params`."""
+def rollout(ctx, params, ids, mask, key, temperature, group: int = 1):
+    """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params`; rows in
+    consecutive groups of `group` share a prompt, prefilled once."""
     return sample(ctx.lm.graphdef, ctx.cfg, params, ids, mask, key, max_new_tokens=int(ctx.c.max_new_tokens),
                   temperature=float(temperature), top_k=None, top_p=1.0,
                   stop_token=jnp.asarray(ctx.eos or (-1,), jnp.int32), pad_id=ctx.pad,
-                  greedy=False)
+                  greedy=False, shared_prompts=int(group))
 
 
 def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1):
@@ -126,7 +132,7 @@ def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
     flat = [r["prompt"] for r in rows for _ in range(G)]
     ids, pmask = prompt_batch(ctx, flat)
     key = ctx.sh.replicate(step_key(ctx.key, stage_step, stage_id=stage.stage_id))
-    gen = rollout(ctx, params, ids, pmask, key, c.temperature)
+    gen = rollout(ctx, params, ids, pmask, key, c.temperature, group=G)
     tokens, mask = jax.device_get((gen.tokens, gen.mask))
     where = f"step {step} ({stage.name} step {stage_step})"
     _, finished, r, reward_metrics = rewards(ctx, rows, tokens, mask, where, group_size=G)
