@@ -112,6 +112,12 @@ def _probes(tok, sampled, completion_positions):
 # ----------------------------------------------------------------------------- the experiment
 
 
+def _relative(predicted, actual) -> float:
+    """‖predicted − actual‖ / ‖actual‖, NaN when actual is 0."""
+    n = float(np.linalg.norm(actual))
+    return float(np.linalg.norm(predicted - actual)) / n if n > 0 else float("nan")
+
+
 def _norms(x):
     return np.linalg.norm(np.asarray(x), axis=-1)
 
@@ -194,8 +200,8 @@ def _step_numbers(r, cheap, probe_kind, probe_pos) -> dict:
         "rel_error": r.rel_error,
         "rel_error_per_probe_median": float(np.median(rel_per_probe)),
         "rel_error_per_probe_max": float(np.max(rel_per_probe)),
-        "rel_error_dlogp": float(np.linalg.norm(r.dlogp_predicted - r.dlogp_actual)
-                                 / np.linalg.norm(r.dlogp_actual)),
+        # NaN when the step changed nothing (every advantage 0): no relative error to speak of
+        "rel_error_dlogp": _relative(np.asarray(r.dlogp_predicted), np.asarray(r.dlogp_actual)),
         "dz_norm": float(jnp.linalg.norm(r.dz_predicted)),
         "dH_predicted_mean": float(jnp.mean(r.dH_predicted)), "dH_actual_mean": float(jnp.mean(r.dH_actual)),
         # the split (kernel convention; for a tied head the cross term X is counted with the gradient part)

@@ -17,7 +17,6 @@ writes ``pass_at_k.json`` (atomically) and ``fig_pass_at_k.png`` / ``.pdf`` into
 from __future__ import annotations
 
 import math
-
 import os
 import time
 
