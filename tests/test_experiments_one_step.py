@@ -15,3 +15,16 @@ def test_one_step_experiment_cli_arguments():
     a = p.parse_args(["--model", "m", "--lr", "0.02", "--group", "4"])
     assert (a.model, a.lr, a.group, a.task, a.float32) == ("m", 0.02, 4, "sum", False)
     assert callable(one_step.run_cli) and callable(one_step.run) and callable(one_step.main)
+
+
+def test_relative_error_of_no_change_is_nan_without_warning():
+    import warnings
+
+    import numpy as np
+
+    from ntkdyn.experiments.one_step import _relative
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(_relative(np.ones(3), np.zeros(3)))
+    assert _relative(np.array([3.0, 4.0]), np.array([0.0, 8.0])) == 5.0 / 8.0
