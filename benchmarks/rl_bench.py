@@ -278,7 +278,9 @@ def record(a, cmd, m):
 
     ours, theirs, versions, load = m["ntkdyn"], m["trl"], m["versions"], m["load"]
     path = os.path.join(ROOT, "benchmarks", "RESULTS.md")
-    default = "default-" in os.path.basename(a.model)
+    from ntkdyn.default import default_model_dir
+
+    default = os.path.realpath(a.model) == os.path.realpath(default_model_dir())
     model = "the embedded default base model" if default else os.path.basename(a.model)
     heading = "## rl_bench" if default else f"## rl_bench: {model}"
     section = f"""{heading}
@@ -287,11 +289,12 @@ RL post-training throughput, ntkdyn (`ntkdyn.rl.train`, recipe "rl") vs TRL `GRP
 {m['params']:,} parameters, the same HF directory on both sides), task "{a.task}" (chat template
 {'on' if m['chat'] else 'off'}; TRL's own tokenization of the prompts checked equal to ntkdyn's `encode_prompt`; EOS
 ids ntkdyn {m['eos_ids']}, TRL {m['trl_eos_ids']}; {'completions without EOS scored too' if a.score_truncated else 'truncated completions score 0'}), batch {a.prompts} prompts x G={a.group} =
-{a.prompts * a.group} completions per step, max_new_tokens {a.new}, temperature 1, GRPO advantages,
+{a.prompts * a.group} completions per step, the same prompts in the same order on both sides (checked in TRL's reward
+calls), max_new_tokens {a.new}, temperature 1, GRPO advantages,
 seq-mean-token-mean loss, beta 0, one optimizer step per batch (Adam / AdamW, lr {a.lr}, constant, grad clip 1),
 {platform.processor() or platform.machine()} CPU with {os.cpu_count()} cores, float32, {a.rounds} interleaved round(s) of
-each in one run (1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end: other processes shared the
-cores). Steady state: median over the steps after the first {a.warmup} of each round.
+each in one run (1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; the benchmark alone makes
+about 1-2 on this machine, more means other processes shared the cores). Steady state: median over the steps after the first {a.warmup} of each round.
 jax {jax.__version__}; TRL {versions['trl']}, torch {versions['torch']}, transformers {versions['transformers']}.
 Peak resident memory: ntkdyn {m['peak_rss_mb_ntkdyn']:,} MB (its process), TRL {m['peak_rss_mb_trl']:,} MB.
 
