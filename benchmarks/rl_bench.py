@@ -126,7 +126,6 @@ def ntkdyn_worker(a) -> dict:
     from ntkdyn import tasks
     from ntkdyn.models.tokenizer import chat_enabled, encode_prompt, eos_ids_of
     from ntkdyn.rl import RLConfig, read_metrics, train
-
     from ntkdyn.rl.recipes import RL_ID
     from ntkdyn.rl.rollout import stage_row_indices
 
@@ -294,7 +293,8 @@ calls), max_new_tokens {a.new}, temperature 1, GRPO advantages,
 seq-mean-token-mean loss, beta 0, one optimizer step per batch (Adam / AdamW, lr {a.lr}, constant, grad clip 1),
 {platform.processor() or platform.machine()} CPU with {os.cpu_count()} cores, float32, {a.rounds} interleaved round(s) of
 each in one run (1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; the benchmark alone makes
-about 1-2 on this machine, more means other processes shared the cores). Steady state: median over the steps after the first {a.warmup} of each round.
+about 1-2 on this machine, more means other processes shared the cores). Steady state: median over the steps after
+the first {a.warmup} of each round.
 jax {jax.__version__}; TRL {versions['trl']}, torch {versions['torch']}, transformers {versions['transformers']}.
 Peak resident memory: ntkdyn {m['peak_rss_mb_ntkdyn']:,} MB (its process), TRL {m['peak_rss_mb_trl']:,} MB.
 
