@@ -3,8 +3,8 @@ V 49,152, tied head), each figure a ratio to its own lower bound measured in the
 
 Sections (`--only NAME` runs one in this process; without it every section runs in its own subprocess, so that each
 peak resident memory (VmHWM) is its own):
-  trace    (a) exact tr G (and the tied tr X) of 2 contexts by `ntk.decompose(output="trace")` (method "auto": the
-           planner picks structured derivatives), against 2·d plain VJPs of h w.r.t. all parameters (the weight
+  trace    (a) exact tr G (and the tied tr X) of 2 contexts by `ntk.decompose(output="trace")` (the default
+           method: structured derivatives), against 2·d plain VJPs of h w.r.t. all parameters (the weight
            gradients written) with their inner products accumulated: the first call (compilation) and a few warm
            calls are timed and the rest extrapolated. Target <= 0.5, compilation included on both sides.
   budget   (e) the same with memory_budget = 2 GB: peak resident memory against 2 GB + the model.

@@ -1,6 +1,7 @@
-"""Tests for ntkdyn.ntk.structured (and the Taps of models/transformer.py): exact eNTK blocks from structured
-derivatives, in float64, against an independent brute-force jax.jacrev of the logits (one context at a time, V = 41
-cotangents) and against ntk.decompose.
+"""Tests for ntkdyn.ntk.methods.structured and structured_probes (and the Taps of models/transformer.py): exact eNTK
+blocks from structured derivatives, in float64, against an independent brute-force jax.jacrev of the logits (one
+context at a time, V = 41 cotangents) and against the Jacobian method; the probe estimates against the Jacobian
+method's.
 
 Tiny random models of every family: GPT-2 (tied, learned positions, biases), GPT-NeoX parallel and sequential
 (partial rotary, biases), Llama with GQA (untied and tied), Qwen2 (qkv bias). Chunks of 5 cotangents (d = 16: four
@@ -18,7 +19,6 @@ import pytest
 
 import ntkdyn as nd
 from ntkdyn import ntk
-from ntkdyn.ntk import structured as st
 from ntkdyn.models.transformer import EMBED, Taps, apply_head, features, graphdef_for, init_params
 
 V, D = 41, 16
@@ -29,7 +29,7 @@ IDS_B = np.array([[7, 9, 5, 2, 11, 4, 8]], np.int32)  # rectangular kernels: b c
 CTX_B = np.array([[0, 6], [0, 2], [0, 4]], np.int32)
 SMALL_S = np.array([3, 9, 40, 11])  # |S| <= d: the rows of W_S are the cotangents
 LARGE_S = np.arange(20, 1, -1)  # |S| > d: M first, then W_S M W_Sᵀ
-FORCE = dict(chunk=5, block=4)
+FORCE = dict(chunk=5, batch_size=4)
 
 FAMILIES = {
     "gpt2": dict(family="gpt2", tie_word_embeddings=True, qkv_bias=True, out_bias=True, activation="gelu_new"),
@@ -107,11 +107,12 @@ def _total(k):
 
 
 def _kernel(name, output="full", rect=False, **kw):
+    """decompose(method="structured") with small chunks and blocks (FORCE, unless overridden)."""
     cfg, graphdef, params = _model(name)
-    b = (IDS_B, CTX_B[:, 0], CTX_B[:, 1]) if rect else (None, None, None)
-    ctx = CTX[:5] if rect else CTX
-    return st.structured_kernel(graphdef, cfg, params, IDS, ctx[:, 0], ctx[:, 1], *b, output=output,
-                                **{**FORCE, **kw})
+    lm = nd.LM(cfg, params, graphdef=graphdef)
+    b = (IDS_B, CTX_B) if rect else ()
+    return ntk.decompose(lm, IDS, CTX[:5] if rect else CTX, *b, params=params, output=output, method="structured",
+                         **{**FORCE, **kw})
 
 
 # ----------------------------------------------------------------------------------------------- exactness
@@ -121,7 +122,7 @@ def test_full_kernel_matches_bruteforce(name):
     ref, ref_rect = _reference(name)
     k = _kernel(name)
     assert k.gradient.dtype == jnp.float64 and k.gradient.shape == (6, 6, V, V)
-    assert k.plan.n_chunks == 4 and k.plan.blocks_a == 2 and k.plan.sweeps > k.plan.n_chunks
+    assert k.plan.detail.n_chunks == 4 and k.plan.detail.blocks_a == 2 and k.plan.sweeps > k.plan.detail.n_chunks
     assert _rel(_total(k), ref) < TOL
     assert (k.cross is not None) == cfg.tie_word_embeddings
     kr = _kernel(name, rect=True)
@@ -151,8 +152,8 @@ def test_trace_subset_hidden_match_full_and_decompose(name):
             assert k.cross is None and ref.cross is None
         else:
             assert _rel(k.cross, take(np.asarray(X))) < TOL and _rel(k.cross, ref.cross) < TOL
-    assert _kernel(name, "subset", tokens=SMALL_S).plan.basis == "subset"
-    assert _kernel(name, "subset", tokens=LARGE_S).plan.basis == "identity"
+    assert _kernel(name, "subset", tokens=SMALL_S).plan.detail.basis == "subset"
+    assert _kernel(name, "subset", tokens=LARGE_S).plan.detail.basis == "identity"
     M = _kernel(name, "hidden")
     assert M.cross is None and M.gradient.shape == (6, 6, D, D)
     W = np.asarray(params["head"]["W"])
@@ -169,16 +170,17 @@ def test_rectangular_trace_and_budget_plans(name):
     full = _kernel(name, rect=True)
     assert _rel(k.gradient, np.trace(np.asarray(full.gradient), axis1=2, axis2=3)) < TOL
     if full.cross is not None:
-        assert k.plan.cross_rows == 7 and k.plan.n_chunks == 5  # 16 rows of L, then W[id_t] for t < max(5, 7)
+        # 16 rows of L, then W[id_t] for t < max(5, 7)
+        assert k.plan.detail.cross_rows == 7 and k.plan.detail.n_chunks == 5
         assert _rel(k.cross, np.trace(np.asarray(full.cross), axis1=2, axis2=3)) < TOL
     np.testing.assert_allclose(np.trace(_total(full), axis1=2, axis2=3), np.trace(ref_rect, axis1=2, axis2=3),
                                rtol=TOL)
     for budget in (1 << 30, 600_000):
-        kb = _kernel(name, "trace", chunk=None, block=None, memory_budget=budget)
+        kb = _kernel(name, "trace", chunk=None, batch_size=None, memory_budget=budget)
         if budget < 1 << 20:
             assert kb.plan.sweeps > 1 and kb.plan.predicted_bytes <= budget
         else:
-            assert kb.plan.sweeps == 1 and kb.plan.n_chunks == 1 and kb.plan.blocks_a == 1
+            assert kb.plan.sweeps == 1 and kb.plan.detail.n_chunks == 1 and kb.plan.detail.blocks_a == 1
         assert _rel(kb.gradient, _kernel(name, "trace").gradient) < TOL
 
 
@@ -256,11 +258,36 @@ def test_taps_default_path_unchanged_and_weight_gradients():
 
 
 def test_bad_arguments():
-    cfg, graphdef, params = _model("llama_gqa")
-    args = (graphdef, cfg, params, IDS, CTX[:, 0], CTX[:, 1])
     with pytest.raises(ValueError, match="unknown output"):
-        st.structured_kernel(*args, output="hutchinson")
+        _kernel("llama_gqa", output="hutch")
     with pytest.raises(ValueError, match="tokens"):
-        st.structured_kernel(*args, output="subset")
+        _kernel("llama_gqa", output="subset")
     with pytest.raises(ValueError, match="chunk"):
-        st.structured_kernel(*args, chunk=0)
+        _kernel("llama_gqa", chunk=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        _kernel("llama_gqa", batch_size=True)
+
+
+def test_plan_for_smollm2_shape_without_parameters():
+    """A plan from abstract parameters (nothing allocated): SmolLM2-135M's shape, 2 contexts of 6 tokens."""
+    from ntkdyn.models.transformer import abstract_params
+    from ntkdyn.ntk.methods.structured import MIN_CHUNK
+
+    cfg = nd.ModelConfig(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                         d_ff=1536, max_positions=2048, tie_word_embeddings=True)
+    lm = nd.LM(cfg, abstract_params(cfg))
+    ids = np.arange(12, dtype=np.int32).reshape(2, 6)
+    kp = ntk.plan(lm, ids, np.array([5, 5]), output="trace")
+    p = kp.detail
+    assert kp.method == "structured" and kp.passes == p.sweeps * p.block * p.chunk
+    assert p.mode == "trace" and p.basis == "factor" and p.n_cotangents == 576 and p.tokens_a == 6
+    assert p.blocks_a == 1 and p.sweeps == p.n_chunks and p.cross_rows == 6  # tr X: rows W[id_t] after L's
+    assert p.n_chunks * p.chunk >= 576 + 6 > (p.n_chunks - 1) * p.chunk
+    assert p.predicted_bytes <= p.memory_budget == ntk.DEFAULT_MEMORY_BUDGET and p.chunk >= MIN_CHUNK
+    big = ntk.plan(lm, ids, np.array([5, 5]), output="trace", memory_budget=4 << 30).detail
+    assert big.chunk > p.chunk and big.sweeps < p.sweeps and big.predicted_bytes <= 4 << 30
+    # many contexts and a small budget: contexts are blocked before the chunk drops below MIN_CHUNK
+    many = ntk.plan(lm, np.zeros((64, 6), np.int32), np.full(64, 5), output="trace", memory_budget=1 << 30).detail
+    assert many.blocks_a > 1 and many.chunk >= MIN_CHUNK and many.predicted_bytes <= 1 << 30
+    sub = ntk.plan(lm, ids, np.array([5, 5]), output="subset", tokens=np.arange(5)).detail
+    assert sub.basis == "subset" and sub.n_cotangents == 5 and sub.cross_rows == 0

@@ -1,4 +1,5 @@
-"""The results of `decompose`: the Kernel Θ = R ⊗ I + G (+ X) (spec §1) and Hutchinson probe estimates."""
+"""The results of `decompose`: the Kernel Θ = R ⊗ I + G (+ X) (spec §1), Hutchinson probe estimates, and the
+KernelPlan that says how a kernel was (or would be) computed."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Kernel", "HutchinsonEstimate", "OUTPUTS"]
+__all__ = ["Kernel", "HutchinsonEstimate", "KernelPlan", "OUTPUTS"]
 
 OUTPUTS = ("full", "trace", "subset", "hidden", "hutchinson")
 
@@ -21,6 +22,28 @@ class HutchinsonEstimate(NamedTuple):
     fro2: jax.Array
     fro2_se: jax.Array
     num_probes: int
+
+
+class KernelPlan(NamedTuple):
+    """How a kernel is computed (k.plan, ntk.plan): the method, why it was chosen, the work and the memory.
+
+    passes: reverse passes (one per context and cotangent or probe; per parameter group on the Jacobian path);
+    sweeps: the compiled calls that run them; chunk: contexts per chunk (Jacobian) or cotangents / probes per sweep
+    (structured); predicted_bytes: held at once by the method (model parameters not counted), within memory_budget
+    unless a forced option exceeds it. predicted_seconds: {method: seconds} of every method that can compute the
+    request, from a rough cost model (flops / FLOPS + bytes / BANDWIDTH + compilation, constants of one 2-core CPU):
+    a diagnostic only, never used to choose. detail: the method's own plan."""
+
+    method: str
+    reason: str
+    passes: int
+    sweeps: int
+    chunk: int
+    parameter_groups: int  # Jacobian path: one whole backward sweep per group (1: no split)
+    predicted_bytes: int
+    memory_budget: int
+    predicted_seconds: dict
+    detail: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +62,7 @@ class Kernel:
     output: str
     vocab_size: int
     tokens: Any = None
-    plan: Any = None  # the KernelPlan that computed it (ntk/method.py): method, passes, chunks, predicted bytes
+    plan: KernelPlan | None = None  # how it was computed
 
     def total(self):
         """Θ = R ⊗ I + G (+ X) for output "full" / "subset" ((Na, Nb, n, n)) or its trace for "trace"."""

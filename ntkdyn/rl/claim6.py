@@ -50,7 +50,7 @@ def answer_trace(ctx, params, contexts) -> dict:
     from ..ntk.api import decompose
 
     S = answer_tokens(ctx.probe_ids, ctx.probe_pos)
-    k = decompose(ctx.lm, ctx.probe_ids, contexts, output="subset", tokens=S, params=params, method="structured")
+    k = decompose(ctx.lm, ctx.probe_ids, contexts, output="subset", tokens=S, params=params)
     G = np.asarray(k.gradient, np.float64)  # (N, N, |S|, |S|)
     return {"claim6/trG_answer": float(np.mean(np.einsum("nnkk->n", G)))}
 

@@ -13,7 +13,7 @@ steps, at step 0 and at the last step the trainer logs, for Z in R, G, K,
     ntk/change_Z = metrics.kernel_change(Z_t, Z_0)      (‖Z_t − Z_0‖_F / ‖Z_0‖_F; 0 = unmoved)
     ntk/trace_G, ntk/trace_R = the mean diagonal of tr_V G, tr_V R (the kernels' size at one context)
 
-The kernels come from ntk.decompose: RLConfig.ntk_method "exact" (output="trace", structured derivatives) or
+The kernels come from ntk.decompose: RLConfig.ntk_method "exact" (output="trace", the default method) or
 "hutchinson" (output="hutchinson", RLConfig.ntk_probes Rademacher probes with a fixed seed, the same probes at
 every step; R stays exact). The probe contexts are `drift_contexts` of the run's probe set.
 """
@@ -58,9 +58,7 @@ def trace_kernels(ctx, params, contexts) -> dict:
                       num_probes=int(c.ntk_probes), seed=HUTCHINSON_SEED)
         G, X = k.gradient.trace, None if k.cross is None else k.cross.trace
     else:
-        # structured: the drift calls it again and again with one shape, so its compilation is paid once, while
-        # the planner charges it per call (on the default model it would pick the Jacobian path, 0.8 s warm vs ~30 s)
-        k = decompose(ctx.lm, ctx.probe_ids, contexts, output="trace", params=params, method="structured")
+        k = decompose(ctx.lm, ctx.probe_ids, contexts, output="trace", params=params)
         G, X = k.gradient, k.cross
     R = V * np.asarray(k.representation, np.float64)
     G = np.asarray(G, np.float64)

@@ -1,6 +1,7 @@
-"""Tests for ntkdyn.ntk.plan (and the chunked sweep of ntkdyn.ntk.engine): parameter groups, context blocks and
-padded chunks give the one-block kernel exactly (and method="auto" avoids the groups by structured derivatives); the default plan bounds the memory of a large kernel; a Mesh of
-four (forced CPU) devices gives the single-device kernel."""
+"""Tests for ntkdyn.ntk.methods.jacobian (its plan and its chunked sweep): parameter groups, context blocks and
+padded chunks give the one-block kernel exactly (and the default method, structured, never splits the parameters);
+the default plan bounds the memory of a large kernel; the schedule counts the recomputed blocks; a Mesh of four
+(forced CPU) devices gives the single-device kernel."""
 from __future__ import annotations
 
 import os
@@ -14,8 +15,9 @@ import pytest
 import ntk_cases
 from ntk_cases import CTX, IDS, rel, x64  # noqa: F401 (x64: a fixture)
 from ntkdyn import ntk
-from ntkdyn.ntk.jacobians import split_params
-from ntkdyn.ntk.plan import DEFAULT_MEMORY_BUDGET, make_plan
+from ntkdyn.ntk.methods.jacobian import make_plan, split_params
+from ntkdyn.ntk.request import DEFAULT_MEMORY_BUDGET
+from ntkdyn.ntk.shared import schedule, walk
 
 
 def _chunking_job(gpt2):
@@ -26,7 +28,7 @@ def _chunking_job(gpt2):
     budget = 2 * d * (sum(leaves) + T * d) * 8 - 1  # one context's J_h (d × P float64) does not fit twice
     plan = make_plan(len(CTX), d, T, leaves, 8, budget, None, lm.config.d_ff, 1)  # as decompose plans it
     small = ntk.decompose(lm, IDS, CTX, params=params, output="trace", memory_budget=budget, method="jacobian")
-    chunked = ntk.decompose(lm, IDS, CTX, params=params, output="trace", batch_size=2)
+    chunked = ntk.decompose(lm, IDS, CTX, params=params, output="trace", batch_size=2, method="jacobian")
     auto = ntk.decompose(lm, IDS, CTX, params=params, output="trace", memory_budget=budget)
     return r["trace"], plan, small, chunked, auto
 
@@ -49,8 +51,8 @@ def test_parameter_groups_context_blocks_and_chunks_are_exact(results):
     assert len(plan) == 2 and compute == 1 and all(k == 1 for _, _, k in plan)
     assert small.plan.method == "jacobian" and small.plan.parameter_groups == 2
     assert chunked.plan.method == "jacobian" and chunked.plan.chunk == 2 and chunked.plan.parameter_groups == 1
-    # method="auto" never splits the parameters: the structured method takes over (ntk/method.py)
-    assert auto.plan.method == "structured" and "groups" in auto.plan.reason
+    # the default method never splits the parameters: structured derivatives (ntk/methods)
+    assert auto.plan.method == "structured" and auto.plan.parameter_groups == 1
     for k in (small, chunked, auto):
         assert rel(k.gradient, trG) < 1e-12 and rel(k.cross, trX) < 1e-12 and rel(k.total(), total) < 1e-12
 
@@ -68,6 +70,20 @@ def test_default_plan_bounds_memory_of_a_large_kernel():
         inter = compute * d * T * 4 * 4 * d * itemsize  # activation cotangents of one vmapped chunk
         assert held + inter <= DEFAULT_MEMORY_BUDGET * 1.5 < 4e9
     assert ntk.DEFAULT_MEMORY_BUDGET == DEFAULT_MEMORY_BUDGET  # the public name
+
+
+def _blocks(n_a, n_b, sym, cache_b):
+    """(Jacobian blocks computed, block pairs contracted) over the method's schedule (one parameter group)."""
+    pairs = schedule(n_a, n_b, 1, sym, "trace")
+    return walk(pairs, sym, cache_b, lambda u: None, lambda u: None, lambda *a: None), len(pairs)
+
+
+def test_schedule_counts_the_recomputed_b_blocks():
+    """With several b-blocks every a-block recomputes them; one b-block is kept (hand-counted)."""
+    assert _blocks(8, 8, True, False) == (8 + 28, 36)  # 8 a-blocks; b-blocks j > i recomputed
+    assert _blocks(1, 1, True, True) == (1, 1)
+    assert _blocks(2, 3, False, False) == (2 + 2 * 3, 6)
+    assert _blocks(2, 1, False, True) == (2 + 1, 2)  # one b-block: kept
 
 
 # ----------------------------------------------------------------------------------------------- sharding
