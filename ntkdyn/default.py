@@ -31,7 +31,8 @@ import time
 
 from . import tasks as _tasks
 from .cache import cache_root
-from .io import read_json, read_jsonl, write_json
+from .evaluation import last_eval, with_current_names
+from .io import read_json, write_json
 
 __all__ = ["RECIPE", "RECIPES", "SHIPPED_DIR", "SHIPPED_DIRS", "shipped_task", "cache_root", "recipe_hash",
            "shipped_info", "default_model_dir", "base_model", "add_arguments", "run_cli"]
@@ -111,7 +112,8 @@ def shipped_info(task: str | None = None) -> dict:
     """SHIPPED.json of the shipped base model of ``task`` (default: the default model): sha256 of
     model.safetensors, recipe, recipe hash, base reward."""
     path = os.path.join(SHIPPED_DIRS[shipped_task(task)], "SHIPPED.json")
-    return read_json(path, what="record of the shipped default model")
+    info = read_json(path, what="record of the shipped default model")
+    return dict(info, base_eval=with_current_names(info.get("base_eval")))
 
 
 def _shipped_of(recipe: dict) -> str | None:
@@ -193,15 +195,6 @@ def add_arguments(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _last_eval(path: str) -> dict | None:
-    ev = None
-    log = os.path.join(path, "sft_log.jsonl")
-    if os.path.isfile(log):
-        for rec in read_jsonl(log):
-            ev = rec.get("eval", ev)
-    return ev
-
-
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -215,10 +208,10 @@ def _describe(path: str) -> None:
     print(path)
     print(f"family {conf.get('family')}, size {conf.get('size')}, {conf.get('num_params', 0):,} parameters, "
           f"task {conf.get('task')}, recipe {conf.get('recipe_hash', recipe_hash(RECIPE))}")
-    ev = _last_eval(path)
+    ev = last_eval(path)
     if ev:
         print(f"base reward {ev['reward']:.3f} on {ev['n_prompts']} held-out prompts x {ev['samples']} samples "
-              f"(temperature 1); distinct answers {ev['distinct']:.1f}/{ev['samples']}; "
+              f"(temperature 1); distinct answers {ev['unique_answers']:.1f}/{ev['samples']}; "
               f"malformed {ev['frac_malformed']:.3f}")
     print(f"model.safetensors sha256 {_sha256(os.path.join(path, 'model.safetensors'))}")
 
@@ -237,7 +230,7 @@ def _compare_with_shipped(path: str, task: str) -> None:
     a = load_file(os.path.join(path, "model.safetensors"))
     b = load_file(os.path.join(SHIPPED_DIRS[task], "model.safetensors"))
     diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in b)
-    ev = _last_eval(path) or {}
+    ev = last_eval(path) or {}
     print(f"the rebuilt weights differ from the shipped model (max |difference| {diff:.3g}; training on another "
           f"CPU or JAX version lands elsewhere): base reward {ev.get('reward', float('nan')):.3f} rebuilt vs "
           f"{ship['base_reward']:.3f} shipped")

@@ -11,15 +11,15 @@ Data format (used by the WHOLE toolkit: SFT, RL rollouts, LP-FT, the kernels' pr
   are prediction targets, the answer tokens and the EOS, and 0 on BOS, the prompt and the padding;
 * an RL rollout prompt is ``encode_prompt(prompt)`` (:func:`prompt_ids`; LEFT-padded for the sampler by
   ``lm.generate``), and the completion is the generated tokens up to and including the first EOS id
-  (:func:`decode_completions`). A completion without EOS inside ``max_new_tokens`` is truncated: it scores 0
-  (:func:`completion_rewards`) and counts as malformed. Scoring and :func:`evaluate` live in
-  :mod:`ntkdyn.evaluation` (shared with the RL trainer) and are re-exported here.
+  (``evaluation.split_completions``). A completion without EOS inside ``max_new_tokens`` is truncated: it scores 0
+  and counts as malformed. Sampling, scoring and :func:`evaluate` live in :mod:`ntkdyn.evaluation` (the one path,
+  shared with the RL trainer, pass@k and the one-step experiment); `evaluate` is re-exported here.
 
 The base policy is trained on answers drawn by :func:`draw_sft_data`: uniformly random correct answers with
 probability ``correct_frac`` and task-made near misses otherwise, so that it is DIVERSE (many distinct answers per
 prompt) and only PARTLY correct, which leaves room for RL. :func:`train` first spends ``clean_frac`` of its steps
 on correct answers only (the task is learned much faster from clean data), then mixes in the near misses. With the
-default recipe (:data:`DEFAULTS`) the held-out reward at temperature 1 is about 0.3 on "sum" and 0.57 on
+default recipe (:class:`SFTConfig`) the held-out reward at temperature 1 is about 0.3 on "sum" and 0.57 on
 "multiple", with 23-31 distinct answers among 32 samples per prompt (README, "Base models").
 
 Quick start::
@@ -27,12 +27,13 @@ Quick start::
     from ntkdyn import sft, tasks
     lm = sft.train("sum", "runs/sum-base")           # AdamW, warmup + cosine; writes a HF model dir + logs
     lm = sft.train("sum", "runs/smol-sum", model="smollm2-135m-instruct", lr=1e-5, steps=20)   # fine-tune
-    sft.evaluate(lm, tasks.get("sum"))               # {"reward": ..., "distinct": ..., "frac_malformed": ...}
+    sft.evaluate(lm, tasks.get("sum"))               # {"reward": ..., "unique_answers": ..., "frac_malformed": ...}
     ids, loss_mask = sft.make_examples(tasks.get("sum"), lm.tokenizer, ["sum 47:"], ["12+35"])
     sft.sequence_ce_loss(lm, lm.params, ids, loss_mask)   # pure in params (jax.grad works)
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -46,19 +47,20 @@ import numpy as np
 import optax
 
 from . import tasks as _tasks
-from .evaluation import CORRECT, MAX_NEW_TOKENS, completion_rewards, decode_completions, evaluate, task_of
-from .io import append_jsonl, atomic_dir, read_jsonl, write_json
+from .evaluation import CORRECT, MAX_NEW_TOKENS, evaluate, last_eval, task_of
+from .io import append_jsonl, atomic_dir, write_json
 from .models.config import ModelConfig
 from .models.lm import LM, load, with_char_tokenizer
 from .models.logprobs import next_token_logp
 from .examples import make_examples, prompt_ids
 from .models.tokenizer import CHAT_CHOICES, chat_enabled
 from .optim import make_optimizer, matrices_only
+from .options import add_options, build, choices_of, given, option
 
 __all__ = [
     "SIZES",
     "BASE_FAMILIES",
-    "DEFAULTS",
+    "SFTConfig",
     "CORRECT",
     "MAX_NEW_TOKENS",
     "prompt_ids",
@@ -68,8 +70,6 @@ __all__ = [
     "draw_sft_data",
     "default_config",
     "train",
-    "decode_completions",
-    "completion_rewards",
     "evaluate",
     "add_arguments",
     "run_cli",
@@ -78,10 +78,61 @@ __all__ = [
 SIZES = ("default", "tiny")
 BASE_FAMILIES = ("gpt_neox", "gpt2", "llama")  # the families default_config builds (cf. models.config.FAMILIES)
 
-# The SFT recipe: the defaults of `train` and of `ntkdyn sft` (tuned so that, on held-out prompts sampled at
-# temperature 1, the base reward of every binary task lies in [0.2, 0.7] with many distinct answers per prompt).
-DEFAULTS = dict(family="gpt_neox", size="default", steps=2500, batch_size=32, lr=2e-3, seed=0, correct_frac=0.6,
-                clean_frac=0.6, warmup=100, weight_decay=0.01, log_every=50, eval_prompts=64, eval_samples=32)
+_RUN = ("task", "dataset", "out", "model", "chat")  # SFTConfig fields that are train's own arguments, not the recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """The SFT recipe (`train`'s keywords) and, last, what the command line also names (task or dataset, out, model,
+    chat template); `ntkdyn sft` is generated from the fields. The defaults are tuned so that, on held-out prompts
+    sampled at temperature 1, the base reward of every binary task lies in [0.2, 0.7] with many distinct answers
+    per prompt. Validated on construction (ValueError naming the field)."""
+
+    family: str = option("gpt_neox", "family of a new base model", choices=BASE_FAMILIES)
+    size: str = option("default", "size of a new base model", choices=SIZES)
+    steps: int = option(2500, "AdamW steps")
+    batch_size: int = option(32, "sequences per step")
+    lr: float = option(2e-3, "peak learning rate (AdamW, linear warmup, cosine decay to 5%)")
+    seed: int = option(0, "seed of the initialisation and of the SFT data")
+    correct_frac: float = option(0.6, "share of SFT answers that are correct (the rest are near misses)")
+    clean_frac: float = option(0.6, "share of the steps, at the start, trained on correct answers only")
+    warmup: int = option(100, "linear warmup steps")
+    weight_decay: float = option(0.01, "AdamW weight decay (on the matrices)")
+    log_every: int = option(50, "steps between sft_log.jsonl records")
+    eval_prompts: int = option(64, "held-out prompts of the final evaluation (0: none)")
+    eval_samples: int = option(32, "samples per evaluation prompt")
+    task: str = option(_tasks.DEFAULT_TASK, "task name (a built-in task)")
+    dataset: str | None = option(None, "train on a dataset's prompt + completion columns instead of --task (JSONL, "
+                                 "JSON, CSV, Parquet or a directory saved by datasets; no reward evaluation)")
+    out: str | None = option(None, "output directory (Hugging Face model dir + sft logs); required")
+    model: str | None = option(None, "fine-tune this model (a directory, a .gguf file or a known name such as "
+                               "smollm2-135m-instruct) instead of training a new one (--family / --size)")
+    chat: bool | None = option(None, "render prompts with the tokenizer's chat template (auto: when it has one)",
+                               flag="--chat-template", choices=CHAT_CHOICES)
+
+    def __post_init__(self):
+        for name in ("family", "size"):
+            choices = choices_of(SFTConfig)[name]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}; got {getattr(self, name)!r}")
+        for name, lo in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("seed", 0), ("warmup", 0),
+                         ("eval_prompts", 0), ("eval_samples", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0; got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0; got {self.weight_decay!r}")
+        for name in ("correct_frac", "clean_frac"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name} must be a number in [0, 1]; got {v!r}")
+
+    def recipe(self) -> dict:
+        """The recipe fields (all but task, dataset, out, model, chat), typed, in field order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _RUN}
 
 # size -> (d_model, n_layers, n_heads, d_ff multiple of d_model for the GELU families)
 _SHAPES = {"default": (128, 4, 4, 4), "tiny": (64, 2, 4, 3)}
@@ -90,7 +141,7 @@ _SHAPES = {"default": (128, 4, 4, 4), "tiny": (64, 2, 4, 3)}
 # ----------------------------------------------------------------------------- data
 
 
-def draw_sft_data(task, n: int, seed: int = 0, correct_frac: float = DEFAULTS["correct_frac"]):
+def draw_sft_data(task, n: int, seed: int = 0, correct_frac: float = SFTConfig.correct_frac):
     """``n`` (prompt, answer) pairs: train-split prompts; each answer is ``task.sample_answer(prompt, rng,
     correct=rng.random() < correct_frac)``, i.e. uniform over the correct answers (diverse) with probability
     ``correct_frac`` and a near miss otherwise (partly correct). Deterministic in ``seed``. A dataset task gives
@@ -162,26 +213,7 @@ def default_config(vocab_size: int, family: str = "gpt_neox", size: str = "defau
 # ----------------------------------------------------------------------------- training
 
 
-def _check_train_args(task_name, out_dir, family, size, steps, batch_size, lr, seed, correct_frac, clean_frac,
-                      log_every, warmup, weight_decay, eval_prompts, eval_samples):
-    task = task_of(task_name)
-    if family not in BASE_FAMILIES:
-        raise ValueError(f"family must be one of {BASE_FAMILIES}; got {family!r}")
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {SIZES}; got {size!r}")
-    for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 1), ("log_every", log_every, 1),
-                        ("seed", seed, 0),
-                        ("warmup", warmup, 0), ("eval_prompts", eval_prompts, 0), ("eval_samples", eval_samples, 1)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0; got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
-    if not (isinstance(correct_frac, (int, float)) and 0.0 <= correct_frac <= 1.0):
-        raise ValueError(f"correct_frac must be a number in [0, 1]; got {correct_frac!r}")
-    if not (isinstance(clean_frac, (int, float)) and 0.0 <= clean_frac <= 1.0):
-        raise ValueError(f"clean_frac must be a number in [0, 1]; got {clean_frac!r}")
+def _check_out_dir(out_dir):
     if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
         raise ValueError(f"out_dir must be a directory path; got {out_dir!r}")
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -191,7 +223,7 @@ def _check_train_args(task_name, out_dir, family, size, steps, batch_size, lr, s
         if os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "sft_config.json")):
             raise ValueError(f"out_dir {out_dir} exists, is not empty and is not an ntkdyn sft directory "
                              "(no sft_config.json); refusing to replace it")
-    return task, out_dir
+    return out_dir
 
 
 @functools.lru_cache(maxsize=16)
@@ -219,15 +251,11 @@ def _train_step(params, opt_state, ids, mask, *, graphdef, cfg, tx):
     return optax.apply_updates(params, updates), opt_state, loss
 
 
-def train(task_name: str = _tasks.DEFAULT_TASK, out_dir: str = "runs/sft", *, family: str = DEFAULTS["family"],
-          size: str = DEFAULTS["size"], steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS["batch_size"],
-          lr: float = DEFAULTS["lr"], seed: int = DEFAULTS["seed"], correct_frac: float = DEFAULTS["correct_frac"],
-          clean_frac: float = DEFAULTS["clean_frac"], warmup: int = DEFAULTS["warmup"],
-          weight_decay: float = DEFAULTS["weight_decay"],
-          log_every: int = DEFAULTS["log_every"], eval_prompts: int = DEFAULTS["eval_prompts"],
-          eval_samples: int = DEFAULTS["eval_samples"], progress: bool = True, model: str | None = None,
-          chat: bool | None = None) -> LM:
+def train(task_name: str = _tasks.DEFAULT_TASK, out_dir: str = "runs/sft", *, progress: bool = True,
+          model: str | None = None, chat: bool | None = None, **recipe) -> LM:
     """Train a base model from scratch on ``task_name`` by SFT (or fine-tune ``model``) and write it to ``out_dir``.
+    ``recipe``: the recipe fields of :class:`SFTConfig` (family, size, steps, batch_size, lr, seed, correct_frac,
+    clean_frac, warmup, weight_decay, log_every, eval_prompts, eval_samples); the rest keep its defaults.
 
     ``model``: None trains a new :func:`default_config` model (``family``, ``size``) with the character tokenizer;
     a model directory, .gguf file or known name (``"smollm2-135m-instruct"``) is fine-tuned from its weights with
@@ -247,13 +275,12 @@ def train(task_name: str = _tasks.DEFAULT_TASK, out_dir: str = "runs/sft", *, fa
     Raises ValueError on bad arguments (before any work) and on a non-finite loss (naming the step); nothing is
     left in ``out_dir`` then.
     """
-    task, out_dir = _check_train_args(task_name, out_dir, family, size, steps, batch_size, lr, seed, correct_frac,
-                                      clean_frac, log_every, warmup, weight_decay, eval_prompts, eval_samples)
-    args = dict(task=task.name, family=family, size=size, steps=int(steps), batch_size=int(batch_size),
-                lr=float(lr), seed=int(seed), correct_frac=float(correct_frac),
-                clean_frac=float(clean_frac), warmup=int(warmup),
-                weight_decay=float(weight_decay), log_every=int(log_every), eval_prompts=int(eval_prompts),
-                eval_samples=int(eval_samples))
+    rc = build(SFTConfig, recipe, exclude=_RUN, what="SFT recipe key")
+    task, out_dir = task_of(task_name), _check_out_dir(out_dir)
+    casts = dict(steps=int, batch_size=int, lr=float, seed=int, correct_frac=float, clean_frac=float, warmup=int,
+                 weight_decay=float, log_every=int, eval_prompts=int, eval_samples=int)
+    args = dict(task=task.name, **{k: casts.get(k, lambda x: x)(v) for k, v in rc.recipe().items()})
+    family, size = rc.family, rc.size
     if model is None:
         tok = _tasks.CharTokenizer()
         cfg = default_config(tok.vocab_size, family, size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
@@ -346,51 +373,25 @@ def _train_in(stage, task, lm, args, progress, chat=None):
 
 
 def add_arguments(p):
-    p.add_argument("--task", default=_tasks.DEFAULT_TASK, help=f"task name, one of {_tasks.all_names()}")
-    p.add_argument("--dataset", default=None, help="train on a dataset's prompt + completion columns instead of "
-                   "--task (JSONL, JSON, CSV, Parquet or a directory saved by datasets; no reward evaluation)")
-    p.add_argument("--out", required=True, help="output directory (Hugging Face model dir + sft logs)")
-    p.add_argument("--model", default=None, help="fine-tune this model (a directory, a .gguf file or a known name "
-                   "such as smollm2-135m-instruct) instead of training a new one (--family / --size)")
-    p.add_argument("--chat-template", default="auto", choices=CHAT_CHOICES,
-                   help="render prompts with the tokenizer's chat template (auto: when it has one)")
-    p.add_argument("--family", default=DEFAULTS["family"], choices=BASE_FAMILIES)
-    p.add_argument("--size", default=DEFAULTS["size"], choices=SIZES)
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="peak learning rate (AdamW, cosine decay)")
-    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"], help="linear warmup steps")
-    p.add_argument("--correct-frac", type=float, default=DEFAULTS["correct_frac"],
-                   help="share of SFT answers that are correct (the rest are near misses)")
-    p.add_argument("--clean-frac", type=float, default=DEFAULTS["clean_frac"],
-                   help="share of the steps, at the start, trained on correct answers only")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--eval-prompts", type=int, default=DEFAULTS["eval_prompts"],
-                   help="held-out prompts of the final evaluation (0: none)")
-    p.add_argument("--eval-samples", type=int, default=DEFAULTS["eval_samples"], help="samples per prompt")
+    add_options(p, SFTConfig)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_cli(args) -> int:
+    o = given(args, SFTConfig)
+    task, dataset, out = o.pop("task", None), o.pop("dataset", None), o.pop("out", None)
     try:
-        lm = train(args.dataset or args.task, args.out, family=args.family, size=args.size, steps=args.steps,
-                   batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
-                   correct_frac=args.correct_frac, clean_frac=args.clean_frac,
-                   eval_prompts=args.eval_prompts, eval_samples=args.eval_samples, progress=not args.no_progress,
-                   model=args.model, chat=CHAT_CHOICES[args.chat_template])
+        if dataset is not None and task is not None:
+            raise ValueError(f"--dataset {dataset!r} and --task {task!r} both given; expected one")
+        if out is None:
+            raise ValueError("--out is required (the output directory)")
+        lm = train(dataset or task or SFTConfig.task, out, progress=not args.no_progress, **o)
     except ValueError as e:
         print(f"ntkdyn sft: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {os.path.abspath(args.out)} ({lm.num_params:,} parameters)")
-    ev = _last_eval(args.out)
+    print(f"wrote {os.path.abspath(out)} ({lm.num_params:,} parameters)")
+    ev = last_eval(out)
     if ev is not None:
         print(f"held-out evaluation ({ev['n_prompts']} prompts x {ev['samples']} samples, temperature 1):")
         print(json.dumps(ev, indent=2))
     return 0
-
-
-def _last_eval(out_dir):
-    ev = None
-    for rec in read_jsonl(out_dir, name="sft_log.jsonl"):
-        ev = rec.get("eval", ev)
-    return ev

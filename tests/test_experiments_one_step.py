@@ -12,8 +12,13 @@ def test_one_step_experiment_cli_arguments():
     the reproduction; it samples and compiles a real model, too slow for this module)."""
     p = argparse.ArgumentParser()
     one_step.add_arguments(p)
-    a = p.parse_args(["--model", "m", "--lr", "0.02", "--group", "4"])
-    assert (a.model, a.lr, a.group, a.task, a.float32) == ("m", 0.02, 4, "sum", False)
+    from ntkdyn.options import given
+
+    a = one_step.OneStepConfig(**given(p.parse_args(["--model", "m", "--lr", "0.02", "--group", "4"]),
+                                       one_step.OneStepConfig))
+    assert (a.model, a.lr, a.group, a.task, a.x64) == ("m", 0.02, 4, "sum", None)
+    b = given(p.parse_args(["--precision", "float32", "--no-plots", "--prompts", "2"]), one_step.OneStepConfig)
+    assert b == {"x64": False, "plots": False, "n_prompts": 2}
     assert callable(one_step.run_cli) and callable(one_step.run) and callable(one_step.main)
 
 

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ntkdyn as nd
-from ntkdyn.evaluation import decode_completions
+from ntkdyn.evaluation import split_completions
 from ntkdyn.examples import make_examples
 from ntkdyn.models.tokenizer import CharTokenizer, encode_prompt, eos_ids_of, load_tokenizer
 from ntkdyn.rl import RLConfig, read_metrics, train
@@ -62,7 +62,8 @@ def test_greedy_generation_stops_at_end_of_turn(lm):
     tokens, mask = np.asarray(g.tokens), np.asarray(g.mask)
     n = int(mask[0].sum())
     assert n < 16 and tokens[0, n - 1] == 2 and (mask[0, n:] == 0).all() and (tokens[0, n:] == lm.config.pad_token_id).all()
-    texts, finished = decode_completions(tok, tokens[:1], mask[:1])
+    comps = split_completions(tok, tokens[:1], mask[:1])
+    texts, finished = comps.texts, comps.finished
     assert finished.tolist() == [True] and "5" in texts[0] and "<|im_end|>" not in texts[0]
     # any of the stop ids ends a row: here the first greedy token itself
     first = int(tokens[0, 0])

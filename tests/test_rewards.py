@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from ntkdyn import tasks
-from ntkdyn.evaluation import completion_rewards
 from ntkdyn.tasks import RewardError, RewardSet, load_reward_function, task_reward_function
 
 PROMPTS = ["sum 47:", "sum 47:", "sum 20:", "sum 20:"]
@@ -116,7 +115,7 @@ def test_task_reward_is_bit_identical_to_evaluation():
     assert fn.__name__ == "sum"
     finished = np.array([True, True, True, False])
     out = RewardSet(fn)(PROMPTS, TEXTS, finished=finished)
-    ref = completion_rewards(task, PROMPTS, TEXTS, finished)
+    ref = np.asarray([task.reward(p, t) if f else 0.0 for p, t, f in zip(PROMPTS, TEXTS, finished)], np.float64)
     assert out.rewards.dtype == ref.dtype == np.float64
     assert out.rewards.tolist() == ref.tolist() == [1.0, 0.0, 1.0, 0.0]
     assert out.metrics["rewards/sum/mean"] == 0.5

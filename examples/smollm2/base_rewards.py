@@ -33,7 +33,7 @@ def main(argv=None):
         t0 = time.time()
         ev = evaluate(lm, natural.get(name), n_prompts=a.prompts, samples=a.samples, seed=a.seed,
                       max_new_tokens=a.max_new_tokens, temperature=1.0, chat=True)
-        print(f"| `{name}` | {ev['n_prompts']} | {ev['reward']:.3f} | {ev['distinct']:.1f} "
+        print(f"| `{name}` | {ev['n_prompts']} | {ev['reward']:.3f} | {ev['unique_answers']:.1f} "
               f"| {100 * ev['frac_truncated']:.0f} % | {time.time() - t0:.0f} s |", flush=True)
 
 

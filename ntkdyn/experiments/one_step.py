@@ -21,6 +21,7 @@ Writes OUT/one_step.json, OUT/one_step_scatter.png (+ .pdf) (predicted vs real �
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -33,23 +34,50 @@ from ..dynamics import one_step as dynamics_one_step
 from ..dynamics import split_update
 from ..io import write_json
 from ..metrics import dz_share, pairwise_cosine
-from ..evaluation import MAX_NEW_TOKENS, completion_rewards, decode_completions
+from .. import tasks as _tasks
+from ..evaluation import MAX_NEW_TOKENS, Completions, held_out_prompts, score, split_completions
 from ..examples import prompt_ids
 from ..models.padding import pad_right
 from ..models.tokenizer import CHAT_CHOICES, CharTokenizer, eos_ids_of, pad_id_of
+from ..options import add_options, build, given, option
 from ..rl.objectives import advantages as _advantages
 from ..tasks import DEFAULT_TASK
 from ..tasks import get as get_task
-from ..tasks import names as task_names
+from ..tasks.rewards import text_reward_function
 
-__all__ = ["run", "main", "add_arguments", "run_cli", "DEFAULTS"]
-
-DEFAULTS = dict(n_prompts=4, group=8, lr=3e-3, probe_prompts=8, completion_positions=3, prop2_samples=6,
-                max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, x64=None)
+__all__ = ["OneStepConfig", "run", "main", "add_arguments", "run_cli"]
 
 # x64=None (auto): float64 up to this many parameters (the toolkit's own models), float32 above (a real
 # checkpoint: float64 doubles memory and costs several times the time on a CPU, for no visible change at lr 3e-3)
 X64_MAX_PARAMS = 20_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class OneStepConfig:
+    """The experiment's settings (`run`'s keywords; `ntkdyn one-step` is generated from the fields)."""
+
+    model: str | None = option(None, "a Hugging Face model directory, a .gguf file or a known name such as "
+                               "smollm2-135m-instruct (default: the embedded default base model)")
+    task: str = option(DEFAULT_TASK, "task name (a built-in task)")
+    out: str = option("runs/one_step", "output directory")
+    seed: int = option(0, "seed of the prompts, the samples and the single-sample updates")
+    lr: float = option(3e-3, "SGD learning rate of the step")
+    n_prompts: int = option(4, "training prompts", flag="--prompts")
+    group: int = option(8, "samples per prompt (GRPO group)")
+    probe_prompts: int = option(8, "held-out probe prompts")
+    completion_positions: int = option(3, "completion positions probed per held-out prompt (besides the last "
+                                       "prompt position)")
+    prop2_samples: int = option(6, "single-sample updates for the Proposition-2 check")
+    max_new_tokens: int = option(MAX_NEW_TOKENS, "tokens per sample")
+    temperature: float = option(1.0, "sampling temperature")
+    x64: bool | None = option(None, f"float64, float32, or auto: float64 up to {X64_MAX_PARAMS:,} parameters, "
+                              "float32 above", flag="--precision", choices={"auto": None, "float64": True,
+                                                                            "float32": False})
+    chat: bool | None = option(None, "prompts through the tokenizer's chat template (auto: when it has one)",
+                               flag="--chat-template", choices=CHAT_CHOICES)
+    score_truncated: bool = option(False, "score completions cut at max_new_tokens with the reward too (default: "
+                                   "they score 0)")
+    plots: bool = option(True, "no figures (only one_step.json)", flag="--no-plots")
 
 
 # ----------------------------------------------------------------------------- data
@@ -57,40 +85,40 @@ X64_MAX_PARAMS = 20_000_000
 
 def _sample(lm, tok, prompts, seed, max_new_tokens, temperature, chat=None):
     """One sampler call (one compile) for all prompts: rows prompt+completion (incl. EOS; the prompt as
-    encode_prompt makes it: [bos]+prompt, or the chat template's rendering), the prompt lengths, the completion
-    texts, whether each finished with an EOS id, and the model's log-prob of every completion token (a list per
-    row)."""
+    encode_prompt makes it: [bos]+prompt, or the chat template's rendering), the prompt lengths, the completions
+    (evaluation.split_completions) and the model's log-prob of every completion token (a list per row)."""
     heads = prompt_ids(tok, prompts, chat=chat)
     eos = eos_ids_of(tok, lm.config)
     gen = lm.generate(heads, max_new_tokens, temperature=temperature, seed=seed, stop_token=eos)
     tokens, gmask, lpm = np.asarray(gen.tokens), np.asarray(gen.mask), np.asarray(gen.logp_model)
-    texts, finished = decode_completions(tok, tokens, gmask, eos)
+    comps = split_completions(tok, tokens, gmask, eos)
     rows = [list(h) + t[m.astype(bool)].tolist() for h, t, m in zip(heads, tokens, gmask)]
     logps = [lp[m.astype(bool)].tolist() for lp, m in zip(lpm, gmask)]
-    return rows, [len(h) for h in heads], texts, finished, logps
+    return rows, [len(h) for h in heads], comps, logps
+
+
+def _part(sampled, sl):
+    """The rows `sl` of `_sample`'s output."""
+    rows, starts, comps, logps = sampled
+    return rows[sl], starts[sl], Completions(*(f[sl] for f in comps)), logps[sl]
 
 
 def _rollouts(task, tok, prompts, group, sampled, reward_fn=None, score_truncated=False):
-    """G samples per prompt -> ids (B, T) right-padded [bos]+prompt+completion, completion mask, texts, rewards,
-    and token_logp (B, T): log π(ids[b, t] | ids[b, <t]) at the completion tokens."""
-    flat = [p for p in prompts for _ in range(group)]
-    rows, starts, texts, finished, logps = sampled
-    rewards = completion_rewards(task, flat, texts, finished, reward_fn=reward_fn, score_truncated=score_truncated)
+    """G samples per prompt -> ids (B, T) right-padded [bos]+prompt+completion, completion mask, texts, rewards
+    (evaluation.score with the task's reward functions, or `reward_fn(prompt, text)`), and token_logp (B, T):
+    log π(ids[b, t] | ids[b, <t]) at the completion tokens."""
+    rows, starts, comps, logps = sampled
+    rewards = _tasks.reward_set(task, None if reward_fn is None else [text_reward_function(reward_fn)])
+    out = score(rewards, [{"prompt": p, **task.columns(p)} for p in prompts], comps, group, score_truncated)
     ids = pad_right(rows, pad_id_of(tok))[0]
     mask = np.zeros(ids.shape, np.int32)
     token_logp = np.zeros(ids.shape, np.float64)
     for i, (r, s, lp) in enumerate(zip(rows, starts, logps)):
         mask[i, s: len(r)] = 1  # trained tokens: the generated ones (predicted from the previous position)
         token_logp[i, s: len(r)] = lp
-    return dict(prompts=flat, ids=ids, mask=mask, texts=texts, rewards=rewards, starts=np.asarray(starts),
+    return dict(prompts=[p for p in prompts for _ in range(group)], ids=ids, mask=mask, texts=comps.texts,
+                rewards=np.nan_to_num(out.rewards, nan=0.0), starts=np.asarray(starts),
                 lengths=np.asarray([len(r) for r in rows]), token_logp=token_logp)
-
-
-def _probe_prompts(task, n_prompts, seed):
-    pool = task.split_prompts("test")
-    if pool is not None and len(pool) <= n_prompts:
-        return list(pool)
-    return task.prompts("test", n_prompts, seed)
 
 
 def _probes(tok, sampled, completion_positions):
@@ -122,19 +150,18 @@ def _norms(x):
     return np.linalg.norm(np.asarray(x), axis=-1)
 
 
-def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: int = DEFAULTS["n_prompts"],
-        group: int = DEFAULTS["group"], lr: float = DEFAULTS["lr"], probe_prompts: int = DEFAULTS["probe_prompts"],
-        completion_positions: int = DEFAULTS["completion_positions"],
-        prop2_samples: int = DEFAULTS["prop2_samples"], max_new_tokens: int = DEFAULTS["max_new_tokens"],
-        temperature: float = DEFAULTS["temperature"], x64: bool | None = DEFAULTS["x64"], plots: bool = True,
-        model_name: str | None = None, chat: bool | None = None, reward_fn=None,
-        score_truncated: bool = False) -> dict:
+def run(lm, task="sum", out_dir="runs/one_step", *, model_name: str | None = None, reward_fn=None,
+        **options) -> dict:
     """Run the one-step experiment on `lm` (an ntkdyn LM with a tokenizer) and `task` (a Task or its name); write
     OUT/one_step.json and the figures (plots=True) and return the numbers (the JSON's content).
 
+    options: the fields of OneStepConfig but model, task and out (seed, lr, n_prompts, group, probe_prompts, ...).
     x64: float64 (True), float32 (False) or None: float64 up to X64_MAX_PARAMS parameters, float32 above. chat:
     prompts through the chat template (None: when the tokenizer has one). reward_fn(prompt, text) replaces the
     task's reward; score_truncated scores completions without EOS too (else they score 0)."""
+    o = build(OneStepConfig, options, exclude=("model", "task", "out"), what="one-step option")
+    seed, n_prompts, group, lr, probe_prompts = o.seed, o.n_prompts, o.group, o.lr, o.probe_prompts
+    max_new_tokens, temperature, x64, chat = o.max_new_tokens, o.temperature, o.x64, o.chat
     t0 = time.perf_counter()
     task = get_task(task) if isinstance(task, str) else task
     tok = lm.tokenizer if lm.tokenizer is not None else CharTokenizer()
@@ -150,13 +177,13 @@ def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: in
 
     # rollouts (float32, the model as it is) and GRPO advantages per group
     prompts = task.prompts("train", n_prompts, seed)
-    probe_prompt_list = _probe_prompts(task, probe_prompts, seed)
+    probe_prompt_list = held_out_prompts(task, probe_prompts, seed)
     flat = [p for p in prompts for _ in range(group)]
     sampled = _sample(lm, tok, flat + probe_prompt_list, seed, max_new_tokens, temperature, chat)
     B = len(flat)
-    roll = _rollouts(task, tok, prompts, group, tuple(x[:B] for x in sampled), reward_fn, score_truncated)
+    roll = _rollouts(task, tok, prompts, group, _part(sampled, slice(None, B)), reward_fn, o.score_truncated)
     adv = np.asarray(_advantages(roll["rewards"].reshape(n_prompts, group), "grpo")[0], np.float64).ravel()
-    probe_ids, probe_pos, probe_kind = _probes(tok, tuple(x[B:] for x in sampled), completion_positions)
+    probe_ids, probe_pos, probe_kind = _probes(tok, _part(sampled, slice(B, None)), o.completion_positions)
 
     with jax.enable_x64(bool(x64)):
         dtype = jnp.float64 if x64 else jnp.float32
@@ -165,7 +192,7 @@ def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: in
         r = dynamics_one_step(lm, roll["ids"], roll["mask"], adv, probe_ids, probe_pos, lr=lr, params=params)
         cheap = split_update(lm, params, r.params_after, probe_ids, probe_pos)
         # --- Proposition 2: single-sample updates with A > 0 at unrelated (held-out) probe contexts
-        prop2 = _proposition2(lm, tok, params, roll, adv, probe_ids, probe_pos, lr, prop2_samples, seed)
+        prop2 = _proposition2(lm, tok, params, roll, adv, probe_ids, probe_pos, lr, o.prop2_samples, seed)
         result = {
             "model": model_name, "family": lm.config.family, "tied_head": bool(lm.config.tie_word_embeddings),
             "num_params": lm.num_params, "task": task.name, "seed": seed, "lr": lr, "optimizer": "sgd",
@@ -180,7 +207,7 @@ def run(lm, task="sum", out_dir="runs/one_step", *, seed: int = 0, n_prompts: in
             "prop2": prop2,
         }
     result["seconds"] = round(time.perf_counter() - t0, 2)
-    if plots:
+    if o.plots:
         result["figures"] = _figures(r, result, out_dir)
     write_json(os.path.join(out_dir, "one_step.json"), result)
     return result
@@ -303,47 +330,22 @@ def _figures(r, res, out_dir):
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None, help="a Hugging Face model directory, a .gguf file or a known name such "
-                   "as smollm2-135m-instruct (default: the embedded default base model)")
-    p.add_argument("--task", default=DEFAULT_TASK, help=f"task name (one of {', '.join(task_names())})")
-    p.add_argument("--out", default="runs/one_step", help="output directory")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="SGD learning rate of the step")
-    p.add_argument("--prompts", type=int, default=DEFAULTS["n_prompts"], help="training prompts")
-    p.add_argument("--group", type=int, default=DEFAULTS["group"], help="samples per prompt (GRPO group)")
-    p.add_argument("--probe-prompts", type=int, default=DEFAULTS["probe_prompts"], help="held-out probe prompts")
-    p.add_argument("--completion-positions", type=int, default=DEFAULTS["completion_positions"],
-                   help="completion positions probed per held-out prompt (besides the last prompt position)")
-    p.add_argument("--prop2-samples", type=int, default=DEFAULTS["prop2_samples"],
-                   help="single-sample updates for the Proposition-2 check")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"], help="tokens per sample")
-    p.add_argument("--chat-template", default="auto", choices=list(CHAT_CHOICES),
-                   help="prompts through the tokenizer's chat template (auto: when it has one)")
-    p.add_argument("--score-truncated", action="store_true",
-                   help="score completions cut at --max-new-tokens with the reward too (default: they score 0)")
-    precision = p.add_mutually_exclusive_group()
-    precision.add_argument("--float32", action="store_true", help="compute in float32")
-    precision.add_argument("--float64", action="store_true",
-                           help=f"compute in float64 (default: float64 up to {X64_MAX_PARAMS:,} parameters, "
-                                "float32 above)")
-    p.add_argument("--no-plots", action="store_true")
+    add_options(p, OneStepConfig)
 
 
 def run_cli(args) -> int:
     from ..models import load
 
-    if args.model:
-        lm, name = load(args.model), args.model
+    o = given(args, OneStepConfig)
+    model, task, out = o.pop("model", None), o.pop("task", DEFAULT_TASK), o.pop("out", OneStepConfig.out)
+    if model:
+        lm, name = load(model), model
     else:
         from ..default import default_model_dir
 
-        name = default_model_dir(task=args.task)
+        name = default_model_dir(task=task)
         lm = load(name)
-    res = run(lm, args.task, args.out, seed=args.seed, n_prompts=args.prompts, group=args.group, lr=args.lr,
-              probe_prompts=args.probe_prompts, completion_positions=args.completion_positions,
-              prop2_samples=args.prop2_samples, x64=True if args.float64 else False if args.float32 else None,
-              plots=not args.no_plots, model_name=name, max_new_tokens=args.max_new_tokens,
-              chat=CHAT_CHOICES[args.chat_template], score_truncated=args.score_truncated)
+    res = run(lm, task, out, model_name=name, **o)
     p2 = res["prop2"]
     print(f"model {name} ({res['family']}, {res['num_params']:,} params), task {res['task']}, lr {res['lr']:g}, "
           f"{res['n_samples']} samples (reward {res['reward_mean']:.3f}), {res['n_probes']} held-out probes")
@@ -353,7 +355,7 @@ def run_cli(args) -> int:
           + ("" if res["share_cross"] is None else f" (cross {res['share_cross']:.3f})"))
     print(f"Prop. 2 over {p2['n_pairs']} (sample, probe) pairs: s>0 {p2['frac_s_positive']:.2f}, "
           f"argmax Δz_R = y_u {p2['frac_argmax_dzR_is_y']:.2f}, Δ log π(y_u) > 0 {p2['frac_logp_y_up']:.2f}")
-    print(f"wrote {os.path.join(args.out, 'one_step.json')} in {res['seconds']:.1f}s")
+    print(f"wrote {os.path.join(out, 'one_step.json')} in {res['seconds']:.1f}s")
     return 0
 
 

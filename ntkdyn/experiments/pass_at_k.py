@@ -5,8 +5,9 @@ Each policy (a label with one model directory per seed: a base model, the ``fina
 samples ``n`` completions per held-out prompt (``evaluation.held_out_prompts(task, prompts, EVAL_PROMPT_SEED)``:
 the trainer's evaluation prompts when ``prompts`` equals its ``eval_prompts``) at temperature 1, prompts encoded by
 ``encode_prompt`` (the chat template when the model has one), with ``LM.generate`` in fixed-shape chunks. The
-completions are scored by the task's reward functions (``tasks.reward_set``, as the trainer scores them; a
-truncated completion scores 0) and are correct at reward >= ``evaluation.CORRECT``. The unbiased pass@k curve
+completions are scored by the task's reward functions (``evaluation.sample_and_score``: the one sample-and-score
+path, as the trainer scores them; a truncated completion scores 0) and are correct at reward >=
+``evaluation.CORRECT``. The unbiased pass@k curve
 (``metrics.pass_at_k_curve``: per prompt, then averaged) of each model gives, per label, the mean ± std over seeds;
 ``crossings`` lists the k where a label's mean curve crosses the reference label's (``base`` when present).
 
@@ -16,24 +17,45 @@ writes ``pass_at_k.json`` (atomically) and ``fig_pass_at_k.png`` / ``.pdf`` into
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import time
 
 import numpy as np
 
 from .. import tasks as _tasks
-from ..evaluation import CORRECT, MAX_NEW_TOKENS, decode_completions, held_out_prompts, task_of
+from ..evaluation import CORRECT, MAX_NEW_TOKENS, held_out_prompts, sample_and_score, task_of
 from ..io import check_writable_dir, write_json
 from ..metrics import pass_at_k_curve
-from ..models.padding import pad_left
-from ..models.tokenizer import encode_prompt, eos_ids_of
+from ..models.tokenizer import CHAT_CHOICES
+from ..options import add_options, build, given, option
 from ..rl.context import EVAL_PROMPT_SEED  # the trainer's held-out evaluation prompts
 
-__all__ = ["SMALL_MODEL", "sample_correct", "policy_curves", "crossings", "run", "parse_policies", "add_arguments",
-           "run_cli"]
+__all__ = ["SMALL_MODEL", "PassAtKConfig", "sample_correct", "policy_curves", "crossings", "run", "parse_policies",
+           "add_arguments", "run_cli"]
 
 SMALL_MODEL = 10_000_000  # parameters; larger models sample in chunks of 256 (SmolLM2-135M: about 2.5 GB)
+
+
+@dataclasses.dataclass(frozen=True)
+class PassAtKConfig:
+    """The experiment's settings (`run`'s keywords; `ntkdyn pass-at-k` is generated from the fields)."""
+
+    task: str = option(_tasks.DEFAULT_TASK, "a built-in task or a dataset path")
+    policy: list | None = option(None, "a policy: its label and one model directory (or RL run directory) per seed; "
+                                 "repeatable. Default: base=the embedded default base model of the task", type=str,
+                                 append=True, metavar="LABEL=DIR[,DIR...]")
+    samples: int = option(256, "samples per prompt n (the curve runs k = 1..n)")
+    prompts: int = option(16, "held-out prompts (the trainer's evaluation prompts when equal to its --eval-prompts)")
+    max_new_tokens: int = option(MAX_NEW_TOKENS, "tokens per sample at most")
+    temperature: float = option(1.0, "sampling temperature")
+    seed: int = option(0, "sampling seed")
+    chunk: int | None = option(None, "samples per generate call (bounds the memory; default 1024 for the character "
+                               "models, 256 for larger ones)")
+    chat: bool | None = option(None, "prompts through the tokenizer's chat template (auto: when it has one)",
+                               flag="--chat-template", choices=CHAT_CHOICES)
+    out: str = option("runs/pass_at_k", "output directory")
+    plots: bool = option(True, "no figure (only pass_at_k.json)", flag="--no-plots")
 
 
 def _model_dir(path: str) -> str:
@@ -51,41 +73,20 @@ def _load(path: str):
 
 def sample_correct(lm, task, prompts, samples: int, *, max_new_tokens: int = MAX_NEW_TOKENS,
                    temperature: float = 1.0, seed: int = 0, chunk: int | None = None, chat: bool | None = None):
-    """Sample ``samples`` completions per prompt and score them: ``(correct (P, samples) bool, info)`` with info =
-    reward (mean), frac_truncated, tokens (generated, EOS included), seconds. Chunks of ``chunk`` samples (default
-    1024 for models up to SMALL_MODEL parameters, 256 above: the KV cache stays bounded) share one padded shape
-    (the last may be shorter); chunk i uses ``seed + i`` (as evaluation.evaluate does)."""
+    """Sample ``samples`` completions per prompt and score them (evaluation.sample_and_score with the task's reward
+    functions): ``(correct (P, samples) bool, info)`` with info = reward (mean), frac_truncated, tokens (generated,
+    EOS included), seconds. Chunks of ``chunk`` samples (default 1024 for models up to SMALL_MODEL parameters, 256
+    above: the KV cache stays bounded); chunk i uses ``seed + i``."""
     task = task_of(task)
-    tok = lm.tokenizer
-    if tok is None:
-        raise ValueError("pass@k needs a model with a tokenizer (lm.tokenizer is None)")
     chunk = (1024 if lm.num_params <= SMALL_MODEL else 256) if chunk is None else int(chunk)
-    if samples < 1 or chunk < 1 or not len(prompts):
-        raise ValueError(f"samples and chunk must be >= 1 and prompts non-empty; got {samples}, {chunk}, "
-                         f"{len(prompts)} prompts")
-    rows = [{"prompt": p, **task.columns(p)} for p in prompts]
-    ids, pmask = pad_left([encode_prompt(tok, p, chat=chat) for p in prompts], int(lm.config.pad_token_id or 0))
-    ids, pmask = np.repeat(ids, samples, 0), np.repeat(pmask, samples, 0)  # prompt-major: row j*samples + s
-    eos = eos_ids_of(tok, lm.config)
     t0 = time.perf_counter()
-    texts, finished, comp_ids, tokens = [], [], [], 0
-    for i in range(0, len(ids), chunk):
-        n = len(ids[i: i + chunk])  # prompt-major rows: groups of gcd(samples, n) from i are one prompt each
-        g = lm.generate(ids[i: i + chunk], max_new_tokens, prompt_mask=pmask[i: i + chunk],
-                        temperature=temperature, seed=seed + i, stop_token=eos,
-                        shared_prompts=math.gcd(samples, n))
-        toks, mask = np.asarray(g.tokens), np.asarray(g.mask)
-        t, f = decode_completions(tok, toks, mask, eos)
-        texts += t
-        finished.append(f)
-        comp_ids += [r[m.astype(bool)].tolist() for r, m in zip(toks, mask)]
-        tokens += int(mask.sum())
-    seconds = time.perf_counter() - t0
-    finished = np.concatenate(finished)
-    out = _tasks.reward_set(task).score_rows(rows, texts, comp_ids, group_size=samples, finished=finished)
-    r = np.nan_to_num(np.asarray(out.rewards, np.float64), nan=0.0)  # unscored (every function gave None): wrong
-    info = dict(reward=float(r.mean()), frac_truncated=float(1.0 - finished.mean()), tokens=tokens,
-                seconds=round(seconds, 2))
+    rows = [{"prompt": p, **task.columns(p)} for p in prompts]
+    sc = sample_and_score(lm, rows, samples, _tasks.reward_set(task), max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, chunk=chunk, chat=chat)
+    r = np.nan_to_num(np.asarray(sc.rewards, np.float64), nan=0.0)  # unscored (every function gave None): wrong
+    c = sc.completions
+    info = dict(reward=float(r.mean()), frac_truncated=float(1.0 - c.finished.mean()), tokens=int(c.lengths.sum()),
+                seconds=round(time.perf_counter() - t0, 2))
     return (r >= CORRECT).reshape(len(prompts), samples), info
 
 
@@ -119,11 +120,12 @@ def _reference(labels) -> str:
     return "base" if "base" in labels else labels[0]
 
 
-def run(policies: dict, task, out: str, *, samples: int = 256, prompts: int = 16,
-        max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0, temperature: float = 1.0, chunk: int | None = None,
-        chat: bool | None = None, plots: bool = True, progress: bool = True) -> dict:
-    """The pass@k experiment (module docstring): ``policies`` {label: [model dir, ...]}; returns the result
-    written to OUT/pass_at_k.json."""
+def run(policies: dict, task, out: str, *, progress: bool = True, **options) -> dict:
+    """The pass@k experiment (module docstring): ``policies`` {label: [model dir, ...]}; options: the fields of
+    PassAtKConfig but task, policy and out (samples, prompts, max_new_tokens, seed, temperature, chunk, chat,
+    plots). Returns the result written to OUT/pass_at_k.json."""
+    o = build(PassAtKConfig, options, exclude=("task", "policy", "out"), what="pass@k option")
+    samples, prompts, max_new_tokens, seed, temperature = o.samples, o.prompts, o.max_new_tokens, o.seed, o.temperature
     task = task_of(task)
     out = check_writable_dir(out, "pass@k output directory")
     if not policies or any(not dirs for dirs in policies.values()):
@@ -136,7 +138,7 @@ def run(policies: dict, task, out: str, *, samples: int = 256, prompts: int = 16
                max_new_tokens=max_new_tokens, seed=seed, correct_threshold=CORRECT, policies={})
     for label, dirs in policies.items():
         res["policies"][label] = policy_curves(dirs, task, held, samples, max_new_tokens=max_new_tokens,
-                                               temperature=temperature, seed=seed, chunk=chunk, chat=chat)
+                                               temperature=temperature, seed=seed, chunk=o.chunk, chat=o.chat)
         if progress:
             p = res["policies"][label]
             print(f"[pass@k] {label}: pass@1 {p['mean'][0]:.3f}, pass@{samples} {p['mean'][-1]:.3f} "
@@ -147,7 +149,7 @@ def run(policies: dict, task, out: str, *, samples: int = 256, prompts: int = 16
                         for lab, p in res["policies"].items() if lab != ref}
     res["seconds"] = round(time.perf_counter() - t0, 1)
     os.makedirs(out, exist_ok=True)
-    if plots:
+    if o.plots:
         from ..plots.analysis import plot_pass_at_k
 
         plot_pass_at_k({lab: (p["mean"], p["std"], p["n_seeds"]) for lab, p in res["policies"].items()},
@@ -180,33 +182,20 @@ def parse_policies(specs) -> dict:
 
 
 def add_arguments(p):
-    p.add_argument("--task", default=_tasks.DEFAULT_TASK, help="a built-in task or a dataset path")
-    p.add_argument("--policy", action="append", default=[], metavar="LABEL=DIR[,DIR...]",
-                   help="a policy: its label and one model directory (or RL run directory) per seed; repeatable. "
-                   "Default: base=the embedded default base model of the task")
-    p.add_argument("--samples", type=int, default=256, help="samples per prompt n (the curve runs k = 1..n)")
-    p.add_argument("--prompts", type=int, default=16, help="held-out prompts (the trainer's evaluation prompts when "
-                   "equal to its --eval-prompts)")
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--chunk", type=int, default=None, help="samples per generate call (bounds the memory; default "
-                   "1024 for the character models, 256 for larger ones)")
-    p.add_argument("--out", default="runs/pass_at_k", help="output directory")
-    p.add_argument("--no-plots", action="store_true")
+    add_options(p, PassAtKConfig)
 
 
 def run_cli(args) -> int:
-    policies = parse_policies(args.policy)
+    o = given(args, PassAtKConfig)
+    task, out = o.pop("task", PassAtKConfig.task), o.pop("out", PassAtKConfig.out)
+    policies = parse_policies(o.pop("policy", None))
     if not policies:
         from ..default import default_model_dir
 
-        policies = {"base": [default_model_dir(task=args.task)]}
-    res = run(policies, args.task, args.out, samples=args.samples, prompts=args.prompts,
-              max_new_tokens=args.max_new_tokens, seed=args.seed, temperature=args.temperature, chunk=args.chunk,
-              plots=not args.no_plots)
+        policies = {"base": [default_model_dir(task=task)]}
+    res = run(policies, task, out, **o)
     for lab, cr in res["crossings"].items():
         where = ", ".join(f"{c['direction']} at k={c['k']}" for c in cr) or "no crossing"
         print(f"{lab} vs {res['reference']}: {where}")
-    print(f"wrote {os.path.join(args.out, 'pass_at_k.json')} in {res['seconds']:.1f}s")
+    print(f"wrote {os.path.join(out, 'pass_at_k.json')} in {res['seconds']:.1f}s")
     return 0

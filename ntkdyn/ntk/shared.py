@@ -184,7 +184,7 @@ def replicate(mesh, tree):
 
 
 # ----------------------------------------------------------------------------------------------- seconds (diagnostic)
-FLOPS = 3e10  # effective float operations per second of the vmapped passes (2 CPU cores, fitted with the former planner_bench)
+FLOPS = 3e10  # effective float operations per second of the vmapped passes (2 CPU cores, fitted to measurements)
 BANDWIDTH = 3e9  # bytes per second of weight gradients written and read back
 # seconds of compilation per 2 layers (at least 2), per program kind (first call minus warm call)
 COMPILE = {"jacobian": 1.0, "structured": 1.25, "jacobian_probes": 1.85, "structured_probes": 1.8}

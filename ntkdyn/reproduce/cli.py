@@ -1,47 +1,58 @@
-"""The `ntkdyn reproduce` command line: its arguments and the dispatch to the pipeline (run, run_base_seeds) or to
-rejudge."""
+"""The `ntkdyn reproduce` command line (generated from ReproduceConfig's fields) and its dispatch to the pipeline
+(run, run_base_seeds) or to rejudge."""
 from __future__ import annotations
 
-from ..tasks import DEFAULT_TASK
+import dataclasses
+
+from ..options import add_options, given, option
 from .pipeline import PROFILES, run, run_base_seeds
 from .rejudge import rejudge
 
-__all__ = ["add_arguments", "run_cli"]
+__all__ = ["ReproduceConfig", "add_arguments", "run_cli"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproduceConfig:
+    """What `ntkdyn reproduce` is asked (the pipeline's keywords)."""
+
+    quick: bool = option(False, "1 seed, fewer steps, same figures (about 10 minutes)")
+    profile: str | None = option(None, "explicit profile: real = SmolLM2-135M-Instruct on the natural task `add` "
+                                 "(make reproduce-real), tiny / real-tiny = the end-to-end tests' configurations; "
+                                 f"one of {sorted(PROFILES)}")
+    out: str = option("runs/reproduce", "run directory (training runs, one-step, logs)")
+    figures: str | None = option(None, "where figures and summary.md go (default: figures/ for the full run, "
+                                 "OUT/figures otherwise)")
+    model: str | None = option(None, "base model: a known name, HF directory or .gguf (default: the profile's, else "
+                               "the embedded default)")
+    task: str | None = option(None, "task (default: the profile's, else the default task)")
+    seeds: list | None = option(None, "override the profile's seeds", type=int, nargs="+")
+    base_seeds: list | None = option(None, "repeat the whole reproduction over base models trained with these recipe "
+                                     "seeds (the recipe's own seed is the shipped model) and write robustness.md",
+                                     type=int, nargs="+")
+    rejudge: bool = option(False, "run nothing: judge the finished reproduction in --out again with this version's "
+                           "verdicts (rewrites summary.md and reproduce.json's claims)")
+    progress: bool = option(True, "no progress lines", flag="--no-progress")
 
 
 def add_arguments(p):
-    p.add_argument("--quick", action="store_true", help="1 seed, fewer steps, same figures (about 10 minutes)")
-    p.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                   help="explicit profile: real = SmolLM2-135M-Instruct on the natural task `add` (about 90 minutes; "
-                        "make reproduce-real), tiny / real-tiny = the end-to-end tests' configurations")
-    p.add_argument("--out", default="runs/reproduce", help="run directory (training runs, one-step, logs)")
-    p.add_argument("--figures", default=None,
-                   help="where figures and summary.md go (default: figures/ for the full run, OUT/figures otherwise)")
-    p.add_argument("--model", default=None, help="base model: a known name, HF directory or .gguf (default: the "
-                                                  "profile's, else the embedded default)")
-    p.add_argument("--task", default=None, help=f"task (default: the profile's, else {DEFAULT_TASK})")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
-    p.add_argument("--base-seeds", type=int, nargs="+", default=None,
-                   help="repeat the whole reproduction over base models trained with these recipe seeds (the "
-                        "recipe's own seed is the shipped model) and write robustness.md")
-    p.add_argument("--rejudge", action="store_true",
-                   help="run nothing: judge the finished reproduction in --out again with this version's verdicts "
-                        "(rewrites summary.md and reproduce.json's claims)")
-    p.add_argument("--no-progress", action="store_true")
+    add_options(p, ReproduceConfig)
 
 
 def run_cli(args) -> int:
-    if getattr(args, "rejudge", False):
-        for c in rejudge(args.out, args.figures):
-            print(f"{c['n']:>6}  {c['verdict']}")
+    c = ReproduceConfig(**given(args, ReproduceConfig))
+    if c.profile is not None and c.profile not in PROFILES:
+        raise ValueError(f"unknown profile {c.profile!r}; expected one of {sorted(PROFILES)}")
+    if c.rejudge:
+        for claim in rejudge(c.out, c.figures):
+            print(f"{claim['n']:>6}  {claim['verdict']}")
         return 0
-    if args.base_seeds:
-        if args.model:
+    if c.base_seeds:
+        if c.model:
             raise ValueError("--base-seeds retrains the default recipe's base model; it cannot be combined with "
                              "--model")
-        run_base_seeds(args.out, args.base_seeds, quick=args.quick, profile=args.profile, figures_dir=args.figures,
-                       task=args.task, progress=not args.no_progress, seeds=args.seeds)
+        run_base_seeds(c.out, c.base_seeds, quick=c.quick, profile=c.profile, figures_dir=c.figures, task=c.task,
+                       progress=c.progress, seeds=c.seeds)
         return 0
-    run(args.out, quick=args.quick, profile=args.profile, figures_dir=args.figures, model=args.model,
-        task=args.task, progress=not args.no_progress, seeds=args.seeds)
+    run(c.out, quick=c.quick, profile=c.profile, figures_dir=c.figures, model=c.model, task=c.task,
+        progress=c.progress, seeds=c.seeds)
     return 0

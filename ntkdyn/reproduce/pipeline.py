@@ -339,9 +339,9 @@ def run_base_seeds(out="runs/reproduce", base_seeds=(0, 1, 2), *, quick=False, p
 
 
 def _base_reward(model_dir):
-    from ..default import _last_eval
+    from ..evaluation import last_eval
 
-    ev = _last_eval(model_dir)
+    ev = last_eval(model_dir)
     return None if ev is None else ev["reward"]
 
 

@@ -13,7 +13,9 @@ import numpy as np
 
 from .. import tasks as _tasks
 from ..io import is_finite_number, read_json
+from ..models.tokenizer import CHAT_CHOICES
 from ..optim import OPTIMIZERS
+from ..options import choices_of, option
 from . import objectives as O
 from .recipes import RECIPES
 
@@ -28,68 +30,71 @@ class TrainingError(RuntimeError):
     """The run stopped: a non-finite reward, loss or gradient. The last good checkpoint is kept."""
 
 
-_CHOICES = {
-    "recipe": RECIPES,
-    "optimizer": OPTIMIZERS,
-    "advantage": O.ADVANTAGE_KINDS,
-    "loss_agg": O.LOSS_AGGS,
-    "kl_estimator": O.KL_ESTIMATORS,
-    "ntk_method": ("exact", "hutchinson"),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
     """Everything a run depends on. Validated on construction (ConfigError names the key, the value and what is
-    expected); `RLConfig.from_dict` also rejects unknown keys."""
+    expected); `RLConfig.from_dict` also rejects unknown keys. Each field carries its help text (options.option):
+    the `ntkdyn rl` command line is generated from them."""
 
-    recipe: str = "rl"  # "rl" | "cf-rl" | "lp-ft" (see ntkdyn.rl.recipes)
-    task: str = _tasks.DEFAULT_TASK  # a built-in task (character or natural) or a dataset path (ntkdyn.tasks.resolve)
-    eval_dataset: str | None = None  # held-out prompts of a dataset task (None: eval_fraction of its rows)
-    eval_fraction: float = 0.1  # share of a dataset's rows held out (seeded by `seed`) when no eval_dataset
-    rewards: list | None = None  # reward specs: "pkg.module:fn", "file.py:fn", a task name, a reward-model dir
-    reward_weights: list | None = None  # one weight per reward function (None: 1.0 each / the task's own)
-    model: str | None = None  # HF model directory, .gguf file or known name; None: the embedded default base model
-    out: str | None = None  # run directory (required)
-    steps: int = 100  # full-parameter RL steps (stage 2 for cf-rl / lp-ft)
-    head_steps: int | None = None  # stage-1 steps (cf-rl, lp-ft); ignored by "rl"
-    head_epochs: float | None = None  # or stage-1 epochs over the train prompts (default: 1 epoch)
-    group_size: int = 8  # G samples per prompt
-    prompts_per_step: int = 8  # P prompts per step (batch = P·G rollouts)
-    max_new_tokens: int = 12
-    temperature: float = 1.0  # rollout temperature (the policy's log-probs use the same, as TRL)
-    lr: float = 3e-4  # -> Stage.lr of the RL stage (recipes.plan) -> optim.make_optimizer -> optax
-    head_lr: float | None = None  # stage-1 learning rate (default: lr)
-    optimizer: str = "adam"  # "adam" | "adamw" | "sgd"
-    weight_decay: float = 0.0  # adamw only
-    max_grad_norm: float = 1.0  # global-norm gradient clipping (0: none)
-    advantage: str = "grpo"  # "grpo" | "dr_grpo" | "rloo" | "reinforce"
-    baseline_decay: float = 0.9  # REINFORCE running-baseline EMA decay
-    loss_agg: str = "seq_mean_token_mean"  # or "token_mean"
-    beta: float = 0.0  # KL(π‖π_ref) coefficient; π_ref is the starting model
-    kl_estimator: str = "k3"  # "k1" | "k3"
-    num_iterations: int = 1  # gradient steps per rollout batch (> 1: PPO-style clipped ratio)
-    clip_eps: float = 0.2
-    train_prompts: int | None = None  # size of the train-prompt pool (None: the whole split, or 4096)
-    eval_every: int = 10  # evaluate every k global steps (0: only at step 0 and at the end of each stage)
-    eval_prompts: int = 16  # held-out test prompts (the whole test split when it is smaller)
-    eval_samples: int = 32  # samples per eval prompt: k of pass@k
-    eval_temperature: float = 1.0
-    probe_prompts: int = 8  # the fixed probe set (test prompts with a reference answer)
-    probe_every: int = 10  # dz_share every k stage steps and at each stage's first step (0: never)
-    ntk_every: int = 0  # eNTK drift (ntk/* metrics) every k global steps, at step 0 and at the end (0: never)
-    ntk_contexts: int = 8  # probe contexts of the drift kernels (rl/tracking.py picks them)
-    ntk_method: str = "exact"  # the drift's trace kernels: "exact" (ntk.decompose output="trace") or "hutchinson"
-    ntk_probes: int = 64  # Rademacher probes per kernel when ntk_method="hutchinson"
-    claim6: bool = False  # claim-6 measures (claim6/*) at the first step of the stage "rl" (rl/claim6.py)
-    claim6_rollouts: int = 0  # rollouts of that step's batch measured (0: all; else a fixed random subset)
-    remat: bool = False  # rematerialise each layer in the update's backward pass (less memory, one more forward)
-    checkpoint_every: int = 50  # checkpoint every k global steps and at the end (0: only at the end)
-    seed: int = 0
-    chat_template: bool | None = None  # prompts through the tokenizer's chat template (None: when it has one)
-    score_truncated: bool = False  # score completions without EOS with the reward too (TRL); False: they score 0
-    resume: bool = False  # continue the run in `out` from its checkpoint
-    overwrite: bool = False  # replace an existing run in `out`
+    recipe: str = option("rl", "rl | cf-rl | lp-ft (ntkdyn.rl.recipes)", choices=RECIPES)
+    task: str = option(_tasks.DEFAULT_TASK, "a built-in task (sum, multiple, word, plus; add, mul, two-sum, "
+                       "list-multiples) or a dataset path (ntkdyn.tasks.resolve)")
+    eval_dataset: str | None = option(None, "held-out prompts of a dataset task (JSONL, CSV, Parquet, saved dir); "
+                                      "None: eval_fraction of its rows")
+    eval_fraction: float = option(0.1, "share of a dataset's rows held out (seeded by seed) when no eval_dataset")
+    rewards: list | None = option(None, "a reward function in TRL's signature (repeatable): package.module:function, "
+                                  "path/file.py:function, a task name or a reward-model directory; default: the "
+                                  "task's own", flag="--reward", type=str, append=True, metavar="SPEC")
+    reward_weights: list | None = option(None, "one weight per reward: the --reward functions in order, then the "
+                                         "--reward-model ones (default 1.0 each)", type=float, nargs="+",
+                                         metavar="W")
+    model: str | None = option(None, "a Hugging Face model directory, a .gguf file or a known name such as "
+                               "smollm2-135m-instruct (default: the embedded default base model)")
+    out: str | None = option(None, "run directory (metrics.jsonl, checkpoint/, final/, summary.json); required")
+    steps: int = option(100, "full-parameter RL steps (stage-1 steps come before them; 0: stage 1 alone)")
+    head_steps: int | None = option(None, "stage-1 steps of cf-rl / lp-ft")
+    head_epochs: float | None = option(None, "stage-1 epochs over the train prompts (default: 1 epoch)")
+    group_size: int = option(8, "G samples per prompt")
+    prompts_per_step: int = option(8, "prompts per step (batch = prompts x G)")
+    max_new_tokens: int = option(12, "tokens sampled per completion at most")
+    temperature: float = option(1.0, "rollout temperature (the policy's log-probs use the same, as TRL)")
+    lr: float = option(3e-4, "learning rate of the RL stage")
+    head_lr: float | None = option(None, "stage-1 learning rate (default: lr)")
+    optimizer: str = option("adam", "adam | adamw | sgd", choices=OPTIMIZERS)
+    weight_decay: float = option(0.0, "adamw only")
+    max_grad_norm: float = option(1.0, "global-norm gradient clipping (0: none)")
+    advantage: str = option("grpo", "grpo | dr_grpo | rloo | reinforce", choices=O.ADVANTAGE_KINDS)
+    baseline_decay: float = option(0.9, "REINFORCE running-baseline EMA decay")
+    loss_agg: str = option("seq_mean_token_mean", "seq_mean_token_mean | token_mean", choices=O.LOSS_AGGS)
+    beta: float = option(0.0, "KL(π‖π_ref) coefficient; π_ref is the starting model")
+    kl_estimator: str = option("k3", "k1 | k3", choices=O.KL_ESTIMATORS)
+    num_iterations: int = option(1, "gradient steps per rollout batch (> 1: PPO-style clipped ratio)")
+    clip_eps: float = option(0.2, "PPO clipping range")
+    train_prompts: int | None = option(None, "size of the train-prompt pool (None: the whole split, or 4096)")
+    eval_every: int = option(10, "evaluate every k global steps (0: only at step 0 and at the end of each stage)")
+    eval_prompts: int = option(16, "held-out test prompts (the whole test split when it is smaller)")
+    eval_samples: int = option(32, "samples per eval prompt: k of pass@k")
+    eval_temperature: float = option(1.0, "evaluation sampling temperature")
+    probe_prompts: int = option(8, "the fixed probe set (test prompts with a reference answer)")
+    probe_every: int = option(10, "dz_share every k stage steps and at each stage's first step (0: never)")
+    ntk_every: int = option(0, "eNTK drift (ntk/* metrics) every k global steps, at step 0 and the last (0: never)")
+    ntk_contexts: int = option(8, "probe contexts of the drift kernels (and of claim 6's trace)")
+    ntk_method: str = option("exact", "the drift's trace kernels: exact (decompose output='trace') | hutchinson",
+                             choices=("exact", "hutchinson"))
+    ntk_probes: int = option(64, "Rademacher probes per drift kernel when ntk_method is hutchinson")
+    claim6: bool = option(False, "claim 6's measures (claim6/*) at the first step of the stage 'rl' "
+                          "(rl/trackers/claim6.py)")
+    claim6_rollouts: int = option(0, "rollouts of that step's batch measured (0: all; else a fixed random subset)")
+    remat: bool = option(False, "rematerialise each layer in the update's backward pass (jax.checkpoint): "
+                         "activation memory of one layer instead of all, for about one more forward per step")
+    checkpoint_every: int = option(50, "checkpoint every k global steps and at the end (0: only at the end)")
+    seed: int = option(0, "the run's seed: rollouts, prompt order, evaluation samples")
+    chat_template: bool | None = option(None, "prompts through the tokenizer's chat template (auto: when it has "
+                                        "one)", choices=CHAT_CHOICES)
+    score_truncated: bool = option(False, "score completions cut at max_new_tokens with the reward too (TRL); "
+                                   "default: they score 0")
+    resume: bool = option(False, "continue the run in out from its last checkpoint")
+    overwrite: bool = option(False, "replace a run already in out")
 
     def __post_init__(self):
         _validate(self)
@@ -147,7 +152,7 @@ def _validate(c: RLConfig):
 
     is_num = is_finite_number
 
-    for key, choices in _CHOICES.items():
+    for key, choices in choices_of(RLConfig).items():
         v = getattr(c, key)
         if not isinstance(v, str) or v not in choices:
             raise _bad(key, v, f"one of {list(choices)}")

@@ -21,6 +21,7 @@ from ..examples import make_examples
 from ..io import read_json
 from ..models.tokenizer import encode_prompt, eos_ids_of
 from ..models.transformer import graphdef_for
+from ..tasks.rewards import text_reward_function
 from . import checkpoint
 from .config import RESUMABLE_CHANGES, ConfigError, RLConfig
 from .recipes import Stage, plan
@@ -157,7 +158,7 @@ def _task(c: RLConfig, reward_fn=None, reward_funcs=None):
     if reward_fn is not None and specs:
         raise ConfigError("train: reward_fn and reward_funcs / RLConfig.rewards both given; expected one of them")
     if reward_fn is not None:
-        specs = [_legacy_reward(reward_fn)]
+        specs = [text_reward_function(reward_fn)]
     try:
         task = _tasks.resolve(c.task, eval_dataset=c.eval_dataset, eval_fraction=c.eval_fraction, seed=c.seed,
                               rewards=specs)
@@ -168,18 +169,6 @@ def _task(c: RLConfig, reward_fn=None, reward_funcs=None):
     except (ValueError, OSError, TypeError, _tasks.RewardError) as e:
         key = "reward_weights" if "weight" in str(e) else "rewards"
         raise ConfigError(f"RLConfig.{key}={getattr(c, key)!r}: {e}") from None
-
-
-def _legacy_reward(reward_fn):
-    """reward_fn(prompt, text) -> float in TRL's batch signature, named "reward_fn" (its metrics
-    rewards/reward_fn/mean|std do not depend on what the callable is called, e.g. a lambda)."""
-    from ..tasks.rewards import completion_text
-
-    def reward(prompts, completions, completion_ids=None, **columns):
-        return [float(reward_fn(p, completion_text(t))) for p, t in zip(prompts, completions)]
-
-    reward.__name__ = reward.__qualname__ = "reward_fn"
-    return reward
 
 
 def _prompts(c: RLConfig, task):

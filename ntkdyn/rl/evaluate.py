@@ -1,6 +1,5 @@
-"""What the trainer measures besides the step's own metrics: the held-out evaluation (pass@k, diversity,
-confidence), the probe metrics (head norm, feature change) and the dz split into gradient and representation
-parts (dz_share; spec: A·K·G with K = R + G).
+"""What the trainer measures of a policy besides the step's own metrics and its trackers (rl/trackers): the held-out
+evaluation (pass@k, diversity, confidence) and the probe metrics (head norm, feature change).
 
 The evaluation samples with the run's sharded sampler, keyed by (seed, EVAL_ID, global step), and scores the
 samples with ntkdyn.evaluation (the same scoring as sft.evaluate, one correctness threshold: CORRECT).
@@ -8,14 +7,13 @@ samples with ntkdyn.evaluation (the same scoring as sft.evaluate, one correctnes
 from __future__ import annotations
 
 import jax
-import numpy as np
 
 from ..evaluation import canonical_answers, sample_stats
 from .recipes import EVAL_ID
 from .rollout import prompt_batch, rewards, rollout
-from .step import confidence, dz_share, probe, step_key
+from .step import confidence, probe, step_key
 
-__all__ = ["evaluate", "probe_metrics", "dz_share_metrics"]
+__all__ = ["evaluate", "probe_metrics"]
 
 
 def evaluate(ctx, params, step: int) -> dict:
@@ -28,8 +26,7 @@ def evaluate(ctx, params, step: int) -> dict:
     conf = jax.device_get(confidence(params, ids, pmask, gen.tokens, gen.mask, **ctx.gd))
     tokens, mask = jax.device_get((gen.tokens, gen.mask))
     texts, _, r, _ = rewards(ctx, ctx.eval_rows, tokens, mask, f"evaluation at step {step}", group_size=k)
-    st = sample_stats(texts, np.nan_to_num(r, nan=0.0), k,  # unscored (every function gave None): incorrect
-                      canonical_answers(ctx.task, flat, texts))  # distinct answers, as task.canonical reads them
+    st = sample_stats(texts, r, k, canonical_answers(ctx.task, flat, texts))  # answers as task.canonical reads them
     curve = st["pass_at_k_curve"]
     return {
         "eval/reward": st["reward"],
@@ -49,12 +46,3 @@ def probe_metrics(ctx, params) -> dict:
     """head_norm ‖W‖ and feature_change of the probe features since the start."""
     out = probe(params, ctx.probe_ids_dev, ctx.probe_mask_dev, ctx.h0, **ctx.gd)
     return {k: float(v) for k, v in jax.device_get(out).items()}
-
-
-def dz_share_metrics(ctx, before, after) -> dict:
-    """The shares of the probe contexts' logit change dz due to the gradient and the representation parts."""
-    from ..dynamics import split_update
-
-    d = split_update(ctx.lm, before, after, ctx.probe_ids, ctx.probe_pos)
-    s = jax.device_get(dz_share(d["dz_gradient"], d["dz_representation"]))
-    return {"dz_share/gradient": float(s["gradient"]), "dz_share/representation": float(s["representation"])}

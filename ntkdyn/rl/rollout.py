@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..evaluation import decode_completions
+from ..evaluation import score, split_completions
 from ..models.padding import pad_left
 from ..models.sampling import sample
 from ..examples import make_examples
@@ -72,12 +72,10 @@ def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1):
     means no function scored it (TRL's None). TrainingError naming the function when one fails (raises, wrong
     length, non-number) and, for the legacy reward_fn, on a non-finite reward. The one place the trainer calls a
     reward (rollouts and evaluation)."""
-    texts, finished = decode_completions(ctx.tok, tokens, mask, ctx.eos)
-    ids = [row[m.astype(bool)][: _end(row[m.astype(bool)], ctx.eos)].tolist()
-           for row, m in zip(np.asarray(tokens), np.asarray(mask))]
+    comps = split_completions(ctx.tok, tokens, mask, ctx.eos)
+    texts, finished = comps.texts, comps.finished
     try:
-        out = ctx.reward_set.score_rows(rows, texts, ids, group_size=group_size,
-                                        finished=None if ctx.c.score_truncated else finished)
+        out = score(ctx.reward_set, rows, comps, group_size, ctx.c.score_truncated)
     except (RewardError, ValueError) as e:
         raise TrainingError(f"{where}: {e}; the run stopped and {checkpoint.note(ctx.out)}") from None
     r = out.rewards
@@ -87,12 +85,6 @@ def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1):
         raise TrainingError(f"{where}: non-finite reward {r[i]} for prompt {rows[i // group_size]['prompt']!r} and "
                             f"completion {texts[i]!r}; the run stopped and {checkpoint.note(ctx.out)}")
     return texts, finished, r, out.metrics
-
-
-def _end(row, eos) -> int:
-    """Length of a completion up to and including its first EOS id (TRL's completion_ids)."""
-    hit = np.flatnonzero(np.isin(row, np.asarray(eos or (-1,))))
-    return int(hit[0]) + 1 if hit.size else len(row)
 
 
 def _advantages(ctx, r_PxG, baseline):
@@ -126,7 +118,8 @@ def _check_finite(ctx, ms: list[dict], where: str) -> dict:
 
 def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
     """One RL step: rollouts of P prompts × G samples, rewards r, advantages A, `num_iterations` updates (the
-    first on-policy, later ones PPO-clipped against it). Returns (params, opt_state, baseline, metrics)."""
+    first on-policy, later ones PPO-clipped against it). Returns (params, opt_state, baseline, metrics, (params
+    after the first iteration, the rollout batch)): the last two for the trackers."""
     c, G, P = ctx.c, ctx.c.group_size, ctx.c.prompts_per_step
     rows = stage_rows(ctx, stage, stage_step)
     flat = [r["prompt"] for r in rows for _ in range(G)]
@@ -146,7 +139,7 @@ def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
     for it in range(c.num_iterations):  # iteration 0 is on-policy; later ones reuse the batch (PPO ratio)
         params, opt_state, m, logp = update(params, opt_state, batch, logp_old, jnp.asarray(it == 0), logp_ref)
         if it == 0:
-            logp_old = logp
+            logp_old, first_after = logp, params
         ms.append(m)
     ms = jax.device_get(ms)
     first = ms[0]
@@ -165,7 +158,7 @@ def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
     if c.advantage == "reinforce":
         out["baseline"] = float(new_baseline)
     out["_generated_tokens"] = int(mask.sum())
-    return params, opt_state, np.float32(new_baseline), out
+    return params, opt_state, np.float32(new_baseline), out, (first_after, batch)
 
 
 def lp_step(ctx, stage, stage_step, step, update, params, opt_state):

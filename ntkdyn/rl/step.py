@@ -24,7 +24,7 @@ from ..sft import sequence_ce
 from . import objectives as O
 
 __all__ = ["LossSpec", "stage_optimizer", "opt_init", "rl_update", "lp_update", "ref_logp", "confidence",
-           "group_advantages", "probe_features", "probe", "dz_share", "step_key"]
+           "group_advantages", "probe_features", "probe", "step_key"]
 
 
 class LossSpec(NamedTuple):
@@ -138,11 +138,6 @@ def probe(params, ids, mask, h0, *, graphdef, cfg):
     """‖W‖ of the head and the change of the probe features h since the start (h0)."""
     h = features(graphdef, cfg, params, ids)[0]
     return {"head_norm": M.head_norm(params["head"]["W"]), "feature_change": M.feature_change(h, h0, mask)}
-
-
-@jax.jit
-def dz_share(dz_gradient, dz_representation):
-    return M.dz_share(dz_gradient, dz_representation)
 
 
 @partial(jax.jit, static_argnames=("stage_id",))

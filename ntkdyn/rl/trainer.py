@@ -7,13 +7,13 @@ learning dynamics tracked, JSONL metrics, atomic checkpoints and exact resume.
 A run directory OUT holds config.json, metrics.jsonl (one line per global step; step 0 = the starting model's
 evaluation), checkpoint/ (model/, optimizer.npz, state.json, replaced atomically), final/ (the final model, HF
 layout) and summary.json (see ntkdyn.rl.rundir); with RLConfig.ntk_every, ntk0.npz (the eNTK drift's starting
-kernels: rl/tracking.py). RLConfig.claim6 adds claim 6's measures at the first step of the stage "rl"
-(rl/claim6.py).
+kernels).
 
 The run is a RunContext (what is fixed: context.py) and a RunState (what changes: params, optimizer state,
-baseline, position, costs); `_run_step` maps one state to the next. PRNG: every random draw is keyed by (seed,
-stage id, stage step) (rollouts, stage-1 reference answers, prompt order) or (seed, global step) (evaluation
-samples), so a resumed run repeats the uninterrupted one exactly.
+baseline, position, costs); `_run_step` maps one state to the next: rollout -> reward -> update -> trackers
+(rl/trackers: the dz share, claim 6's measures, the eNTK drift, each with its own cadence) -> evaluate ->
+checkpoint. PRNG: every random draw is keyed by (seed, stage id, stage step) (rollouts, stage-1 reference answers,
+prompt order) or (seed, global step) (evaluation samples), so a resumed run repeats the uninterrupted one exactly.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from . import checkpoint, claim6, rundir, tracking
+from . import checkpoint, rundir, trackers
 from .config import ConfigError, RLConfig, TrainingError
 from .context import RunContext, on_devices, resolve
-from .evaluate import dz_share_metrics, evaluate, probe_metrics
+from .evaluate import evaluate, probe_metrics
 from .recipes import Stage
 from .rollout import lp_step, rl_step
 from .rundir import TIMING_KEYS, read_metrics
@@ -52,7 +52,7 @@ class RunState:
     costs: dict = dataclasses.field(default_factory=dict)
     first_eval: dict | None = None
     last: dict | None = None  # the last metrics record
-    ntk0: dict | None = None  # the eNTK drift's starting kernels (tracking.initial_kernels; RLConfig.ntk_every)
+    trackers: list = dataclasses.field(default_factory=list)  # rl/trackers, in record order
 
 
 def enable_compile_cache(path: str | None = None) -> str | None:
@@ -84,22 +84,24 @@ def _start(ctx: RunContext) -> RunState:
     """A fresh run (config.json, metrics.jsonl with the step-0 record) or the state of the run's checkpoint."""
     costs = {s.name: dict(steps=0, time_s=0.0, generated_tokens=0) for s in ctx.stages}
     costs["eval"] = dict(time_s=0.0)
+    tracked = trackers.build(ctx.c, ctx.lm, trackers.Probes(ctx.probe_ids, ctx.probe_mask, ctx.probe_pos), ctx.out)
     found = checkpoint.find(ctx.out, ctx.sh) if ctx.c.resume else None
     if found is not None:
         params, opt_leaves, st = found
         rundir.truncate_metrics(ctx.out, st["step"])
         costs.update(st["costs"])
+        for t in tracked:
+            t.start(ctx.base_params, resumed=True)
         return RunState(params, opt_leaves, np.float32(np.nan if st["baseline"] is None else st["baseline"]),
                         st["step"], st["stage_index"], st["stage_step"], costs, st.get("first_eval"),
-                        ntk0=tracking.initial_kernels(ctx, resumed=True) if ctx.c.ntk_every else None)
+                        trackers=tracked)
     rundir.write_config(ctx)
-    state = RunState(ctx.base_params, None, np.float32(np.nan), costs=costs)
+    state = RunState(ctx.base_params, None, np.float32(np.nan), costs=costs, trackers=tracked)
     rundir.start_metrics(ctx.out)
     rec = {"step": 0, "stage": ctx.stages[0].name, "stage_step": 0}
     rec.update(probe_metrics(ctx, state.params))
-    if ctx.c.ntk_every:
-        state.ntk0 = tracking.initial_kernels(ctx, resumed=False)
-        rec.update(tracking.drift_metrics(state.ntk0, state.ntk0))
+    for t in tracked:
+        rec.update(t.start(state.params, resumed=False))
     rec.update(evaluate(ctx, state.params, 0))
     state.first_eval = {k: v for k, v in rec.items() if k.startswith("eval/")}
     rundir.log(ctx.out, rec)
@@ -149,54 +151,21 @@ def _stage_update(ctx: RunContext, state: RunState, si: int, stage: Stage):
     return partial(lp_update, tx=tx, **ctx.gd)
 
 
-def _claim6_hook(ctx: RunContext, state: RunState, stage: Stage, update):
-    """At the first step of the stage "rl" with RLConfig.claim6: (the claim6/trG_answer record at the stage's
-    starting params, the update wrapped to keep the batch and params of its first call, what it keeps); else
-    (None, update, None)."""
-    if not (ctx.c.claim6 and stage.name == "rl" and stage.kind == "rl" and state.stage_step == 0):
-        return None, update, None
-    contexts = tracking.drift_contexts(ctx.probe_pos, ctx.c.ntk_contexts)
-    kept: dict = {}
-
-    def first_update(params, opt_state, batch, *args):
-        out = update(params, opt_state, batch, *args)
-        if not kept:  # iteration 0: the on-policy update of this batch
-            kept.update(before=params, after=out[0], batch=batch)
-        return out
-
-    return claim6.answer_trace(ctx, state.params, contexts), first_update, kept
-
-
-def _tracked(ctx: RunContext, state: RunState, stage: Stage, before, c6_start, kept) -> dict:
-    """The dz shares, claim-6 measures and eNTK drift due at this step (RLConfig.probe_every / claim6 /
-    ntk_every)."""
-    c, rec = ctx.c, {}
-    if c.probe_every and (state.stage_step == 1 or state.stage_step % c.probe_every == 0):
-        rec.update(dz_share_metrics(ctx, before, state.params))
-    if c6_start is not None:
-        rec.update(c6_start)
-        rec.update(claim6.update_measures(ctx, kept["before"], kept["after"], kept["batch"]))
-    if c.ntk_every and (state.step % c.ntk_every == 0 or state.step == sum(s.steps for s in ctx.stages)):
-        K = tracking.trace_kernels(ctx, state.params, state.ntk0["contexts"])
-        rec.update(tracking.drift_metrics(state.ntk0, K))
-    return rec
-
-
 def _run_step(ctx: RunContext, state: RunState, stage: Stage, update) -> dict:
     """One global step of `stage`: the update, the tracked quantities, maybe an evaluation; returns the record."""
     c = ctx.c
-    c6_start, update, kept = _claim6_hook(ctx, state, stage, update)
     state.stage_step += 1
     state.step += 1
     rec = {"step": state.step, "stage": stage.name, "stage_step": state.stage_step}
     t0 = time.perf_counter()
     before = state.params
     if stage.kind == "rl":
-        state.params, state.opt_state, state.baseline, m = rl_step(
+        state.params, state.opt_state, state.baseline, m, (first_after, batch) = rl_step(
             ctx, stage, state.stage_step, state.step, update, state.params, state.opt_state, state.baseline)
     else:
         state.params, state.opt_state, m = lp_step(ctx, stage, state.stage_step, state.step, update, state.params,
                                                    state.opt_state)
+        first_after, batch = state.params, None
     rec.update(m)
     rec.update(probe_metrics(ctx, state.params))
     dt = time.perf_counter() - t0
@@ -207,7 +176,10 @@ def _run_step(ctx: RunContext, state: RunState, stage: Stage, update) -> dict:
     cost["generated_tokens"] += ntok
     if stage.kind == "rl":
         rec["generated_tokens"] = sum(v.get("generated_tokens", 0) for v in state.costs.values())
-    rec.update(_tracked(ctx, state, stage, before, c6_start, kept))
+    u = trackers.Update(stage, state.step, state.stage_step, sum(s.steps for s in ctx.stages), before, state.params,
+                        first_after, batch)
+    for t in state.trackers:
+        rec.update(t.after_update(u))
     if (c.eval_every and state.step % c.eval_every == 0) or state.stage_step == stage.steps:
         t1 = time.perf_counter()
         rec.update(evaluate(ctx, state.params, state.step))

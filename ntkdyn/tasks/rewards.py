@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 __all__ = ["RewardError", "RewardSet", "RewardOutput", "load_reward_function", "task_reward_function",
+           "text_reward_function",
            "reward_name", "completion_text", "is_conversational", "as_completions"]
 
 _RESERVED = ("prompts", "completions", "completion_ids")
@@ -81,13 +82,20 @@ def reward_name(fn) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
-def task_reward_function(task) -> Callable:
-    """``task.reward`` (one prompt, one completion text) in TRL's batch signature, named after the task."""
+def text_reward_function(fn: Callable, name: str = "reward_fn") -> Callable:
+    """``fn(prompt, completion_text) -> float`` (one completion at a time) in TRL's batch signature, named `name`
+    (its metrics rewards/<name>/mean|std do not depend on what the callable is called, e.g. a lambda)."""
 
     def reward(prompts, completions, completion_ids=None, **columns):
-        return [float(task.reward(p, completion_text(c))) for p, c in zip(prompts, completions)]
+        return [float(fn(p, completion_text(c))) for p, c in zip(prompts, completions)]
 
-    reward.__name__ = reward.__qualname__ = str(task.name)
+    reward.__name__ = reward.__qualname__ = str(name)
+    return reward
+
+
+def task_reward_function(task) -> Callable:
+    """``task.reward`` (one prompt, one completion text) in TRL's batch signature, named after the task."""
+    reward = text_reward_function(task.reward, task.name)
     reward.__doc__ = f"The reward of task {task.name!r} ({task.description})"
     return reward
 

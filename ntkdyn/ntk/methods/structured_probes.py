@@ -17,7 +17,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from ...models.transformer import EMBED, Taps, features
 from ..kernel import HutchinsonEstimate, Kernel, KernelPlan

@@ -1,5 +1,5 @@
-"""eNTK drift during a run: how far the kernel on a fixed set of probe contexts moves from the run's start (the
-"stable eNTK" assumption of one-step analyses, measured for RL; issue 16).
+"""The eNTK drift tracker: how far the kernel on a fixed set of probe contexts moves from the run's start (the
+"stable eNTK" assumption of one-step analyses, measured for RL).
 
 At the run start the N×N trace kernels over the vocabulary (spec §1: Θ = R ⊗ I_V + G (+ X for a tied head))
 
@@ -7,7 +7,7 @@ At the run start the N×N trace kernels over the vocabulary (spec §1: Θ = R �
 
 of the starting model on N fixed probe contexts are kept as K0 (OUT/ntk0.npz, written atomically; a resumed run
 reads it back, or recomputes it from the starting model when it is missing). Every RLConfig.ntk_every global
-steps, at step 0 and at the last step the trainer logs, for Z in R, G, K,
+steps, at step 0 and at the last step the run logs, for Z in R, G, K,
 
     ntk/align_Z  = metrics.kernel_alignment(Z_t, Z_0)   (uncentred: ⟨Z_t, Z_0⟩_F / ‖Z_t‖_F ‖Z_0‖_F; 1 = unmoved)
     ntk/change_Z = metrics.kernel_change(Z_t, Z_0)      (‖Z_t − Z_0‖_F / ‖Z_0‖_F; 0 = unmoved)
@@ -23,10 +23,10 @@ import os
 
 import numpy as np
 
-from .. import metrics as M
-from ..io import atomic_file
+from ... import metrics as M
+from ...io import atomic_file
 
-__all__ = ["NTK0_FILE", "drift_contexts", "trace_kernels", "initial_kernels", "drift_metrics"]
+__all__ = ["NTK0_FILE", "Drift", "drift_contexts", "trace_kernels", "drift_metrics"]
 
 NTK0_FILE = "ntk0.npz"
 HUTCHINSON_SEED = 0  # the probes of every drift kernel of every run: differences are not probe noise
@@ -47,41 +47,24 @@ def drift_contexts(probe_pos, n: int) -> np.ndarray:
     return pp[round_robin[:n]]
 
 
-def trace_kernels(ctx, params, contexts) -> dict:
+def trace_kernels(lm, probe_ids, contexts, params, method: str = "exact", num_probes: int = 64) -> dict:
     """The (N, N) trace kernels {"R": V s, "G": tr_V G, "K": their sum (+ tr_V X, tied)} of `params` at `contexts`
-    of ctx.probe_ids, float64, by RLConfig.ntk_method."""
-    from ..ntk.api import decompose
+    of `probe_ids`, float64: method "exact" (decompose output="trace") or "hutchinson" (`num_probes` probes of
+    HUTCHINSON_SEED; R stays exact)."""
+    from ...ntk.api import decompose
 
-    c, V = ctx.c, ctx.cfg.vocab_size
-    if c.ntk_method == "hutchinson":
-        k = decompose(ctx.lm, ctx.probe_ids, contexts, output="hutchinson", params=params,
-                      num_probes=int(c.ntk_probes), seed=HUTCHINSON_SEED)
+    V = lm.config.vocab_size
+    if method == "hutchinson":
+        k = decompose(lm, probe_ids, contexts, output="hutchinson", params=params, num_probes=int(num_probes),
+                      seed=HUTCHINSON_SEED)
         G, X = k.gradient.trace, None if k.cross is None else k.cross.trace
     else:
-        k = decompose(ctx.lm, ctx.probe_ids, contexts, output="trace", params=params)
+        k = decompose(lm, probe_ids, contexts, output="trace", params=params)
         G, X = k.gradient, k.cross
     R = V * np.asarray(k.representation, np.float64)
     G = np.asarray(G, np.float64)
     K = R + G + (0.0 if X is None else np.asarray(X, np.float64))
     return {"R": R, "G": G, "K": K}
-
-
-def initial_kernels(ctx, resumed: bool) -> dict:
-    """K0: the trace kernels of the starting model (ctx.base_params) at `drift_contexts`. A fresh run computes and
-    writes them to OUT/ntk0.npz (atomically); a resumed run reads that file (recomputing when it is missing or was
-    made on other contexts / another method). Returns {"contexts", "R", "G", "K"}."""
-    contexts = drift_contexts(ctx.probe_pos, ctx.c.ntk_contexts)
-    path = os.path.join(ctx.out, NTK0_FILE)
-    if resumed and os.path.isfile(path):
-        with np.load(path) as f:
-            saved = {k: f[k] for k in f.files}
-        if (np.array_equal(saved.get("contexts"), contexts) and str(saved.get("method")) == ctx.c.ntk_method
-                and all(k in saved for k in ("R", "G", "K"))):
-            return {k: saved[k] for k in ("contexts", "R", "G", "K")}
-    K0 = dict(contexts=contexts, **trace_kernels(ctx, ctx.base_params, contexts))
-    with atomic_file(path) as tmp:
-        np.savez(tmp, method=np.asarray(ctx.c.ntk_method), **K0)
-    return K0
 
 
 def drift_metrics(K0: dict, K: dict) -> dict:
@@ -93,3 +76,39 @@ def drift_metrics(K0: dict, K: dict) -> dict:
     out["ntk/trace_G"] = float(np.mean(np.diag(K["G"])))
     out["ntk/trace_R"] = float(np.mean(np.diag(K["R"])))
     return out
+
+
+class Drift:
+    """The tracker: K0 of the starting params at `drift_contexts` of the probe set (OUT/ntk0.npz, written
+    atomically by a fresh run, read back on resume, recomputed when missing or made on other contexts / another
+    method), then drift_metrics at every `every`-th global step and at the last one."""
+
+    name = "ntk_drift"
+
+    def __init__(self, lm, probes, out: str, *, every: int, n_contexts: int, method: str, num_probes: int):
+        self.lm, self.ids, self.out = lm, probes.ids, out
+        self.every, self.method, self.num_probes = int(every), method, int(num_probes)
+        self.contexts = drift_contexts(probes.pos, n_contexts)
+        self.K0 = None
+
+    def _kernels(self, params) -> dict:
+        return trace_kernels(self.lm, self.ids, self.contexts, params, self.method, self.num_probes)
+
+    def start(self, params, resumed: bool) -> dict:
+        path = os.path.join(self.out, NTK0_FILE)
+        if resumed and os.path.isfile(path):
+            with np.load(path) as f:
+                saved = {k: f[k] for k in f.files}
+            if (np.array_equal(saved.get("contexts"), self.contexts) and str(saved.get("method")) == self.method
+                    and all(k in saved for k in ("R", "G", "K"))):
+                self.K0 = {k: saved[k] for k in ("R", "G", "K")}
+                return {}
+        self.K0 = self._kernels(params)
+        with atomic_file(path) as tmp:
+            np.savez(tmp, method=np.asarray(self.method), contexts=self.contexts, **self.K0)
+        return {} if resumed else drift_metrics(self.K0, self.K0)
+
+    def after_update(self, u) -> dict:
+        if u.step % self.every and u.step != u.total_steps:
+            return {}
+        return drift_metrics(self.K0, self._kernels(u.after))

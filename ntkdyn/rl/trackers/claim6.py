@@ -1,8 +1,8 @@
-"""Claim 6 (spec §5) made measurable: "shaping the classifier directly affects the gradient component of the NTK".
-Logged in the record of the FIRST step of every stage named "rl" (plain RL: global step 1; CF-RL and LP-FT: the
-first stage-2 step), when RLConfig.claim6 is on:
+"""The claim-6 tracker (spec §5): "shaping the classifier directly affects the gradient component of the NTK", made
+measurable. Logged in the record of the FIRST step of every stage named "rl" (plain RL: global step 1; CF-RL and
+LP-FT: the first stage-2 step), when RLConfig.claim6 is on:
 
-(a) claim6/trG_answer = mean over the drift probe contexts c (tracking.drift_contexts, RLConfig.ntk_contexts of
+(a) claim6/trG_answer = mean over the drift probe contexts c (drift.drift_contexts, RLConfig.ntk_contexts of
     them) of tr G_S(c, c) = Σ_{k∈S} G(c, c)_kk, with the params at the START of the stage (before its first update)
     (ntk.decompose output="subset"). S (`answer_tokens`) = every token the probe set's reference answers use, EOS
     included: the tokens at the positions the probe contexts predict.
@@ -30,10 +30,11 @@ from functools import partial
 import jax
 import numpy as np
 
-from ..models.padding import pad_right
-from ..models.transformer import apply_head, features
+from ...models.padding import pad_right
+from ...models.transformer import apply_head, features
+from .drift import drift_contexts
 
-__all__ = ["answer_tokens", "answer_trace", "update_measures", "CLAIM6_ID", "CHUNK_BYTES"]
+__all__ = ["Claim6", "answer_tokens", "answer_trace", "update_measures", "CLAIM6_ID", "CHUNK_BYTES"]
 
 CLAIM6_ID = 6  # folds into the seed of the fixed rollout subset
 CHUNK_BYTES = 256 * 2**20  # (contexts, V) float32 arrays held at once, roughly, per chunk of rollouts
@@ -45,12 +46,12 @@ def answer_tokens(probe_ids, probe_pos) -> np.ndarray:
     return np.unique(ids[pp[:, 0], pp[:, 1] + 1]).astype(np.int32)
 
 
-def answer_trace(ctx, params, contexts) -> dict:
-    """(a): {"claim6/trG_answer": mean_c tr G_S(c, c)} of `params` at `contexts` of ctx.probe_ids."""
-    from ..ntk.api import decompose
+def answer_trace(lm, probe_ids, probe_pos, params, contexts) -> dict:
+    """(a): {"claim6/trG_answer": mean_c tr G_S(c, c)} of `params` at `contexts` of `probe_ids`."""
+    from ...ntk.api import decompose
 
-    S = answer_tokens(ctx.probe_ids, ctx.probe_pos)
-    k = decompose(ctx.lm, ctx.probe_ids, contexts, output="subset", tokens=S, params=params)
+    S = answer_tokens(probe_ids, probe_pos)
+    k = decompose(lm, probe_ids, contexts, output="subset", tokens=S, params=params)
     G = np.asarray(k.gradient, np.float64)  # (N, N, |S|, |S|)
     return {"claim6/trG_answer": float(np.mean(np.einsum("nnkk->n", G)))}
 
@@ -61,12 +62,13 @@ def _context_logits(params, ids, rows, pos, *, graphdef, cfg):
     return apply_head(params["head"], features(graphdef, cfg, params, ids)[0][rows, pos])
 
 
-def _measured_rows(c, B: int) -> np.ndarray:
-    """The rollout rows measured: all B, or a fixed random subset of RLConfig.claim6_rollouts of them."""
-    n = int(c.claim6_rollouts)
+def measured_rows(rollouts: int, seed: int, B: int) -> np.ndarray:
+    """The rollout rows measured: all B, or a fixed random subset of `rollouts` of them (RLConfig.claim6_rollouts),
+    drawn once from (seed, CLAIM6_ID)."""
+    n = int(rollouts)
     if n == 0 or n >= B:
         return np.arange(B)
-    return np.sort(np.random.default_rng([int(c.seed), CLAIM6_ID]).choice(B, n, replace=False))
+    return np.sort(np.random.default_rng([int(seed), CLAIM6_ID]).choice(B, n, replace=False))
 
 
 def _right_aligned(prompt_ids, prompt_mask, completion, pad: int):
@@ -93,23 +95,25 @@ def _chunk_sums(z, dz, y, w, m, T):
     return out
 
 
-def update_measures(ctx, before, after, batch) -> dict:
-    """(b) and (c) of the update before → after on the rollout `batch` (the trainer's rl_update batch)."""
-    from ..dynamics import split_update
+def update_measures(lm, before, after, batch, *, temperature: float = 1.0, rows=None) -> dict:
+    """(b) and (c) of the update before → after on the rollout `batch` (the trainer's rl_update batch) at the
+    rollout `temperature`; rows: the rollout rows measured (default: all)."""
+    from ...dynamics import split_update
 
     pids, pmask, comp, mask, adv = (np.asarray(x) for x in jax.device_get(
         (batch["prompt_ids"], batch["prompt_mask"], batch["completion"], batch["mask"], batch["adv"])))
-    rows = _measured_rows(ctx.c, len(adv))
-    ids, pos = _right_aligned(pids[rows], pmask[rows], comp[rows], ctx.pad)
-    R, N, V, T = len(rows), comp.shape[1], ctx.cfg.vocab_size, float(ctx.loss_spec.temperature)
+    rows = np.arange(len(adv)) if rows is None else np.asarray(rows)
+    gd = dict(graphdef=lm.graphdef, cfg=lm.config)
+    ids, pos = _right_aligned(pids[rows], pmask[rows], comp[rows], int(lm.config.pad_token_id or 0))
+    R, N, V, T = len(rows), comp.shape[1], lm.config.vocab_size, float(temperature)
     k = int(max(1, min(R, CHUNK_BYTES // (8 * 4 * N * V))))  # rows per chunk (~8 (contexts, V) arrays at once)
     sums: dict = {}
     for start in range(0, R, k):
         sel = np.arange(start, start + k) % R  # the last chunk repeats rows (weight 0): one shape, one compile
         live = (np.arange(start, start + k) < R).astype(np.float64)
         cr, cp = np.repeat(np.arange(k), N).astype(np.int32), pos[sel].reshape(-1).astype(np.int32)
-        d = split_update(ctx.lm, before, after, ids[sel], np.stack([cr, cp], 1))
-        z = _context_logits(before, ids[sel], cr, cp, **ctx.gd)
+        d = split_update(lm, before, after, ids[sel], np.stack([cr, cp], 1))
+        z = _context_logits(before, ids[sel], cr, cp, **gd)
         dz = {"G": d["dz_gradient"], "R": d["dz_representation"]}
         m = (mask[rows][sel] != 0).astype(np.float64) * live[:, None]
         part = _chunk_sums(jax.device_get(z), jax.device_get(dz), comp[rows][sel].reshape(-1),
@@ -123,3 +127,26 @@ def update_measures(ctx, before, after, batch) -> dict:
         out[f"claim6/gain_{name}"] = float(sums[f"dot_{name}"] / (T * R))
     out["claim6/gain"] = out["claim6/gain_G"] + out["claim6/gain_R"]
     return out
+
+
+class Claim6:
+    """The tracker: at the first update of a stage named "rl", (a) at the params before it and (b), (c) of its first
+    (on-policy) iteration."""
+
+    name = "claim6"
+
+    def __init__(self, lm, probes, n_contexts: int, *, temperature: float, rollouts: int, seed: int):
+        self.lm, self.ids, self.pos = lm, probes.ids, probes.pos
+        self.contexts = drift_contexts(probes.pos, n_contexts)
+        self.temperature, self.rollouts, self.seed = temperature, rollouts, seed
+
+    def start(self, params, resumed: bool) -> dict:
+        return {}
+
+    def after_update(self, u) -> dict:
+        if not (u.stage.name == "rl" and u.stage.kind == "rl" and u.stage_step == 1):
+            return {}
+        out = answer_trace(self.lm, self.ids, self.pos, u.before, self.contexts)
+        rows = measured_rows(self.rollouts, self.seed, int(np.shape(u.batch["adv"])[0]))
+        out.update(update_measures(self.lm, u.before, u.first_after, u.batch, temperature=self.temperature, rows=rows))
+        return out

@@ -1,11 +1,10 @@
-"""ntkdyn.rl.tracking (eNTK drift) and ntkdyn.rl.claim6 (claim 6's measures): the context choice and the answer
-tokens by hand, claim 6's alignment and gains against a brute-force float64 computation on tiny models (explicit
-logits per unpadded sequence and the linearisation), and the trainer's records: keys at the right steps, no drift
-when the params do not change, and a resumed run keeping K0."""
+"""ntkdyn.rl.trackers (the dz share, the eNTK drift, claim 6's measures): the context choice and the answer tokens
+by hand, claim 6's alignment and gains against a brute-force float64 computation on tiny models (explicit logits per
+unpadded sequence and the linearisation), and the trainer's records: keys at the right steps, no drift when the
+params do not change, and a resumed run keeping K0."""
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,8 @@ from rl_helpers import SMALL, base_dir, easy_reward, strip_timing  # noqa: F401 
 import hf_models
 import ntkdyn as nd
 from ntkdyn.rl import RLConfig, read_metrics, train
-from ntkdyn.rl import claim6, tracking
+from ntkdyn.rl import trackers
+from ntkdyn.rl.trackers import claim6, drift
 
 DRIFT = [f"ntk/{m}_{z}" for m in ("align", "change") for z in ("R", "G", "K")] + ["ntk/trace_G", "ntk/trace_R"]
 CLAIM6 = ["claim6/trG_answer", "claim6/align_G", "claim6/align_R", "claim6/gain_G", "claim6/gain_R", "claim6/gain"]
@@ -24,9 +24,16 @@ CLAIM6 = ["claim6/trG_answer", "claim6/align_G", "claim6/align_R", "claim6/gain_
 
 def test_drift_contexts_round_robin():
     pos = np.array([[0, 5], [0, 6], [0, 7], [1, 3], [2, 9], [2, 10]], np.int32)[[5, 2, 0, 3, 1, 4]]  # shuffled
-    np.testing.assert_array_equal(tracking.drift_contexts(pos, 4), [[0, 5], [1, 3], [2, 9], [0, 6]])
-    np.testing.assert_array_equal(tracking.drift_contexts(pos, 100), [[0, 5], [1, 3], [2, 9], [0, 6], [2, 10],
+    np.testing.assert_array_equal(drift.drift_contexts(pos, 4), [[0, 5], [1, 3], [2, 9], [0, 6]])
+    np.testing.assert_array_equal(drift.drift_contexts(pos, 100), [[0, 5], [1, 3], [2, 9], [0, 6], [2, 10],
                                                                       [0, 7]])
+
+
+def test_trackers_follow_the_config():
+    probes = trackers.Probes(np.zeros((2, 6), np.int32), np.ones((2, 6), np.float32), np.array([[0, 3], [1, 4]]))
+    names = lambda **kw: [t.name for t in trackers.build(_small(out="x", **kw), None, probes, "x")]  # noqa: E731
+    assert names(probe_every=0) == [] and names(probe_every=5) == ["dz_share"]
+    assert names(probe_every=5, claim6=True, ntk_every=2) == ["dz_share", "claim6", "ntk_drift"]  # record order
 
 
 def test_answer_tokens():
@@ -94,12 +101,10 @@ def test_claim6_update_measures_vs_bruteforce(tmp_path, monkeypatch, name, rollo
     after = jax.tree.map(lambda x: x + 1e-2 * jnp.asarray(rng.normal(size=x.shape), x.dtype), before)
     batch = _rl_batch(rng, lm.config.vocab_size)
     T = 0.7
-    ctx = SimpleNamespace(c=SimpleNamespace(claim6_rollouts=rollouts, seed=5), lm=lm, cfg=lm.config, pad=0,
-                          loss_spec=SimpleNamespace(temperature=T), gd=dict(graphdef=lm.graphdef, cfg=lm.config))
     N, V = batch["completion"].shape[1], lm.config.vocab_size
     monkeypatch.setattr(claim6, "CHUNK_BYTES", 8 * 4 * N * V * chunk_rows)
-    got = claim6.update_measures(ctx, before, after, batch)
-    rows = claim6._measured_rows(ctx.c, 4)
+    rows = claim6.measured_rows(rollouts, 5, 4)
+    got = claim6.update_measures(lm, before, after, batch, temperature=T, rows=rows)
     assert len(rows) == (rollouts or 4)
     with jax.enable_x64(True):
         f64 = lambda t: jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), t)  # noqa: E731
@@ -133,7 +138,7 @@ def test_cf_rl_logs_drift_and_claim6_and_resume_keeps_K0(base_dir, tmp_path):
     assert recs[5]["ntk/change_R"] > 0  # stage 2 moves the features
     assert recs[3]["claim6/trG_answer"] > 0
     np.testing.assert_allclose(recs[3]["claim6/gain"], recs[3]["claim6/gain_G"] + recs[3]["claim6/gain_R"])
-    with np.load(os.path.join(cfg.out, tracking.NTK0_FILE)) as f:
+    with np.load(os.path.join(cfg.out, drift.NTK0_FILE)) as f:
         assert f["G"].shape == (3, 3) and f["contexts"].shape == (3, 2)
         k0 = {k: f[k] for k in f.files}
 
@@ -145,7 +150,7 @@ def test_cf_rl_logs_drift_and_claim6_and_resume_keeps_K0(base_dir, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(cfg.replace(out=out_b), progress=False, reward_fn=easy_reward, callback=kill_at_4)
-    path = os.path.join(out_b, tracking.NTK0_FILE)
+    path = os.path.join(out_b, drift.NTK0_FILE)
     before = os.stat(path).st_mtime_ns
     train(cfg.replace(out=out_b, resume=True), progress=False, reward_fn=easy_reward)
     assert os.stat(path).st_mtime_ns == before  # read back, not rewritten

@@ -1,0 +1,62 @@
+"""Trackers: what a run measures of its own learning dynamics besides the step's metrics, as after-update plugins
+with their own cadence. The trainer's loop is rollout -> reward -> update -> trackers -> evaluate -> checkpoint; it
+knows nothing of what a tracker measures.
+
+A tracker has
+    name                                  for messages
+    start(params, resumed) -> dict        at the start of a run (a fresh run merges it into the step-0 record; a
+                                          resumed one restores what the tracker keeps, e.g. the drift's K0)
+    after_update(u: Update) -> dict       after every update: the tracker decides whether this step is its own
+
+`build(config, lm, probes, out)` makes the run's trackers from its RLConfig, in the order their keys appear in a
+record: the dz share (dz_share.py, RLConfig.probe_every), claim 6's measures (claim6.py, RLConfig.claim6), the eNTK
+drift (drift.py, RLConfig.ntk_every). A new tracker: a module here with a class of that interface, and one line in
+`build` that adds it when its config field asks for it.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["Update", "Probes", "build"]
+
+
+class Probes(NamedTuple):
+    """The run's fixed probe set (rl/context.py): probe sequences, their mask, and the (row, position) contexts
+    that predict an answer token or EOS."""
+
+    ids: np.ndarray  # (n, T) int32, right-padded
+    mask: np.ndarray  # (n, T) float32, 1 on real tokens
+    pos: np.ndarray  # (m, 2) int32
+
+
+class Update(NamedTuple):
+    """One update as the trackers see it."""
+
+    stage: Any  # recipes.Stage
+    step: int  # global step (after the update)
+    stage_step: int  # step within the stage (1 for its first)
+    total_steps: int  # global steps of the whole run
+    before: Any  # params before the update
+    after: Any  # params after it
+    first_after: Any  # params after its first (on-policy) iteration (num_iterations > 1 reuses the batch)
+    batch: Any  # the rollout batch of an RL update (objectives' layout); None for the LP stage
+
+
+def build(c, lm, probes: Probes, out: str) -> list:
+    """The trackers RLConfig `c` asks for, in record order."""
+    from .claim6 import Claim6
+    from .drift import Drift
+    from .dz_share import DzShare
+
+    trackers = []
+    if c.probe_every:
+        trackers.append(DzShare(lm, probes, c.probe_every))
+    if c.claim6:
+        trackers.append(Claim6(lm, probes, c.ntk_contexts, temperature=float(c.temperature),
+                               rollouts=int(c.claim6_rollouts), seed=int(c.seed)))
+    if c.ntk_every:
+        trackers.append(Drift(lm, probes, out, every=c.ntk_every, n_contexts=c.ntk_contexts, method=c.ntk_method,
+                              num_probes=c.ntk_probes))
+    return trackers
