@@ -9,7 +9,8 @@ import transformers
 V = 97
 GEMMA3 = dict(vocab_size=V, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
               head_dim=16, intermediate_size=48, max_position_embeddings=64, query_pre_attn_scalar=24,
-              sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+              sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+              tie_word_embeddings=True)
 
 SPECS = {
     "gpt2": ("GPT2Config", dict(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
