@@ -44,6 +44,18 @@ def permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _writer(path, arch, d, d_ff, n_layers, n_heads, n_kv):
+    """A GGUFWriter with the shape metadata every architecture has (context length 128)."""
+    w = gguf.GGUFWriter(path, arch)
+    w.add_context_length(128)
+    w.add_embedding_length(d)
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(d_ff)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv)
+    return w
+
+
 def random_kquant(shape, qtype, rng) -> np.ndarray:
     """Random bytes of a K-quant tensor (gguf-py cannot quantize these) with fp16 scales chosen so that the
     dequantized values have a standard deviation of about 0.05."""
@@ -81,13 +93,7 @@ def write_llama(path: str, *, arch: str = "llama", qtype=Q.F32, tied: bool = Tru
     tokens, types, merges = bpe or tiny_bpe()
     V, hd = len(tokens), d // n_heads
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(path, arch)
-    w.add_context_length(128)
-    w.add_embedding_length(d)
-    w.add_block_count(n_layers)
-    w.add_feed_forward_length(d_ff)
-    w.add_head_count(n_heads)
-    w.add_head_count_kv(n_kv)
+    w = _writer(path, arch, d, d_ff, n_layers, n_heads, n_kv)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(hd)
@@ -182,13 +188,7 @@ def write_gemma3(path: str, *, qtypes=None, d: int = 256, d_ff: int = 512, n_lay
     tokens, types, scores = sp or tiny_sentencepiece()
     V, qtypes = len(tokens), qtypes or {}
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(path, arch)
-    w.add_context_length(128)
-    w.add_embedding_length(d)
-    w.add_block_count(n_layers)
-    w.add_feed_forward_length(d_ff)
-    w.add_head_count(n_heads)
-    w.add_head_count_kv(n_kv)
+    w = _writer(path, arch, d, d_ff, n_layers, n_heads, n_kv)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(1e-6)
