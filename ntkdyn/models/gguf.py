@@ -81,31 +81,37 @@ def header(path: str) -> dict:
     """{key: value} of every scalar and string metadata entry of a GGUF file, read from its header alone: arrays
     (the vocabulary, its scores and types, the merges) are stepped over without being decoded, so this takes well
     under a second whatever the vocabulary. CheckpointError naming the file when it is missing or not GGUF."""
+    import mmap
+
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file; expected a .gguf checkpoint")
-    with open(path, "rb") as f:
-        try:
-            return _read_header(f)
-        except (struct.error, ValueError, UnicodeDecodeError, MemoryError) as e:
-            raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _read_header(buf)
+    except (struct.error, ValueError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 
 
-def _read_header(f) -> dict:
+def _read_header(buf) -> dict:
+    at = 0
+
     def unpack(fmt):
-        n = struct.calcsize("<" + fmt)
-        raw = f.read(n)
-        if len(raw) != n:
-            raise ValueError("the file ends inside its header")
-        return struct.unpack("<" + fmt, raw)[0]
+        nonlocal at
+        (v,) = struct.unpack_from("<" + fmt, buf, at)
+        at += struct.calcsize("<" + fmt)
+        return v
 
-    def string():
+    def string(skip=False):
+        nonlocal at
         n = unpack("Q")
-        if n > 1 << 24:
-            raise ValueError(f"a metadata string of {n} bytes")
-        return f.read(n).decode("utf-8")
+        if at + n > len(buf):
+            raise ValueError("the file ends inside its header")
+        at += n
+        return None if skip else bytes(buf[at - n:at]).decode("utf-8")
 
-    if f.read(4) != b"GGUF":
+    if bytes(buf[:4]) != b"GGUF":
         raise ValueError("no GGUF magic number")
+    at = 4
     version = unpack("I")
     if version not in (2, 3):
         raise ValueError(f"GGUF version {version}; expected 2 or 3")
@@ -121,9 +127,9 @@ def _read_header(f) -> dict:
             itype, count = unpack("I"), unpack("Q")
             if itype == 8:  # strings: step over each (length, bytes)
                 for _ in range(count):
-                    f.seek(unpack("Q"), 1)
+                    string(skip=True)
             elif itype in _SCALARS:
-                f.seek(count * struct.calcsize("<" + _SCALARS[itype]), 1)
+                at += count * struct.calcsize("<" + _SCALARS[itype])
             else:
                 raise ValueError(f"metadata {key!r}: array of type {itype}")
         else:
