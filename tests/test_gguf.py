@@ -1,8 +1,10 @@
-"""GGUF import (ntkdyn.models.gguf): tiny random Llama / Qwen2 GGUF files written here with the `gguf` package,
-converted, and compared with transformers' own GGUF loader on the same file (a test-only reference)."""
+"""GGUF import (ntkdyn.models.gguf): tiny random Llama / Qwen2 / Qwen3 / Gemma 3 / Gemma 2 GGUF files written here
+with the `gguf` package, converted, and compared with transformers' own GGUF loader on the same file (a test-only
+reference)."""
 import argparse
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -74,10 +76,14 @@ def test_logits_match_transformers_gguf_loader(tmp_path, bpe, qtype, tied):
     assert np.abs(z - zr).max() <= 1e-4 * np.abs(zr).max(), (qtype.name, np.abs(z - zr).max(), np.abs(zr).max())
 
 
-def test_qwen2_with_biases_matches_transformers(tmp_path, bpe):
-    path, _ = _write(tmp_path, bpe, arch="qwen2", tied=False, pre="qwen2")
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_qwen_matches_transformers(tmp_path, bpe, arch):
+    # transformers' GGUF loader reads no head_dim for Qwen3 and takes its default, 128 (as in real Qwen3 files)
+    dims = dict(d=512, d_ff=256) if arch == "qwen3" else {}
+    path, _ = _write(tmp_path, bpe, arch=arch, tied=False, pre="qwen2", **dims)
     lm = nd.load(ng.convert_gguf(path, str(tmp_path / "out")))
-    assert lm.config.model_type == "qwen2" and lm.config.qkv_bias
+    assert lm.config.model_type == arch and lm.config.qkv_bias == (arch == "qwen2")
+    assert lm.config.qk_norm == (arch == "qwen3")
     ids = _ids(lm.config.vocab_size, 1)
     z, zr = np.asarray(lm.logits(ids)), _reference_logits(path, ids)
     assert np.abs(z - zr).max() <= 1e-4 * np.abs(zr).max()
@@ -188,3 +194,105 @@ def test_cli_convert_gguf(tmp_path, bpe, capsys):
     assert ng.run_convert_gguf(p.parse_args([path, str(tmp_path / "cli")])) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli")
     assert os.path.isfile(tmp_path / "cli" / "model.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------- Gemma 3 / Gemma 2
+@pytest.fixture(scope="module")
+def sp():
+    return gm.tiny_sentencepiece()
+
+
+def _write_gemma(tmp_path, sp, name="gemma.gguf", **kw):
+    path = os.path.join(str(tmp_path), name)
+    return path, gm.write_gemma3(path, sp=sp, **kw)
+
+
+def test_gemma3_f32_weights_and_config(tmp_path, sp):
+    path, hf = _write_gemma(tmp_path, sp)
+    out = ng.convert_gguf(path, str(tmp_path / "out"))
+    state = read_weights(out)
+    assert set(state) == set(hf)  # tied; ffn_norm is the pre-feed-forward norm; q/k norms; 1 + w undone exactly
+    for k, v in hf.items():
+        np.testing.assert_array_equal(state[k], v, err_msg=k)
+    c = nd.load(out).config
+    assert (c.family, c.model_type, c.d_model, c.head_dim, c.n_heads, c.n_kv_heads, c.sliding_window) == \
+        ("gemma3", "gemma3_text", 256, 256, 4, 1, 4)
+    assert c.layer_types == ("sliding_attention",) * 5 + ("full_attention", "sliding_attention")
+    assert (c.rope_theta, c.rope_local_theta, c.query_pre_attn_scalar, c.norm_eps) == (1e6, 1e4, 256, 1e-6)
+    assert c.tie_word_embeddings and c.qk_norm and c.final_logit_softcapping is None
+    assert (c.bos_token_id, c.eos_token_id, c.pad_token_id) == (2, 1, 0)
+    saved = json.load(open(os.path.join(out, "config.json")))
+    assert saved["architectures"] == ["Gemma3ForCausalLM"] and saved["sliding_window"] == 4
+    assert json.load(open(os.path.join(out, "generation_config.json")))["eos_token_id"] == [1, 6]  # <end_of_turn>
+
+
+@pytest.mark.parametrize("qtypes", [gm.GEMMA_MIX] + [{k: q for k in gm.GEMMA_MIX} for q in
+                                                     (Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K)],
+                         ids=["real_file_mix", "Q8_0", "Q5_0", "Q4_K", "Q6_K"])
+def test_gemma3_logits_match_transformers_gguf_loader(tmp_path, sp, qtypes):
+    # 13 positions past a sliding window of 4, seven layers (the sixth global), norms stored as 1 + w
+    path, _ = _write_gemma(tmp_path, sp, qtypes=qtypes)
+    lm = nd.load(ng.convert_gguf(path, str(tmp_path / "out")))
+    ids = np.random.default_rng(0).integers(0, lm.config.vocab_size, (2, 13)).astype(np.int32)
+    z, zr = np.asarray(lm.logits(ids)), _reference_logits(path, ids)
+    assert np.abs(z - zr).max() <= 1e-4 * np.abs(zr).max(), np.abs(z - zr).max() / np.abs(zr).max()
+
+
+def test_gemma2_with_soft_capping_matches_transformers(tmp_path, sp):
+    # transformers' GGUF loader keeps Gemma 2's default cappings (50, 30) whatever the file says: write those
+    path, _ = _write_gemma(tmp_path, sp, arch="gemma2", caps=(50.0, 30.0))
+    lm = nd.load(ng.convert_gguf(path, str(tmp_path / "out")))
+    c = lm.config
+    assert (c.model_type, c.qk_norm, c.attn_logit_softcapping, c.final_logit_softcapping) == ("gemma2", False, 50, 30)
+    assert c.layer_types[:2] == ("sliding_attention", "full_attention") and c.rope_local_theta is None
+    ids = np.random.default_rng(1).integers(0, c.vocab_size, (2, 13)).astype(np.int32)
+    z, zr = np.asarray(lm.logits(ids)), _reference_logits(path, ids)
+    assert np.abs(z - zr).max() <= 1e-4 * np.abs(zr).max()
+
+
+GEMMA_TEXTS = TEXTS + ["    indented  twice   thrice", "  x  ", "<start_of_turn>user\nhi<end_of_turn>\n",
+                       "[multimodal] tokens", "\u200b zero width"]
+
+
+def test_gemma3_sentencepiece_tokenizer_matches_transformers(tmp_path, sp):
+    from ntkdyn.models.tokenizer import encode_prompt
+
+    path, _ = _write_gemma(tmp_path, sp)
+    out = ng.convert_gguf(path, str(tmp_path / "out"))
+    tok = nd.load(out).tokenizer
+    ref = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="gemma.gguf")
+    saved = AutoTokenizer.from_pretrained(out)
+    for t in GEMMA_TEXTS:  # whitespace runs, byte fallback (emoji, accents), control and user-defined tokens
+        ids = tok.encode(t)
+        assert ids == ref.encode(t, add_special_tokens=False) == saved.encode(t, add_special_tokens=False), t
+        assert tok.decode(ids) == ref.decode(ids, skip_special_tokens=True) == saved.decode(ids, skip_special_tokens=True)
+        assert encode_prompt(tok, t) == ref.encode(t) == saved.encode(t) == [2] + ids  # BOS, as add_bos_token says
+    assert tok.encode("<end_of_turn>") == [6] and tok.encode("  ") == [tok.tokenizer.token_to_id("\u2581\u2581")]
+    assert max(tok.encode("".join(GEMMA_TEXTS))) < len(sp[0])  # nothing added past the vocabulary
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.eos_ids, tok.chat_template) == (2, 1, 0, [1, 6], None)
+
+
+def test_unsupported_files_are_refused_from_the_header(tmp_path, sp, bpe, monkeypatch):
+    # a 100,000-token vocabulary of an unsupported architecture: refused before the vocabulary is parsed
+    big = (sp[0] + [f"piece{i}" for i in range(100_000 - len(sp[0]))], sp[1] + [1] * (100_000 - len(sp[0])),
+           [0.0] * 100_000)
+    path, _ = _write_gemma(tmp_path, big, arch="gemma4", d=32, d_ff=32, head_dim=8, n_layers=1)
+    monkeypatch.setattr(ng, "open_gguf", lambda p: pytest.fail("the GGUF reader parsed a refused file"))
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="architecture 'gemma4' is not supported; expected one of .*gemma3"):
+        nd.load(path)
+    assert time.perf_counter() - t0 < 1.0
+    meta = ng.header(path)
+    assert meta["general.architecture"] == "gemma4" and meta["gemma4.attention.sliding_window"] == 4
+    assert "tokenizer.ggml.tokens" not in meta  # arrays are stepped over
+    path, _ = _write(tmp_path, bpe, name="sp_llama.gguf")
+    with open(path, "rb") as f:
+        raw = f.read()
+    bad = raw.replace(b"\x04\x00\x00\x00\x00\x00\x00\x00gpt2", b"\x04\x00\x00\x00\x00\x00\x00\x00llam", 1)
+    assert bad != raw
+    (tmp_path / "sp_llama2.gguf").write_bytes(bad)  # a Llama file with a "llam" tokenizer model: refused by name
+    with pytest.raises(CheckpointError, match="tokenizer model 'llam' is not supported for architecture 'llama'"):
+        ng.read_gguf(str(tmp_path / "sp_llama2.gguf"))
+    (tmp_path / "cut.gguf").write_bytes(raw[:40])
+    with pytest.raises(CheckpointError, match="cut.gguf: not a readable GGUF file"):
+        ng.header(str(tmp_path / "cut.gguf"))

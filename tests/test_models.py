@@ -17,7 +17,7 @@ from ntkdyn.models.config import CheckpointError
 
 import hf_models
 
-NAMES = list(hf_models.SPECS)
+NAMES = list(hf_models.SPECS) + list(hf_models.SOFTCAP)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ context at a time, V = 41 cotangents) and against the Jacobian method; the probe
 method's.
 
 Tiny random models of every family: GPT-2 (tied, learned positions, biases), GPT-NeoX parallel and sequential
-(partial rotary, biases), Llama with GQA (untied and tied), Qwen2 (qkv bias). Chunks of 5 cotangents (d = 16: four
+(partial rotary, biases), Llama with GQA (untied and tied), Qwen2 (qkv bias), Qwen3 (q/k norms, a sliding layer),
+Gemma 3 (tied, √d embedding scale, (1 + w) norms, four norms per block, q/k norms, sliding and global layers). Chunks of 5 cotangents (d = 16: four
 chunks, the last one padded) and blocks of 4 contexts (6 contexts: two blocks, padded) make every loop run several
 times.
 """
@@ -40,6 +41,12 @@ FAMILIES = {
     "llama_gqa": dict(family="llama", n_kv_heads=2, activation="silu"),
     "llama_tied": dict(family="llama", tie_word_embeddings=True, activation="silu"),
     "qwen2": dict(family="llama", n_kv_heads=2, qkv_bias=True, activation="silu"),
+    "qwen3": dict(family="llama", model_type="qwen3", n_kv_heads=2, head_dim=8, qk_norm=True, activation="silu",
+                  sliding_window=3, layer_types=("full_attention", "sliding_attention")),
+    "gemma3": dict(family="gemma3", model_type="gemma3_text", n_kv_heads=2, head_dim=8, qk_norm=True,
+                   tie_word_embeddings=True, activation="gelu_pytorch_tanh", query_pre_attn_scalar=6.0,
+                   sliding_window=2, layer_types=("sliding_attention", "full_attention"), rope_theta=1e6,
+                   rope_local_theta=1e4),
 }
 
 

@@ -1,7 +1,8 @@
 """Hugging Face checkpoints in and out: config.json + model.safetensors (or sharded with an index).
 
 `to_hf_state` maps our pytree {"backbone", "head"} to HF tensor names and layouts (GPT-2 Conv1D weights are
-(in, out); NeoX/Llama/Qwen2 Linear weights are (out, in); NeoX's fused qkv is head-interleaved). The loader
+(in, out); NeoX/Llama/Qwen/Gemma Linear weights are (out, in); NeoX's fused qkv is head-interleaved; Gemma's
+norm weights are stored as w of (1 + w), as our Norm keeps them). The loader
 reads the expected names and shapes from `to_hf_state` applied to abstract parameters, so one table serves
 both directions.
 """
@@ -83,14 +84,22 @@ def to_hf_state(cfg: ModelConfig, params) -> dict:
         if not cfg.tie_word_embeddings:
             put("embed_out", {"weight": head["W"]})
         return out
-    # llama / qwen2
+    # llama / qwen2 / qwen3 / gemma3
     put("model.embed_tokens", {"weight": head["W"] if cfg.tie_word_embeddings else bb["embed"]["embedding"]})
     for i, L in bb["layers"].items():
         a, pre = L["attn"], f"model.layers.{i}"
         put(f"{pre}.input_layernorm", _norm(L["ln1"]))
-        put(f"{pre}.post_attention_layernorm", _norm(L["ln2"]))
+        if cfg.family == "gemma3":  # ln2 is the pre-feed-forward norm; the outputs have their own
+            put(f"{pre}.post_attention_layernorm", _norm(L["post_attn"]))
+            put(f"{pre}.pre_feedforward_layernorm", _norm(L["ln2"]))
+            put(f"{pre}.post_feedforward_layernorm", _norm(L["post_mlp"]))
+        else:
+            put(f"{pre}.post_attention_layernorm", _norm(L["ln2"]))
         for n, hf in zip("qkvo", ("q_proj", "k_proj", "v_proj", "o_proj")):
             put(f"{pre}.self_attn.{hf}", _lin(a[n], True))
+        if cfg.qk_norm:
+            put(f"{pre}.self_attn.q_norm", _norm(a["q_norm"]))
+            put(f"{pre}.self_attn.k_norm", _norm(a["k_norm"]))
         for n in ("gate", "up", "down"):
             put(f"{pre}.mlp.{n}_proj", _lin(L["mlp"][n], True))
     put("model.norm", _norm(bb["ln_f"]))
@@ -104,7 +113,7 @@ def from_hf_state(cfg: ModelConfig, state: dict, source: str = "checkpoint", dty
     expected = jax.eval_shape(lambda p: to_hf_state(cfg, p), abstract_params(cfg))
     state = dict(state)
     # checkpoints saved from the bare model (GPT2Model, GPTNeoXModel, LlamaModel) lack the prefix
-    prefix = {"gpt2": "transformer.", "gpt_neox": "gpt_neox.", "llama": "model."}[cfg.family]
+    prefix = {"gpt2": "transformer.", "gpt_neox": "gpt_neox.", "llama": "model.", "gemma3": "model."}[cfg.family]
     if not any(k.startswith(prefix) for k in state):
         state = {(k if k in ("lm_head.weight", "embed_out.weight") else prefix + k): v for k, v in state.items()}
     missing = [k for k in expected if k not in state]

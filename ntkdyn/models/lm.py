@@ -12,7 +12,7 @@ from .config import ModelConfig, read_config
 from .padding import pad_left
 from .sampling import Generation, sample
 from .tokenizer import CharTokenizer, eos_ids_of, load_tokenizer
-from .transformer import apply_head, features, graphdef_for, init_params
+from .transformer import features, graphdef_for, head_logits, init_params
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg"))
@@ -22,7 +22,7 @@ def _features(graphdef, cfg, params, ids):
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg"))
 def _logits(graphdef, cfg, params, ids):
-    return apply_head(params["head"], features(graphdef, cfg, params, ids)[0])
+    return head_logits(cfg, params["head"], features(graphdef, cfg, params, ids)[0])
 
 
 class LM:
@@ -55,7 +55,7 @@ class LM:
         return check_ids(self.config, ids, name)
 
     def logits(self, ids, params=None):
-        """z = W h + b for every position: (B, T, V) float32."""
+        """z = W h + b for every position (soft-capped when the config says so): (B, T, V) float32."""
         return _logits(self.graphdef, self.config, self.params if params is None else params, self.check_ids(ids))
 
     def features(self, ids, params=None):
@@ -63,8 +63,8 @@ class LM:
         return _features(self.graphdef, self.config, self.params if params is None else params, self.check_ids(ids))
 
     def head(self, h, params=None):
-        """Apply the head (W, b) to features h (..., d)."""
-        return apply_head((self.params if params is None else params)["head"], h)
+        """Apply the head (W, b, and the config's final soft-capping) to features h (..., d)."""
+        return head_logits(self.config, (self.params if params is None else params)["head"], h)
 
     # ------------------------------------------------------------------ sampling
     def generate(self, prompt_ids, max_new_tokens: int, *, prompt_mask=None, temperature: float = 1.0,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from .config import ModelConfig
-from .transformer import apply_head, features
+from .transformer import features, head_logits
 
 __all__ = ["log_softmax", "gather", "token_logp", "next_token_logp"]
 
@@ -34,4 +34,4 @@ def next_token_logp(graphdef, cfg: ModelConfig, params, ids):
     """(B, T-1) log π(ids[b, t] | ids[b, <t]) for t = 1..T-1 in one forward pass over ids[:, :-1] (rows start at
     column 0; right padding only affects the positions after it). Pure in params."""
     h = features(graphdef, cfg, params, ids[:, :-1])[0]
-    return token_logp(apply_head(params["head"], h), ids[:, 1:])
+    return token_logp(head_logits(cfg, params["head"], h), ids[:, 1:])

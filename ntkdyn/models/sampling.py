@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .transformer import apply_head, features, prefill
+from .transformer import features, head_logits, prefill
 
 
 class Generation(NamedTuple):
@@ -55,7 +55,7 @@ def sample(graphdef, cfg, params, prompt_ids, prompt_mask, key, *, max_new_token
     pos_prompt = jnp.maximum(jnp.cumsum(prompt_mask, 1) - 1, 0).astype(jnp.int32)
     h_last, caches = prefill(graphdef, cfg, params, prompt_ids, pos_prompt, valid, Tp + max_new_tokens,
                              group=shared_prompts)
-    z0 = apply_head(params["head"], h_last)
+    z0 = head_logits(cfg, params["head"], h_last)
     next_pos = pos_prompt[:, -1] + 1
 
     def step(carry, i):
@@ -71,7 +71,7 @@ def sample(graphdef, cfg, params, prompt_ids, prompt_mask, key, *, max_new_token
         done = done | jnp.isin(tok, stop_S)
         h, caches = features(graphdef, cfg, params, tok_out[:, None], positions=pos[:, None], key_valid=valid,
                              caches=caches, start=Tp + i)
-        znew = apply_head(params["head"], h[:, 0])
+        znew = head_logits(cfg, params["head"], h[:, 0])
         return (caches, znew, pos + 1, done, key), (tok_out, jnp.where(live, lp, 0.0), jnp.where(live, lpm, 0.0),
                                                     live.astype(jnp.int32))
 

@@ -1,11 +1,20 @@
-"""One Flax NNX decoder for the three families (GPT-2, GPT-NeoX/Pythia, Llama/Qwen2), driven by ModelConfig.
+"""One Flax NNX decoder for the four families (GPT-2, GPT-NeoX/Pythia, Llama/Qwen2/Qwen3, Gemma 3), driven by
+ModelConfig.
 
 The backbone maps token ids to h, the output of the final norm (spec: z = W h + b). The head (W, optional b)
-is not a module: it is the pytree `params["head"]`, applied by `apply_head`. For a tied model (GPT-2) the
-backbone reads its input embedding from the head table, which is passed in explicitly.
+is not a module: it is the pytree `params["head"]`, applied by `apply_head` (`head_logits` adds the optional
+final soft-capping of Gemma-2-style checkpoints). For a tied model (GPT-2, Gemma) the backbone reads its input
+embedding from the head table, which is passed in explicitly.
 
 Attention is written for one code path that serves both teacher forcing and the KV-cache sampler: queries sit
-at absolute slots `q_slot` of a key buffer; a key slot is visible when it is valid and not in the future.
+at absolute slots `q_slot` of a key buffer; a key slot is visible when it is valid, not in the future and, in a
+sliding layer, less than `sliding_window` slots back (transformers' masks: a row's real tokens occupy
+consecutive slots in every layout ntkdyn builds, so slot distance is token distance).
+
+Gemma 3 (family "gemma3"): the looked-up rows are multiplied by √d (after the embedding tap, so the tap's
+cotangent stays the gradient of the table rows), RMSNorms scale by (1 + w), each block norms the attention and
+MLP outputs too (post_attn, post_mlp), q and k are RMS-normed per head, the MLP is a GELU-tanh GLU, and the
+sliding and global layers have their own RoPE bases.
 
 Structured derivatives (ntkdyn/ntk/structured.py) pass `taps=Taps(...)` through `features`: zero-valued additive taps
 at every Dense output and at the looked-up embedding rows, and a record of every Dense input. Without `taps`
@@ -22,7 +31,7 @@ from flax import nnx
 from .config import ModelConfig
 
 _INIT = jax.nn.initializers.normal(0.02)
-EMBED = ("embed",)  # the Taps key of the looked-up embedding rows x (after adding GPT-2's positions)
+EMBED = ("embed",)  # the Taps key of the looked-up embedding rows x (after GPT-2's positions, before Gemma's √d)
 
 
 class Taps:
@@ -96,17 +105,19 @@ class Dense(nnx.Module):
 
 
 class Norm(nnx.Module):
-    """LayerNorm (scale, bias) or RMSNorm (scale), computed in at least float32 (float64 stays float64)."""
+    """LayerNorm (scale, bias) or RMSNorm (scale), computed in at least float32 (float64 stays float64).
+    offset (Gemma): the RMSNorm multiplies by (1 + scale), and scale starts at 0."""
 
-    def __init__(self, d, eps, rms):
-        self.scale = nnx.Param(jnp.ones((d,), jnp.float32))
+    def __init__(self, d, eps, rms, offset=False):
+        self.scale = nnx.Param((jnp.zeros if offset else jnp.ones)((d,), jnp.float32))
         self.bias = None if rms else nnx.Param(jnp.zeros((d,), jnp.float32))
-        self.eps, self.rms = eps, rms
+        self.eps, self.rms, self.offset = eps, rms, offset
 
     def __call__(self, x):
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if self.rms:
-            return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps) * self.scale[...]
+            w = 1.0 + self.scale[...] if self.offset else self.scale[...]
+            return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + self.eps) * w
         mu = jnp.mean(x, -1, keepdims=True)
         var = jnp.mean(jnp.square(x - mu), -1, keepdims=True)
         return (x - mu) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
@@ -138,14 +149,22 @@ def rope(x, positions, rotary_dim, theta):
     return jnp.concatenate([xr * cos + rot * sin, xp], -1)
 
 
+def _norm(cfg: ModelConfig, d):
+    """The family's norm over d features: LayerNorm (GPT-2, NeoX), RMSNorm (Llama), (1 + w) RMSNorm (Gemma)."""
+    return Norm(d, cfg.norm_eps, cfg.family in ("llama", "gemma3"), cfg.family == "gemma3")
+
+
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs):
+    def __init__(self, cfg: ModelConfig, rngs, layer: int = 0):
         d, hd = cfg.d_model, cfg.head_dim
         self.q = Dense(d, cfg.n_heads * hd, cfg.qkv_bias, rngs)
         self.k = Dense(d, cfg.n_kv_heads * hd, cfg.qkv_bias, rngs)
         self.v = Dense(d, cfg.n_kv_heads * hd, cfg.qkv_bias, rngs)
         self.o = Dense(cfg.n_heads * hd, d, cfg.out_bias, rngs)
+        self.q_norm = _norm(cfg, hd) if cfg.qk_norm else None
+        self.k_norm = _norm(cfg, hd) if cfg.qk_norm else None
         self.cfg = cfg
+        self.window, self.theta = cfg.layer_window(layer), cfg.layer_rope_theta(layer)
 
     def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0, taps=None):
         """x (B,T,d); positions (B,T); q_slot (T,) absolute key slots of the queries; key_valid (B,S).
@@ -154,8 +173,12 @@ class Attention(nnx.Module):
         cfg = self.cfg
         B, T, _ = x.shape
         hd, H, KV = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        q = rope(self.q(x, _scope(taps, "q")).reshape(B, T, H, hd), positions, cfg.rotary_dim, cfg.rope_theta)
-        k = rope(self.k(x, _scope(taps, "k")).reshape(B, T, KV, hd), positions, cfg.rotary_dim, cfg.rope_theta)
+        q = self.q(x, _scope(taps, "q")).reshape(B, T, H, hd)
+        k = self.k(x, _scope(taps, "k")).reshape(B, T, KV, hd)
+        if self.q_norm is not None:  # per head, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = rope(q, positions, cfg.rotary_dim, self.theta)
+        k = rope(k, positions, cfg.rotary_dim, self.theta)
         v = self.v(x, _scope(taps, "v")).reshape(B, T, KV, hd)
         if cache is not None:
             k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, start, 0, 0))
@@ -163,8 +186,15 @@ class Attention(nnx.Module):
             cache = (k, v)
         S = k.shape[1]
         qg = q.reshape(B, T, KV, H // KV, hd)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k) / jnp.sqrt(jnp.asarray(hd, q.dtype))
-        visible = (jnp.arange(S)[None, :] <= q_slot[:, None])[None] & key_valid[:, None, :]  # (B,T,S)
+        scale = cfg.query_pre_attn_scalar or hd
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k) / jnp.sqrt(jnp.asarray(scale, q.dtype))
+        if cfg.attn_logit_softcapping is not None:
+            scores = softcap(scores, cfg.attn_logit_softcapping)
+        k_slot = jnp.arange(S)[None, :]
+        visible = k_slot <= q_slot[:, None]  # (T,S)
+        if self.window is not None:
+            visible = visible & (k_slot > q_slot[:, None] - self.window)
+        visible = visible[None] & key_valid[:, None, :]  # (B,T,S)
         scores = jnp.where(visible[:, None, None], scores, jnp.finfo(scores.dtype).min)
         p = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(B, T, H * hd)
@@ -173,34 +203,40 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs):
-        self.gated = cfg.family == "llama"
+        self.gated = cfg.family in ("llama", "gemma3")
         self.up = Dense(cfg.d_model, cfg.d_ff, cfg.out_bias, rngs)
         self.gate = Dense(cfg.d_model, cfg.d_ff, False, rngs) if self.gated else None
         self.down = Dense(cfg.d_ff, cfg.d_model, cfg.out_bias, rngs)
         self.act = activation(cfg.activation)
 
     def __call__(self, x, taps=None):
-        if self.gated:  # SwiGLU
+        if self.gated:  # SwiGLU (GELU-tanh GLU for Gemma)
             g = self.act(self.gate(x, _scope(taps, "gate")))
             return self.down(g * self.up(x, _scope(taps, "up")), _scope(taps, "down"))
         return self.down(self.act(self.up(x, _scope(taps, "up"))), _scope(taps, "down"))
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs):
-        rms = cfg.family == "llama"
-        self.ln1 = Norm(cfg.d_model, cfg.norm_eps, rms)
-        self.ln2 = Norm(cfg.d_model, cfg.norm_eps, rms)
-        self.attn = Attention(cfg, rngs)
+    """x + attn(ln1 x), then + mlp(ln2 x); GPT-NeoX adds both to x (parallel); Gemma norms each output too:
+    x + post_attn(attn(ln1 x)), then + post_mlp(mlp(ln2 x))."""
+
+    def __init__(self, cfg: ModelConfig, rngs, layer: int = 0):
+        self.ln1 = _norm(cfg, cfg.d_model)
+        self.ln2 = _norm(cfg, cfg.d_model)
+        self.attn = Attention(cfg, rngs, layer)
         self.mlp = MLP(cfg, rngs)
+        gemma = cfg.family == "gemma3"
+        self.post_attn = _norm(cfg, cfg.d_model) if gemma else None
+        self.post_mlp = _norm(cfg, cfg.d_model) if gemma else None
         self.parallel = cfg.parallel_residual
 
     def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0, taps=None):
         a, cache = self.attn(self.ln1(x), positions, q_slot, key_valid, cache, start, _scope(taps, "attn"))
         if self.parallel:  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
             return x + a + self.mlp(self.ln2(x), _scope(taps, "mlp")), cache
-        x = x + a
-        return x + self.mlp(self.ln2(x), _scope(taps, "mlp")), cache
+        x = x + (a if self.post_attn is None else self.post_attn(a))
+        m = self.mlp(self.ln2(x), _scope(taps, "mlp"))
+        return x + (m if self.post_mlp is None else self.post_mlp(m)), cache
 
 
 class Backbone(nnx.Module):
@@ -212,8 +248,8 @@ class Backbone(nnx.Module):
                                                                      embedding_init=_INIT)
         self.pos = nnx.Embed(cfg.max_positions, cfg.d_model, rngs=rngs, embedding_init=jax.nn.initializers.normal(
             0.01)) if cfg.family == "gpt2" else None
-        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
-        self.ln_f = Norm(cfg.d_model, cfg.norm_eps, cfg.family == "llama")
+        self.layers = nnx.List([Block(cfg, rngs, i) for i in range(cfg.n_layers)])
+        self.ln_f = _norm(cfg, cfg.d_model)
 
     def __call__(self, ids, head_table=None, positions=None, q_slot=None, key_valid=None, caches=None, start=0,
                  taps=None, remat=False):
@@ -240,6 +276,8 @@ class Backbone(nnx.Module):
             x = x + jnp.take(self.pos.embedding[...], positions, axis=0)
         if taps is not None:
             x = taps.embed(ids, positions, x)
+        if self.cfg.family == "gemma3":  # √d, after the tap: the tap's cotangent is the table rows' gradient
+            x = x * jnp.sqrt(jnp.asarray(self.cfg.d_model, x.dtype))
         new = []
         for i, layer in enumerate(self.layers):
             if remat:
@@ -282,6 +320,18 @@ def apply_head(head, h):
     """z = W h + b (spec notation; W is (V, d))."""
     z = h @ head["W"].T
     return z + head["b"] if "b" in head else z
+
+
+def softcap(x, c):
+    """c·tanh(x / c): Gemma's soft-capping of attention scores and logits (|result| < c)."""
+    return c * jnp.tanh(x / c)
+
+
+def head_logits(cfg: ModelConfig, head, h):
+    """The model's logits: z = W h + b, soft-capped to c·tanh(z / c) when cfg.final_logit_softcapping = c. With
+    the capping the head is not linear in W, so the R/G split of spec §1 does not apply to such a model."""
+    z = apply_head(head, h)
+    return z if cfg.final_logit_softcapping is None else softcap(z, cfg.final_logit_softcapping)
 
 
 def features(graphdef, cfg: ModelConfig, params, ids, **kw):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ..models.logprobs import gather, log_softmax, token_logp
-from ..models.transformer import apply_head, features, prefill
+from ..models.transformer import features, head_logits, prefill
 from ..optim import GROUPS, OPTIMIZERS, group_labels, make_optimizer, trainable_keys
 
 __all__ = ["ADVANTAGE_KINDS", "LOSS_AGGS", "KL_ESTIMATORS", "GROUPS", "OPTIMIZERS", "advantages",
@@ -100,7 +100,7 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
     else:
         h = features(graphdef, cfg, params, ids, positions=positions, key_valid=valid, remat=remat)[0][:, Tp - 1:]
     # h (B, N, d): the features at the N contexts that predict the completion tokens
-    z = apply_head(params["head"], h)  # (B, N, V)
+    z = head_logits(cfg, params["head"], h)  # (B, N, V)
     lsm = log_softmax(z)  # the model's own distribution (temperature 1), float32
     out = {"logp": gather(lsm, completion) if temperature == 1.0 else token_logp(z, completion, temperature)}
     if with_model_stats:
