@@ -47,7 +47,7 @@ from .io import is_finite_number
 from .metrics import first_order_entropy_change, token_entropy
 from .models.lm import check_ids
 from .models.logprobs import gather
-from .models.transformer import apply_head, features
+from .models.transformer import apply_head, features, require_linear_head
 from .ntk.contexts import context_index
 
 __all__ = ["OneStep", "one_step", "split_update", "policy_gradient_objective", "probe_index"]
@@ -238,6 +238,7 @@ def one_step(lm, ids, completion_mask, advantages, probe_ids, probe_pos, *, lr, 
     docstring for the split and the tied-head / Adam conventions. Returns OneStep.
     """
     _check_step_args(optimizer, lr, beta, ref_params)
+    require_linear_head(lm.config, "dynamics.one_step (its R/G split)")
     params = lm.params if params is None else params
     graphdef, cfg = lm.graphdef, lm.config
     ids, adv, w_np, probe_ids, rows, pos = _batch_inputs(cfg, ids, completion_mask, advantages, probe_ids, probe_pos)
@@ -369,6 +370,7 @@ def split_update(lm, params_before, params_after, probe_ids, probe_pos) -> dict:
     dz_gradient); the kernel's cross term X is thereby shared between the two (module docstring).
     One forward + one JVP over the probes (plus the forward at params_after for dz_actual), jit-compiled.
     """
+    require_linear_head(lm.config, "dynamics.split_update")
     probe_ids = check_ids(lm.config, probe_ids, "probe_ids")
     rows, pos = probe_index(probe_ids, probe_pos)
     out = _split_update(lm.graphdef, lm.config, params_before, params_after, probe_ids, rows, pos)

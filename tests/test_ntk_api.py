@@ -16,6 +16,7 @@ import pytest
 import hf_models
 import ntk_cases
 from ntk_cases import CTX, FAMILIES, IDS, RTOL, SUBSET, TIED, rel, x64  # noqa: F401 (x64: a fixture)
+import ntkdyn as nd
 from ntkdyn import ntk
 
 
@@ -132,3 +133,16 @@ def test_errors(tiny, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ntk.decompose(tiny, args.pop("ids_a"), args.pop("pos_a"), args.pop("ids_b", None), args.pop("pos_b", None),
                       **args)
+
+
+def test_soft_capped_logits_are_refused(tmp_path):
+    """Final-logit soft-capping (Gemma-2-style) makes the head nonlinear: the eNTK split and the one-step split
+    refuse such a model with a message naming the setting."""
+    from ntkdyn import dynamics
+
+    lm = nd.load(hf_models.build("gemma3_softcap", str(tmp_path))[0])
+    ids = np.array([[3, 4, 5]], np.int32)
+    with pytest.raises(ValueError, match="final_logit_softcapping=3.0"):
+        ntk.decompose(lm, ids, [2])
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        dynamics.split_update(lm, lm.params, lm.params, ids, [2])

@@ -16,7 +16,7 @@ cotangent stays the gradient of the table rows), RMSNorms scale by (1 + w), each
 MLP outputs too (post_attn, post_mlp), q and k are RMS-normed per head, the MLP is a GELU-tanh GLU, and the
 sliding and global layers have their own RoPE bases.
 
-Structured derivatives (ntkdyn/ntk/structured.py) pass `taps=Taps(...)` through `features`: zero-valued additive taps
+Structured derivatives (ntkdyn/ntk/methods/structured.py) pass `taps=Taps(...)` through `features`: zero-valued additive taps
 at every Dense output and at the looked-up embedding rows, and a record of every Dense input. Without `taps`
 (the default) nothing of this runs and every number is unchanged.
 """
@@ -36,7 +36,7 @@ EMBED = ("embed",)  # the Taps key of the looked-up embedding rows x (after GPT-
 
 class Taps:
     """Zero-valued additive taps at every Dense output and at the looked-up embedding rows, and a record of what
-    those layers read, for structured derivatives (ntkdyn/ntk/structured.py).
+    those layers read, for structured derivatives (ntkdyn/ntk/methods/structured.py).
 
     Pass `taps=Taps(values_BxTxM)` to `features` (or Backbone.__call__). Keys are the paths of the Dense modules
     in params["backbone"], e.g. ("layers", 3, "attn", "q"), and EMBED for the embedding rows. Each Dense adds
@@ -332,6 +332,15 @@ def head_logits(cfg: ModelConfig, head, h):
     the capping the head is not linear in W, so the R/G split of spec §1 does not apply to such a model."""
     z = apply_head(head, h)
     return z if cfg.final_logit_softcapping is None else softcap(z, cfg.final_logit_softcapping)
+
+
+def require_linear_head(cfg: ModelConfig, what: str) -> None:
+    """ValueError unless the model's logits are z = W h + b: `what` (the eNTK split, the one-step split) rests on
+    the linear head of spec §1, which final-logit soft-capping (Gemma-2-style checkpoints) makes nonlinear."""
+    if cfg.final_logit_softcapping is not None:
+        raise ValueError(f"{what} needs logits z = W h + b; this model soft-caps them (final_logit_softcapping="
+                         f"{cfg.final_logit_softcapping}), a nonlinear head for which the R/G split of spec §1 does "
+                         "not hold")
 
 
 def features(graphdef, cfg: ModelConfig, params, ids, **kw):

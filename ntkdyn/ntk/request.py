@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..models.transformer import require_linear_head
 from .contexts import kernel_contexts
 from .kernel import OUTPUTS
 
@@ -137,6 +138,7 @@ def make_request(lm, ids_a, pos_a, ids_b=None, pos_b=None, *, output="full", tok
                  method="auto", chunk=None) -> Request:
     """The validated Request of `decompose`'s arguments (ValueError naming the argument otherwise)."""
     _check_options(output, method, batch_size, chunk, memory_budget, num_probes, mesh)
+    require_linear_head(lm.config, "the eNTK split (ntk.decompose)")
     S = _subset_tokens(output, tokens, lm.config.vocab_size)
     params = params_of(lm, params)
     a, b, sym = kernel_contexts(lm.config, ids_a, pos_a, ids_b, pos_b)
