@@ -130,6 +130,54 @@ def test_resume_reproduces_uninterrupted_run(run_a, tmp_path):
         train(cfg.replace(out=out_b, resume=True, lr=1e-2), progress=False)
 
 
+def _close_records(a, b, rtol):
+    """Two runs' records equal but for timing, floats to rtol (lanes are vmapped: rounding may differ)."""
+    assert len(a) == len(b)
+    for x, y in zip(strip_timing(a), strip_timing(b)):
+        assert x.keys() == y.keys()
+        for k, v in x.items():
+            if isinstance(v, float):
+                np.testing.assert_allclose(y[k], v, rtol=rtol, atol=1e-7, err_msg=f"step {x['step']} {k}")
+            elif not isinstance(v, list):
+                assert y[k] == v, (x["step"], k)
+
+
+def test_a_lane_of_a_batched_run_equals_its_lone_run(run_a, tmp_path):
+    """train_batch: three seeds as one program; each run directory equals (to rounding) its lone run (run_a is
+    seed 1's), final weights included; a batch killed mid-run resumes to the uninterrupted batch's records."""
+    from ntkdyn.rl import train_batch
+
+    cfg, out_a, _ = run_a
+    cfgs = [cfg.replace(seed=s, out=str(tmp_path / f"lane{s}")) for s in (0, 1, 2)]
+    summaries = train_batch(cfgs, progress=False, reward_fn=easy_reward)
+    assert [s["seed"] for s in summaries] == [0, 1, 2] and all(s["lanes"] == 3 for s in summaries)
+    assert cfg.seed == 1
+    _close_records(read_metrics(out_a), read_metrics(cfgs[1].out), rtol=1e-4)
+    # the final models in function space (Adam turns rounding-level gradient differences of parameters whose
+    # gradient is ~0 into lr-sized steps, so single weights near 0 may differ by ~0.1 lr; the logits do not)
+    a, b = nd.load(os.path.join(out_a, "final")), nd.load(os.path.join(cfgs[1].out, "final"))
+    ids = np.array([[1] + a.tokenizer.encode("sum 47:12+35"), [1] + a.tokenizer.encode("sum 81:40+41")])
+    za, zb = np.asarray(a.logits(ids)), np.asarray(b.logits(ids))
+    assert np.abs(za - zb).max() <= 1e-3 * np.abs(za).max()
+    assert read_metrics(cfgs[0].out)[1]["entropy"] != read_metrics(cfgs[2].out)[1]["entropy"]  # the seeds differ
+
+    killed = [c.replace(out=str(tmp_path / f"k{c.seed}")) for c in cfgs]
+
+    def kill_at_5(rec):
+        if rec["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_batch(killed, progress=False, reward_fn=easy_reward, callback=kill_at_5)
+    train_batch([c.replace(resume=True) for c in killed], progress=False, reward_fn=easy_reward)
+    for c, k in zip(cfgs, killed):
+        assert strip_timing(read_metrics(k.out)) == strip_timing(read_metrics(c.out))
+    with pytest.raises(ConfigError, match="differ only in"):
+        train_batch([cfgs[0], cfgs[1].replace(lr=1e-2)], progress=False)
+    with pytest.raises(ConfigError, match="share the run directory"):
+        train_batch([cfgs[0], cfgs[1].replace(out=cfgs[0].out)], progress=False)
+
+
 def test_nonfinite_reward_stops_and_keeps_checkpoint(base_dir, tmp_path):
     out = str(tmp_path / "nan")
     state = {"bad": False}

@@ -124,13 +124,14 @@ def _one_step(lm, task, out, figures_dir, model_dir, prof):
 
 
 def _rl_runs(model_dir, task, runs_root, prof, progress, recipes=RECIPES, steps=None):
-    """Every recipe × seed of the profile under `runs_root`: a finished run with the same config is reused, an
-    interrupted one resumed from its checkpoint. Returns {recipe: [run directory per seed]}."""
-    from ..rl import RLConfig
-    from ..rl import train as rl_train
+    """Every recipe × seed of the profile under `runs_root`, the seeds of a recipe trained as one batched program
+    (rl.train_batch): a finished run with the same config is reused, an interrupted one resumed from its checkpoint.
+    Returns {recipe: [run directory per seed]}."""
+    from ..rl import RLConfig, train_batch
 
     done = {}
     for recipe in recipes:
+        todo = []
         for seed in prof["seeds"]:
             out = os.path.join(runs_root, f"{recipe}-seed{seed}")
             cfg = dict(recipe=recipe, task=task.name, model=model_dir, out=out, steps=steps or prof["steps"],
@@ -147,11 +148,19 @@ def _rl_runs(model_dir, task, runs_root, prof, progress, recipes=RECIPES, steps=
                 _log(f"{recipe} seed {seed}: finished earlier, reused ({out})", progress)
                 continue
             resume = os.path.isdir(os.path.join(out, "checkpoint")) and _same_config(out, cfg)
-            _log(f"{recipe} seed {seed}: {'resuming' if resume else 'training'} -> {out}", progress)
-            rl_train(RLConfig(**cfg, resume=resume, overwrite=not resume), progress=progress)
+            todo.append(RLConfig(**cfg, resume=resume, overwrite=not resume))
+        # runs that differ only in their seed train as lanes of one program; the drift's seeds (ntk_seeds) differ
+        # in ntk_every from the others, so they form a batch of their own
+        batches: dict = {}
+        for c in todo:
+            batches.setdefault(c.ntk_every, []).append(c)
+        for batch in batches.values():
+            _log(f"{recipe} seeds {[c.seed for c in batch]}: training as one program "
+                 f"({sum(c.resume for c in batch)} resumed) -> {runs_root}", progress)
+            train_batch(batch, progress=progress)
             rss = _release_memory()
             if rss is not None:
-                _log(f"{recipe} seed {seed}: done; resident memory {rss:.1f} GB", progress)
+                _log(f"{recipe} seeds {[c.seed for c in batch]}: done; resident memory {rss:.1f} GB", progress)
     return done
 
 

@@ -246,12 +246,13 @@ def _probe_set(c: RLConfig, task, tok, cfg, eval_prompts) -> dict:
     return dict(probe_ids=ids, probe_mask=real, probe_pos=np.stack([r, t], 1).astype(np.int32))
 
 
-def resolve(c: RLConfig, mesh=None, reward_fn=None, reward_funcs=None) -> RunContext:
-    """The RunContext of config `c` (ConfigError on anything that would fail later; nothing is written)."""
+def resolve(c: RLConfig, mesh=None, reward_fn=None, reward_funcs=None, model=None) -> RunContext:
+    """The RunContext of config `c` (ConfigError on anything that would fail later; nothing is written). model:
+    (lm, model_dir) already loaded for an identical RLConfig.model (the other lanes of a batched run share it)."""
     out = os.path.abspath(os.fspath(c.out))
     task, reward_set = _task(c, reward_fn, reward_funcs)
     saved = _saved_config(c, out)
-    lm, model_dir = _load_model(c, saved)
+    lm, model_dir = _load_model(c, saved) if model is None else model
     sh = Sharding(mesh)
     train_pool, eval_prompts, eval_rows = _prompts(c, task)
     stages = plan(c, len(train_pool))
@@ -265,8 +266,12 @@ def resolve(c: RLConfig, mesh=None, reward_fn=None, reward_funcs=None) -> RunCon
         reward_fn=reward_fn)
 
 
-def on_devices(ctx: RunContext) -> RunContext:
-    """ctx with the starting params, the probe arrays and the probe features h0 placed on the devices."""
+def on_devices(ctx: RunContext, like: RunContext | None = None) -> RunContext:
+    """ctx with the starting params, the probe arrays and the probe features h0 placed on the devices; `like`: a
+    context already placed whose model and probe set are ctx's (the lanes of a batched run share them)."""
+    if like is not None and like.lm is ctx.lm and np.array_equal(like.probe_ids, ctx.probe_ids):
+        return dataclasses.replace(ctx, base_params=like.base_params, probe_ids_dev=like.probe_ids_dev,
+                                   probe_mask_dev=like.probe_mask_dev, h0=like.h0)
     base = ctx.sh.replicate(jax.tree.map(jnp.asarray, ctx.lm.params))
     probe_ids = ctx.sh.replicate(jnp.asarray(ctx.probe_ids))
     return dataclasses.replace(ctx, base_params=base, probe_ids_dev=probe_ids,

@@ -2,7 +2,8 @@
 evaluation (pass@k, diversity, confidence) and the probe metrics (head norm, feature change).
 
 The evaluation samples with the run's sharded sampler, keyed by (seed, EVAL_ID, global step), and scores the
-samples with ntkdyn.evaluation (the same scoring as sft.evaluate, one correctness threshold: CORRECT).
+samples with ntkdyn.evaluation (the same scoring as sft.evaluate, one correctness threshold: CORRECT). Both serve
+every lane of a batched run at once (rl/lanes.py).
 """
 from __future__ import annotations
 
@@ -10,21 +11,27 @@ import jax
 
 from ..evaluation import canonical_answers, sample_stats
 from .recipes import EVAL_ID
-from .rollout import prompt_batch, rewards, rollout
-from .step import confidence, probe, step_key
+from .rollout import lane_keys, prompt_batch, rewards, rollout
+from .step import confidence, probe
 
 __all__ = ["evaluate", "probe_metrics"]
 
 
-def evaluate(ctx, params, step: int) -> dict:
-    """The eval/ metrics of `params`: eval_samples completions per held-out prompt at eval_temperature."""
-    c, k = ctx.c, ctx.c.eval_samples
-    flat = [p for p in ctx.eval_prompts for _ in range(k)]
-    ids, pmask = prompt_batch(ctx, flat)
-    key = ctx.sh.replicate(step_key(ctx.key, step, stage_id=EVAL_ID))
-    gen = rollout(ctx, params, ids, pmask, key, c.eval_temperature, group=k)
-    conf = jax.device_get(confidence(params, ids, pmask, gen.tokens, gen.mask, **ctx.gd))
+def evaluate(ctxs, lanes, params, step: int) -> list[dict]:
+    """The eval/ metrics of every lane's `params`: eval_samples completions per held-out prompt at
+    eval_temperature. Returns one dict per lane."""
+    ctx, k = ctxs[0], ctxs[0].c.eval_samples
+    flats = [[p for p in x.eval_prompts for _ in range(k)] for x in ctxs]
+    ids, pmask = prompt_batch(ctx, lanes, flats)
+    gen = rollout(ctx, lanes, params, ids, pmask, lane_keys(ctxs, lanes, EVAL_ID, step), ctx.c.eval_temperature,
+                  group=k)
+    conf = jax.device_get(lanes.map(confidence, ctx.gd)(params, ids, pmask, gen.tokens, gen.mask))
     tokens, mask = jax.device_get((gen.tokens, gen.mask))
+    return [_eval_record(x, flats[i], lanes.take(tokens, i), lanes.take(mask, i), lanes.take(conf, i), step, k)
+            for i, x in enumerate(ctxs)]
+
+
+def _eval_record(ctx, flat, tokens, mask, conf, step, k) -> dict:
     texts, _, r, _ = rewards(ctx, ctx.eval_rows, tokens, mask, f"evaluation at step {step}", group_size=k)
     st = sample_stats(texts, r, k, canonical_answers(ctx.task, flat, texts))  # answers as task.canonical reads them
     curve = st["pass_at_k_curve"]
@@ -42,7 +49,9 @@ def evaluate(ctx, params, step: int) -> dict:
     }
 
 
-def probe_metrics(ctx, params) -> dict:
-    """head_norm ‖W‖ and feature_change of the probe features since the start."""
-    out = probe(params, ctx.probe_ids_dev, ctx.probe_mask_dev, ctx.h0, **ctx.gd)
-    return {k: float(v) for k, v in jax.device_get(out).items()}
+def probe_metrics(ctx, lanes, params) -> list[dict]:
+    """head_norm ‖W‖ and feature_change of the probe features since the start, one dict per lane (the probe set
+    and the starting model are the same for every lane)."""
+    out = jax.device_get(lanes.map(probe, ctx.gd, in_axes=(0, None, None, None))(
+        params, ctx.probe_ids_dev, ctx.probe_mask_dev, ctx.h0))
+    return [{k: float(v) for k, v in lanes.take(out, i).items()} for i in range(lanes.n)]

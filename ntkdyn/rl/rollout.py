@@ -1,5 +1,6 @@
 """One training step on the host side: the step's train prompts, rollouts (the jit KV-cache sampler), rewards,
-advantages, then the jitted update (step.rl_update / step.lp_update); returns the step's metrics.
+advantages, then the jitted update (step.rl_update / step.lp_update); returns the step's metrics. A step serves
+every lane of a batched run at once (rl/lanes.py: one context per lane, the device work once for all of them).
 
 Data: prompt ids are `encode_prompt` ([bos] + prompt, or the chat template's rendering: RLConfig.chat_template)
 LEFT-padded to the run's fixed length Tp; a step's batch is P prompts × G samples, prompt-major (row b = p·G + g).
@@ -25,7 +26,7 @@ from .config import TrainingError
 from .context import reference_answer
 from .step import group_advantages, ref_logp, step_key
 
-__all__ = ["stage_rows", "prompt_batch", "rollout", "rewards", "rl_step", "lp_step"]
+__all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "rl_step", "lp_step"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -49,20 +50,31 @@ def stage_rows(ctx, stage, stage_step: int) -> list[dict]:
     return [ctx.train_pool[i] for i in idx]
 
 
-def prompt_batch(ctx, prompts):
-    """(ids, mask) of the prompts, left-padded to Tp and placed along the mesh's data axis."""
-    ids, mask = pad_left([encode_prompt(ctx.tok, p, chat=ctx.c.chat_template) for p in prompts], pad_id_of(ctx.tok),
-                         ctx.Tp)
-    return ctx.sh.batch(ids), ctx.sh.batch(mask)
+def prompt_batch(ctx, lanes, prompts):
+    """(ids, mask) of the prompts (a list per lane), left-padded to Tp, with a lane axis when there are several
+    lanes, and placed along the mesh's data axis."""
+    enc = [pad_left([encode_prompt(ctx.tok, p, chat=ctx.c.chat_template) for p in ps], pad_id_of(ctx.tok), ctx.Tp)
+           for ps in prompts]
+    ids, mask = (enc[0][k] if lanes.n == 1 else np.stack([e[k] for e in enc]) for k in (0, 1))
+    return ctx.sh.batch(ids, lanes=lanes.n > 1), ctx.sh.batch(mask, lanes=lanes.n > 1)
 
 
-def rollout(ctx, params, ids, mask, key, temperature, group: int = 1):
-    """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params`; rows in
-    consecutive groups of `group` share a prompt, prefilled once."""
-    return sample(ctx.lm.graphdef, ctx.cfg, params, ids, mask, key, max_new_tokens=int(ctx.c.max_new_tokens),
-                  temperature=float(temperature), top_k=None, top_p=1.0,
-                  stop_token=jnp.asarray(ctx.eos or (-1,), jnp.int32), pad_id=ctx.pad,
-                  greedy=False, shared_prompts=int(group))
+def _sample(params, ids, mask, key, temperature, stop, *, graphdef, cfg, max_new_tokens, pad_id, group):
+    return sample(graphdef, cfg, params, ids, mask, key, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_k=None, top_p=1.0, stop_token=stop, pad_id=pad_id, greedy=False, shared_prompts=group)
+
+
+def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1):
+    """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params` of every lane;
+    rows in consecutive groups of `group` share a prompt, prefilled once."""
+    fn = lanes.map(_sample, dict(graphdef=ctx.lm.graphdef, cfg=ctx.cfg, max_new_tokens=int(ctx.c.max_new_tokens),
+                                 pad_id=ctx.pad, group=int(group)), in_axes=(0, 0, 0, 0, None, None))
+    return fn(params, ids, mask, keys, float(temperature), jnp.asarray(ctx.eos or (-1,), jnp.int32))
+
+
+def lane_keys(ctxs, lanes, stage_id: int, step: int):
+    """The PRNG key of (stage id, step) of every lane's run, replicated over the mesh."""
+    return ctxs[0].sh.replicate(lanes.stack([step_key(x.key, step, stage_id=stage_id) for x in ctxs]))
 
 
 def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1):
@@ -116,25 +128,32 @@ def _check_finite(ctx, ms: list[dict], where: str) -> dict:
     return rec
 
 
-def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
-    """One RL step: rollouts of P prompts × G samples, rewards r, advantages A, `num_iterations` updates (the
-    first on-policy, later ones PPO-clipped against it). Returns (params, opt_state, baseline, metrics, (params
-    after the first iteration, the rollout batch)): the last two for the trackers."""
+def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, baselines):
+    """One RL step of every lane: rollouts of P prompts × G samples, rewards r, advantages A, `num_iterations`
+    updates (the first on-policy, later ones PPO-clipped against it). Returns (params, opt_state, baselines,
+    [metrics per lane], (params after the first iteration, the rollout batch)): the last two for the trackers."""
+    ctx = ctxs[0]
     c, G, P = ctx.c, ctx.c.group_size, ctx.c.prompts_per_step
-    rows = stage_rows(ctx, stage, stage_step)
-    flat = [r["prompt"] for r in rows for _ in range(G)]
-    ids, pmask = prompt_batch(ctx, flat)
-    key = ctx.sh.replicate(step_key(ctx.key, stage_step, stage_id=stage.stage_id))
-    gen = rollout(ctx, params, ids, pmask, key, c.temperature, group=G)
+    rows = [stage_rows(x, stage, stage_step) for x in ctxs]
+    ids, pmask = prompt_batch(ctx, lanes, [[r["prompt"] for r in rw for _ in range(G)] for rw in rows])
+    gen = rollout(ctx, lanes, params, ids, pmask, lane_keys(ctxs, lanes, stage.stage_id, stage_step), c.temperature,
+                  group=G)
     tokens, mask = jax.device_get((gen.tokens, gen.mask))
     where = f"step {step} ({stage.name} step {stage_step})"
-    _, finished, r, reward_metrics = rewards(ctx, rows, tokens, mask, where, group_size=G)
-    r_PxG = r.reshape(P, G)
-    adv, new_baseline = _advantages(ctx, r_PxG, baseline)
+    scored, advs, new_baselines = [], [], []
+    for i, x in enumerate(ctxs):
+        _, finished, r, reward_metrics = rewards(x, rows[i], lanes.take(tokens, i), lanes.take(mask, i), where,
+                                                 group_size=G)
+        adv, b = _advantages(x, r.reshape(P, G), baselines[i])
+        scored.append((finished, r, reward_metrics))
+        advs.append(adv.reshape(-1))
+        new_baselines.append(np.float32(b))
     batch = {"prompt_ids": ids, "prompt_mask": pmask, "completion": gen.tokens, "mask": gen.mask,
-             "adv": adv.reshape(-1)}
-    logp_ref = (ref_logp(ctx.base_params, ids, pmask, gen.tokens, temperature=float(c.temperature), **ctx.gd)
-                if c.beta > 0 else None)
+             "adv": lanes.stack(advs)}
+    logp_ref = None
+    if c.beta > 0:  # π_ref: the starting model, the same for every lane
+        logp_ref = lanes.map(ref_logp, dict(temperature=float(c.temperature), **ctx.gd), in_axes=(None, 0, 0, 0))(
+            ctx.base_params, ids, pmask, gen.tokens)
     logp_old, ms = jnp.zeros(gen.tokens.shape, jnp.float32), []
     for it in range(c.num_iterations):  # iteration 0 is on-policy; later ones reuse the batch (PPO ratio)
         params, opt_state, m, logp = update(params, opt_state, batch, logp_old, jnp.asarray(it == 0), logp_ref)
@@ -142,7 +161,18 @@ def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
             logp_old, first_after = logp, params
         ms.append(m)
     ms = jax.device_get(ms)
-    first = ms[0]
+    outs = []
+    for i, (x, (finished, r, reward_metrics)) in enumerate(zip(ctxs, scored)):
+        m_i = [lanes.take(m, i) for m in ms]
+        outs.append(_rl_metrics(x, r.reshape(P, G), finished, lanes.take(mask, i), reward_metrics, m_i, where,
+                                new_baselines[i]))
+    return params, opt_state, new_baselines, outs, (first_after, batch)
+
+
+def _rl_metrics(ctx, r_PxG, finished, mask, reward_metrics, ms, where, baseline) -> dict:
+    """One lane's record of an RL step: TRL's reward and completion metrics, the policy's confidence at the batch
+    (first iteration), the losses (means over the iterations) and the generated tokens."""
+    first, r = ms[0], r_PxG.reshape(-1)
     zero_std = np.all(r_PxG == r_PxG[:, :1], axis=1)
     if np.isnan(r).any():  # unscored completions (every function returned None) left out of the statistics
         r = r[~np.isnan(r)] if (~np.isnan(r)).any() else np.zeros(1)
@@ -155,29 +185,36 @@ def rl_step(ctx, stage, stage_step, step, update, params, opt_state, baseline):
            "logp": float(first["logp"])}
     out.update(reward_metrics)  # rewards/<name>/mean|std per reward function (TRL's names)
     out.update(_check_finite(ctx, ms, where))
-    if c.advantage == "reinforce":
-        out["baseline"] = float(new_baseline)
+    if ctx.c.advantage == "reinforce":
+        out["baseline"] = float(baseline)
     out["_generated_tokens"] = int(mask.sum())
-    return params, opt_state, np.float32(new_baseline), out, (first_after, batch)
+    return out
 
 
-def lp_step(ctx, stage, stage_step, step, update, params, opt_state):
-    """One LP step: cross-entropy on a correct reference answer (task.sample_answer, or a dataset's `completion`)
-    per rollout slot, through the head only. Returns (params, opt_state, metrics)."""
-    c = ctx.c
-    prompts = [r["prompt"] for r in stage_rows(ctx, stage, stage_step)]
-    rng = np.random.default_rng([c.seed, stage.stage_id, stage_step])
-    flat = [p for p in prompts for _ in range(c.group_size)]
-    answers = [reference_answer(ctx.task, p, rng) for p in flat]
-    try:
-        ids, mask = make_examples(ctx.task, ctx.tok, flat, answers, length=ctx.T_lp, chat=ctx.c.chat_template)
-    except ValueError as e:  # a reference longer than the shape derived at the start
-        raise TrainingError(f"step {step} ({stage.name} step {stage_step}): {e}; the run stopped and "
-                            f"{checkpoint.note(ctx.out)}") from None
-    params, opt_state, m = update(params, opt_state, ctx.sh.batch(ids), ctx.sh.batch(mask))
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    for k, v in m.items():
-        if not math.isfinite(v):
-            raise TrainingError(f"step {step} ({stage.name} step {stage_step}): non-finite {k} {v}; the run "
-                                f"stopped and {checkpoint.note(ctx.out)}")
-    return params, opt_state, m
+def lp_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state):
+    """One LP step of every lane: cross-entropy on a correct reference answer (task.sample_answer, or a dataset's
+    `completion`) per rollout slot, through the head only. Returns (params, opt_state, [metrics per lane])."""
+    ctx = ctxs[0]
+    where = f"step {step} ({stage.name} step {stage_step})"
+    data = []
+    for x in ctxs:
+        prompts = [r["prompt"] for r in stage_rows(x, stage, stage_step)]
+        rng = np.random.default_rng([x.c.seed, stage.stage_id, stage_step])
+        flat = [p for p in prompts for _ in range(x.c.group_size)]
+        answers = [reference_answer(x.task, p, rng) for p in flat]
+        try:
+            data.append(make_examples(x.task, x.tok, flat, answers, length=x.T_lp, chat=x.c.chat_template))
+        except ValueError as e:  # a reference longer than the shape derived at the start
+            raise TrainingError(f"{where}: {e}; the run stopped and {checkpoint.note(x.out)}") from None
+    ids, mask = (data[0][k] if lanes.n == 1 else np.stack([d[k] for d in data]) for k in (0, 1))
+    params, opt_state, m = update(params, opt_state, ctx.sh.batch(ids, lanes=lanes.n > 1),
+                                  ctx.sh.batch(mask, lanes=lanes.n > 1))
+    m = jax.device_get(m)
+    outs = []
+    for i, x in enumerate(ctxs):
+        m_i = {k: float(v) for k, v in lanes.take(m, i).items()}
+        for k, v in m_i.items():
+            if not math.isfinite(v):
+                raise TrainingError(f"{where}: non-finite {k} {v}; the run stopped and {checkpoint.note(x.out)}")
+        outs.append(m_i)
+    return params, opt_state, outs

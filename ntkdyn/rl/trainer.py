@@ -1,16 +1,22 @@
 """The RL trainer: rollouts → rewards → advantages → jit-compiled update, over the stages of a recipe, with the
 learning dynamics tracked, JSONL metrics, atomic checkpoints and exact resume.
 
-    from ntkdyn.rl import RLConfig, train
+    from ntkdyn.rl import RLConfig, train, train_batch
     summary = train(RLConfig(recipe="cf-rl", task="sum", steps=60, head_steps=8, seed=0, out="runs/cf"))
+    summaries = train_batch([cfg.replace(seed=s, out=f"runs/cf-seed{s}") for s in range(10)])   # one program
+
+`train_batch` trains several runs that differ only in their seed (and run directory) as lanes of one program
+(rl/lanes.py): every step's sampling, update, evaluation and probes run once for all of them, and each run still
+writes its own run directory, equal (to float rounding) to what a lone run of its seed writes.
 
 A run directory OUT holds config.json, metrics.jsonl (one line per global step; step 0 = the starting model's
 evaluation), checkpoint/ (model/, optimizer.npz, state.json, replaced atomically), final/ (the final model, HF
 layout) and summary.json (see ntkdyn.rl.rundir); with RLConfig.ntk_every, ntk0.npz (the eNTK drift's starting
 kernels).
 
-The run is a RunContext (what is fixed: context.py) and a RunState (what changes: params, optimizer state,
-baseline, position, costs); `_run_step` maps one state to the next: rollout -> reward -> update -> trackers
+A run is a RunContext per lane (what is fixed: context.py) and one RunState (what changes: params and optimizer
+state with a lane axis, per lane baseline, costs, records; the position, shared); `_run_step` maps one state to the
+next: rollout -> reward -> update -> trackers
 (rl/trackers: the dz share, claim 6's measures, the eNTK drift, each with its own cadence) -> evaluate ->
 checkpoint. PRNG: every random draw is keyed by (seed, stage id, stage step) (rollouts, stage-1 reference answers,
 prompt order) or (seed, global step) (evaluation samples), so a resumed run repeats the uninterrupted one exactly.
@@ -30,29 +36,33 @@ from . import checkpoint, rundir, trackers
 from .config import ConfigError, RLConfig, TrainingError
 from .context import RunContext, on_devices, resolve
 from .evaluate import evaluate, probe_metrics
+from .lanes import Lanes
 from .recipes import Stage
 from .rollout import lp_step, rl_step
 from .rundir import TIMING_KEYS, read_metrics
 from .step import lp_update, opt_init, rl_update, stage_optimizer
 
-__all__ = ["RLConfig", "ConfigError", "TrainingError", "train", "TIMING_KEYS", "read_metrics", "enable_compile_cache"]
+__all__ = ["RLConfig", "ConfigError", "TrainingError", "train", "train_batch", "TIMING_KEYS", "read_metrics",
+           "enable_compile_cache"]
 
 
 @dataclasses.dataclass
 class RunState:
-    """What changes during a run (and what a checkpoint restores)."""
+    """What changes during a run of one or several lanes (and what their checkpoints restore)."""
 
-    params: Any
-    opt_state: Any  # the stage's optimizer state; on resume, first the checkpoint's leaves
-    baseline: np.float32  # REINFORCE running baseline (NaN: not set yet)
+    lanes: Lanes
+    params: Any  # with a lane axis when there are several lanes
+    opt_state: Any  # the stage's optimizer state (lane axis too); on resume, first the checkpoints' leaves per lane
+    baselines: list  # per lane: the REINFORCE running baseline (NaN: not set yet)
     step: int = 0  # global step
     stage_index: int = 0
     stage_step: int = 0
-    # cost per stage (rollout + reward + update time, generated tokens); evaluation and dz probes apart
-    costs: dict = dataclasses.field(default_factory=dict)
-    first_eval: dict | None = None
-    last: dict | None = None  # the last metrics record
-    trackers: list = dataclasses.field(default_factory=list)  # rl/trackers, in record order
+    # per lane, cost per stage (rollout + reward + update time, generated tokens); evaluation and dz probes apart.
+    # The time is the batched step's: a step of several lanes costs them together
+    costs: list = dataclasses.field(default_factory=list)
+    first_eval: list = dataclasses.field(default_factory=list)
+    last: list = dataclasses.field(default_factory=list)  # per lane: the last metrics record
+    trackers: list = dataclasses.field(default_factory=list)  # per lane: rl/trackers, in record order
 
 
 def enable_compile_cache(path: str | None = None) -> str | None:
@@ -80,143 +90,177 @@ def enable_compile_cache(path: str | None = None) -> str | None:
 # ============================================================================= start, resume, finish
 
 
-def _start(ctx: RunContext) -> RunState:
-    """A fresh run (config.json, metrics.jsonl with the step-0 record) or the state of the run's checkpoint."""
-    costs = {s.name: dict(steps=0, time_s=0.0, generated_tokens=0) for s in ctx.stages}
-    costs["eval"] = dict(time_s=0.0)
-    tracked = trackers.build(ctx.c, ctx.lm, trackers.Probes(ctx.probe_ids, ctx.probe_mask, ctx.probe_pos), ctx.out)
-    found = checkpoint.find(ctx.out, ctx.sh) if ctx.c.resume else None
-    if found is not None:
-        params, opt_leaves, st = found
-        rundir.truncate_metrics(ctx.out, st["step"])
-        costs.update(st["costs"])
-        for t in tracked:
-            t.start(ctx.base_params, resumed=True)
-        return RunState(params, opt_leaves, np.float32(np.nan if st["baseline"] is None else st["baseline"]),
-                        st["step"], st["stage_index"], st["stage_step"], costs, st.get("first_eval"),
-                        trackers=tracked)
-    rundir.write_config(ctx)
-    state = RunState(ctx.base_params, None, np.float32(np.nan), costs=costs, trackers=tracked)
-    rundir.start_metrics(ctx.out)
-    rec = {"step": 0, "stage": ctx.stages[0].name, "stage_step": 0}
-    rec.update(probe_metrics(ctx, state.params))
-    for t in tracked:
-        rec.update(t.start(state.params, resumed=False))
-    rec.update(evaluate(ctx, state.params, 0))
-    state.first_eval = {k: v for k, v in rec.items() if k.startswith("eval/")}
-    rundir.log(ctx.out, rec)
+def _trackers(ctx: RunContext) -> list:
+    return trackers.build(ctx.c, ctx.lm, trackers.Probes(ctx.probe_ids, ctx.probe_mask, ctx.probe_pos), ctx.out)
+
+
+def _start(ctxs: list[RunContext], found: list) -> RunState:
+    """Fresh runs (config.json, metrics.jsonl with the step-0 record) or the state of the runs' checkpoints
+    (`found`: checkpoint.find of every lane, all at the same step, or all None)."""
+    lanes, ctx = Lanes(len(ctxs)), ctxs[0]
+    costs = [{**{s.name: dict(steps=0, time_s=0.0, generated_tokens=0) for s in ctx.stages}, "eval": dict(time_s=0.0)}
+             for _ in ctxs]
+    tracked = [_trackers(x) for x in ctxs]
+    if found[0] is not None:
+        for x, (_, _, st), cost, ts in zip(ctxs, found, costs, tracked):
+            rundir.truncate_metrics(x.out, st["step"])
+            cost.update(st["costs"])
+            for t in ts:
+                t.start(ctx.base_params, resumed=True)
+        st = found[0][2]
+        return RunState(lanes, lanes.stack([f[0] for f in found]), [f[1] for f in found],
+                        [np.float32(np.nan if f[2]["baseline"] is None else f[2]["baseline"]) for f in found],
+                        st["step"], st["stage_index"], st["stage_step"], costs,
+                        [f[2].get("first_eval") for f in found], [None] * len(ctxs), tracked)
+    state = RunState(lanes, lanes.stack([ctx.base_params] * len(ctxs)), None, [np.float32(np.nan)] * len(ctxs),
+                     costs=costs, first_eval=[None] * len(ctxs), last=[None] * len(ctxs), trackers=tracked)
+    recs = [{"step": 0, "stage": ctx.stages[0].name, "stage_step": 0} for _ in ctxs]
+    for rec, pm in zip(recs, probe_metrics(ctx, lanes, state.params)):
+        rec.update(pm)
+    for rec, ts in zip(recs, tracked):
+        for t in ts:
+            rec.update(t.start(ctx.base_params, resumed=False))
+    for i, (x, rec, ev) in enumerate(zip(ctxs, recs, evaluate(ctxs, lanes, state.params, 0))):
+        rec.update(ev)
+        state.first_eval[i] = {k: v for k, v in rec.items() if k.startswith("eval/")}
+        rundir.write_config(x)
+        rundir.start_metrics(x.out)
+        rundir.log(x.out, rec)
     return state
 
 
-def _save(ctx: RunContext, state: RunState, opt_state, stage: Stage) -> None:
-    checkpoint.save(ctx.out, ctx.lm, state.params, opt_state, dict(
-        step=state.step, stage_index=state.stage_index, stage_step=state.stage_step, stage=stage.name,
-        baseline=state.baseline, costs=state.costs, first_eval=state.first_eval))
+def _save(ctxs: list[RunContext], state: RunState, opt_state, stage: Stage) -> None:
+    """Every lane's checkpoint (each run directory's own, replaced atomically)."""
+    L = state.lanes
+    for i, x in enumerate(ctxs):
+        checkpoint.save(x.out, x.lm, L.take(state.params, i), None if opt_state is None else L.take(opt_state, i),
+                        dict(step=state.step, stage_index=state.stage_index, stage_step=state.stage_step,
+                             stage=stage.name, baseline=state.baselines[i], costs=state.costs[i],
+                             first_eval=state.first_eval[i]))
 
 
-def _finish(ctx: RunContext, state: RunState, total: int) -> dict:
-    """final/, summary.json; returns the summary."""
-    if total == 0 and not os.path.isdir(os.path.join(ctx.out, "checkpoint")):
-        _save(ctx, state, None, ctx.stages[0])
-    final_dir = ctx.lm.save(os.path.join(ctx.out, "final"), params=jax.device_get(state.params))
-    evals = [r for r in read_metrics(ctx.out) if "eval/reward" in r]
-    c = ctx.c
-    summary = dict(
-        out=ctx.out, recipe=c.recipe, task=c.task, seed=c.seed, model_dir=ctx.model_dir,
-        steps=total, stages=[dataclasses.asdict(s) for s in ctx.stages],
-        cost=state.costs,
-        stage1_steps=sum(s.steps for s in ctx.stages if s.name == "stage1"),
-        first_eval={k: v for k, v in evals[0].items() if k.startswith("eval/")} if evals else None,
-        final_eval={k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else None,
-        final_metrics={k: v for k, v in (state.last or {}).items() if not k.startswith("eval/")},
-        final_model=final_dir,
-    )
-    rundir.write_summary(ctx.out, summary)
-    return summary
+def _finish(ctxs: list[RunContext], state: RunState, total: int) -> list[dict]:
+    """final/ and summary.json of every lane; returns the summaries."""
+    if total == 0 and not os.path.isdir(os.path.join(ctxs[0].out, "checkpoint")):
+        _save(ctxs, state, None, ctxs[0].stages[0])
+    out = []
+    for i, ctx in enumerate(ctxs):
+        final_dir = ctx.lm.save(os.path.join(ctx.out, "final"),
+                                params=jax.device_get(state.lanes.take(state.params, i)))
+        evals = [r for r in read_metrics(ctx.out) if "eval/reward" in r]
+        c = ctx.c
+        summary = dict(
+            out=ctx.out, recipe=c.recipe, task=c.task, seed=c.seed, model_dir=ctx.model_dir,
+            steps=total, stages=[dataclasses.asdict(s) for s in ctx.stages],
+            cost=state.costs[i],
+            stage1_steps=sum(s.steps for s in ctx.stages if s.name == "stage1"),
+            first_eval={k: v for k, v in evals[0].items() if k.startswith("eval/")} if evals else None,
+            final_eval={k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else None,
+            final_metrics={k: v for k, v in (state.last[i] or {}).items() if not k.startswith("eval/")},
+            final_model=final_dir,
+            lanes=state.lanes.n,  # runs trained together as one program (train_batch); 1: a lone run
+        )
+        rundir.write_summary(ctx.out, summary)
+        out.append(summary)
+    return out
 
 
 # ============================================================================= the loop
 
 
-def _stage_update(ctx: RunContext, state: RunState, si: int, stage: Stage):
-    """The stage's optimizer state (restored from the checkpoint's leaves mid-stage, else fresh) and its jitted
-    update with every static argument bound. The optimizer is built once per stage."""
+def _stage_update(ctxs: list[RunContext], state: RunState, si: int, stage: Stage):
+    """The stage's optimizer state (restored from the checkpoints' leaves mid-stage, else fresh) and its jitted
+    update over the lanes with every static argument bound. The optimizer is built once per stage."""
+    ctx, L = ctxs[0], state.lanes
     tx = stage_optimizer(ctx.c, stage)
     if si == state.stage_index and state.stage_step > 0 and state.opt_state is not None:
-        state.opt_state = checkpoint.restore_optimizer(tx, state.params, state.opt_state, ctx.out, ctx.sh)
+        state.opt_state = L.stack([checkpoint.restore_optimizer(tx, L.take(state.params, i), leaves, x.out, x.sh)
+                                   for i, (x, leaves) in enumerate(zip(ctxs, state.opt_state))])
     else:
-        state.opt_state, state.stage_step = ctx.sh.replicate(opt_init(state.params, tx=tx)), 0
+        state.opt_state, state.stage_step = ctx.sh.replicate(L.map(opt_init, dict(tx=tx))(state.params)), 0
     if stage.kind == "rl":
-        return partial(rl_update, tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd)
-    return partial(lp_update, tx=tx, **ctx.gd)
+        return L.map(rl_update, dict(tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd),
+                     in_axes=(0, 0, 0, 0, None, 0))
+    return L.map(lp_update, dict(tx=tx, **ctx.gd))
 
 
-def _run_step(ctx: RunContext, state: RunState, stage: Stage, update) -> dict:
-    """One global step of `stage`: the update, the tracked quantities, maybe an evaluation; returns the record."""
+def _run_step(ctxs: list[RunContext], state: RunState, stage: Stage, update) -> list[dict]:
+    """One global step of `stage` for every lane: the update, the tracked quantities, maybe an evaluation;
+    returns the lanes' records."""
+    ctx, L = ctxs[0], state.lanes
     c = ctx.c
     state.stage_step += 1
     state.step += 1
-    rec = {"step": state.step, "stage": stage.name, "stage_step": state.stage_step}
+    recs = [{"step": state.step, "stage": stage.name, "stage_step": state.stage_step} for _ in ctxs]
     t0 = time.perf_counter()
     before = state.params
     if stage.kind == "rl":
-        state.params, state.opt_state, state.baseline, m, (first_after, batch) = rl_step(
-            ctx, stage, state.stage_step, state.step, update, state.params, state.opt_state, state.baseline)
+        state.params, state.opt_state, state.baselines, ms, (first_after, batch) = rl_step(
+            ctxs, L, stage, state.stage_step, state.step, update, state.params, state.opt_state, state.baselines)
     else:
-        state.params, state.opt_state, m = lp_step(ctx, stage, state.stage_step, state.step, update, state.params,
-                                                   state.opt_state)
+        state.params, state.opt_state, ms = lp_step(ctxs, L, stage, state.stage_step, state.step, update,
+                                                    state.params, state.opt_state)
         first_after, batch = state.params, None
-    rec.update(m)
-    rec.update(probe_metrics(ctx, state.params))
+    for rec, m, pm in zip(recs, ms, probe_metrics(ctx, L, state.params)):
+        rec.update(m)
+        rec.update(pm)
     dt = time.perf_counter() - t0
-    cost = state.costs[stage.name]
-    cost["steps"] += 1
-    cost["time_s"] += dt
-    ntok = int(rec.pop("_generated_tokens", 0))
-    cost["generated_tokens"] += ntok
-    if stage.kind == "rl":
-        rec["generated_tokens"] = sum(v.get("generated_tokens", 0) for v in state.costs.values())
-    u = trackers.Update(stage, state.step, state.stage_step, sum(s.steps for s in ctx.stages), before, state.params,
-                        first_after, batch)
-    for t in state.trackers:
-        rec.update(t.after_update(u))
+    total = sum(s.steps for s in ctx.stages)
+    ntoks = []
+    for i, rec in enumerate(recs):
+        cost = state.costs[i][stage.name]
+        cost["steps"] += 1
+        cost["time_s"] += dt
+        ntoks.append(int(rec.pop("_generated_tokens", 0)))
+        cost["generated_tokens"] += ntoks[-1]
+        if stage.kind == "rl":
+            rec["generated_tokens"] = sum(v.get("generated_tokens", 0) for v in state.costs[i].values())
+        u = trackers.Update(stage, state.step, state.stage_step, total, L, i, before, state.params, first_after,
+                            batch)
+        for t in state.trackers[i]:
+            rec.update(t.after_update(u))
     if (c.eval_every and state.step % c.eval_every == 0) or state.stage_step == stage.steps:
         t1 = time.perf_counter()
-        rec.update(evaluate(ctx, state.params, state.step))
-        state.costs["eval"]["time_s"] += time.perf_counter() - t1
-    rec["step_time"] = dt
-    if stage.kind == "rl":
-        rec["tokens_per_s"] = ntok / dt if dt > 0 else 0.0
-    return rec
+        for rec, ev in zip(recs, evaluate(ctxs, L, state.params, state.step)):
+            rec.update(ev)
+        for cost in state.costs:
+            cost["eval"]["time_s"] += time.perf_counter() - t1
+    for rec, ntok in zip(recs, ntoks):
+        rec["step_time"] = dt
+        if stage.kind == "rl":
+            rec["tokens_per_s"] = ntok / dt if dt > 0 else 0.0
+    return recs
 
 
-def _progress_postfix(stage: Stage, rec: dict) -> dict:
+def _progress_postfix(stage: Stage, recs: list[dict]) -> dict:
     post = {"stage": stage.name}
-    if "reward" in rec:
-        post["reward"] = f"{rec['reward']:.3f}"
-    if "eval/reward" in rec:
-        post["eval"] = f"{rec['eval/reward']:.3f}"
+    for key, name in (("reward", "reward"), ("eval/reward", "eval")):
+        vals = [r[key] for r in recs if key in r]
+        if vals:
+            post[name] = f"{np.mean(vals):.3f}"
     return post
 
 
-def _loop(ctx: RunContext, state: RunState, total: int, bar, callback) -> None:
+def _loop(ctxs: list[RunContext], state: RunState, total: int, bar, callback) -> None:
     """Every remaining step of every stage: log, checkpoint, progress, callback after each."""
-    c = ctx.c
-    for si, stage in enumerate(ctx.stages):
+    c = ctxs[0].c
+    for si, stage in enumerate(ctxs[0].stages):
         if si < state.stage_index or (si == state.stage_index and state.stage_step >= stage.steps):
             continue
-        update = _stage_update(ctx, state, si, stage)
+        update = _stage_update(ctxs, state, si, stage)
         state.stage_index = si
         while state.stage_step < stage.steps:
-            rec = _run_step(ctx, state, stage, update)
-            rundir.log(ctx.out, rec)
-            state.last = rec
+            recs = _run_step(ctxs, state, stage, update)
+            for x, rec in zip(ctxs, recs):
+                rundir.log(x.out, rec)
+            state.last = recs
             if (c.checkpoint_every and state.step % c.checkpoint_every == 0) or state.step == total:
-                _save(ctx, state, state.opt_state, stage)
+                _save(ctxs, state, state.opt_state, stage)
             bar.update(1)
-            bar.set_postfix(_progress_postfix(stage, rec))
+            bar.set_postfix(_progress_postfix(stage, recs))
             if callback is not None:
-                callback(rec)
+                for rec in recs:
+                    callback(rec)
         state.opt_state = None
 
 
@@ -236,20 +280,59 @@ def train(config: RLConfig | dict, *, mesh=None, progress: bool = True,
     stops the run there (as a kill would). compile_cache: turn on JAX's persistent compilation cache
     (`enable_compile_cache`) so that later runs skip XLA compilation. Raises ConfigError before any work on bad
     input, TrainingError on a non-finite reward / loss / gradient (the last good checkpoint is kept)."""
+    return train_batch([config], mesh=mesh, progress=progress, reward_fn=reward_fn, reward_funcs=reward_funcs,
+                       callback=callback, compile_cache=compile_cache)[0]
+
+
+_LANE_KEYS = ("seed", "out", "resume", "overwrite")  # what the runs of one batch may differ in
+
+
+def train_batch(configs: list, *, mesh=None, progress: bool = True,
+                reward_fn: Callable[[str, str], float] | None = None, reward_funcs: list | None = None,
+                callback: Callable[[dict], Any] | None = None, compile_cache: bool = True) -> list[dict]:
+    """Run several configs that differ only in seed, out, resume and overwrite (ConfigError otherwise) as lanes of
+    one program; returns their summaries, in order. Each run directory is what `train` would write for its config
+    (to float rounding: the lanes' arithmetic is vmapped). Runs that start from different steps (a resume of
+    checkpoints at different steps, or fresh and resumed runs together) are trained in one batch per starting step;
+    so are runs whose evaluation prompts or probe sets differ (a dataset task whose held-out split depends on the
+    seed). Keywords as `train`'s; callback is called with each lane's record."""
     from tqdm.auto import tqdm
 
-    if isinstance(config, dict):
-        config = RLConfig.from_dict(config)
-    if not isinstance(config, RLConfig):
-        raise ConfigError(f"train: expected an RLConfig or a dict; got {type(config).__name__}")
-    ctx = resolve(config, mesh, reward_fn, reward_funcs)  # validates everything before any work
+    configs = [RLConfig.from_dict(c) if isinstance(c, dict) else c for c in configs]
+    if not configs or not all(isinstance(c, RLConfig) for c in configs):
+        raise ConfigError("train_batch: expected a non-empty list of RLConfigs (or dicts of their keys)")
+    first = {k: v for k, v in configs[0].to_dict().items() if k not in _LANE_KEYS}
+    for c in configs[1:]:
+        diff = sorted(k for k, v in c.to_dict().items() if k not in _LANE_KEYS and first[k] != v)
+        if diff:
+            raise ConfigError(f"train_batch: the runs of one batch may differ only in {list(_LANE_KEYS)}; "
+                              f"seed {c.seed} differs from seed {configs[0].seed} in {diff}")
+    outs = [os.path.abspath(os.fspath(c.out)) for c in configs]
+    if len(set(outs)) < len(outs):
+        twice = sorted(o for o in outs if outs.count(o) > 1)[0]
+        raise ConfigError(f"train_batch: two runs share the run directory {twice}; expected one directory per run")
+    ctxs = [resolve(configs[0], mesh, reward_fn, reward_funcs)]  # validates everything before any work
+    ctxs += [resolve(c, mesh, reward_fn, reward_funcs, model=(ctxs[0].lm, ctxs[0].model_dir)) for c in configs[1:]]
     if compile_cache:
         enable_compile_cache()
-    rundir.prepare(ctx.out, config.overwrite)
-    ctx = on_devices(ctx)
-    state = _start(ctx)
-    total = sum(s.steps for s in ctx.stages)
-    with tqdm(total=total, initial=state.step, disable=not progress, dynamic_ncols=True,
-              desc=f"{config.recipe} {config.task} seed {config.seed}") as bar:
-        _loop(ctx, state, total, bar, callback)
-    return _finish(ctx, state, total)
+    for x, c in zip(ctxs, configs):
+        rundir.prepare(x.out, c.overwrite)
+    shared = on_devices(ctxs[0])
+    ctxs = [shared] + [on_devices(x, like=shared) for x in ctxs[1:]]
+    found = [checkpoint.find(x.out, x.sh) if x.c.resume else None for x in ctxs]
+    groups: dict = {}
+    for i, (x, f) in enumerate(zip(ctxs, found)):
+        key = (0 if f is None else f[2]["step"], repr(x.eval_prompts), x.probe_ids.tobytes(), x.Tp, x.T_lp)
+        groups.setdefault(key, []).append(i)
+    summaries = [None] * len(ctxs)
+    for idx in groups.values():
+        group = [ctxs[i] for i in idx]
+        state = _start(group, [found[i] for i in idx])
+        total = sum(s.steps for s in group[0].stages)
+        seeds = ", ".join(str(x.c.seed) for x in group)
+        with tqdm(total=total, initial=state.step, disable=not progress, dynamic_ncols=True,
+                  desc=f"{group[0].c.recipe} {group[0].c.task} seed{'s' if len(group) > 1 else ''} {seeds}") as bar:
+            _loop(group, state, total, bar, callback)
+        for i, summ in zip(idx, _finish(group, state, total)):
+            summaries[i] = summ
+    return summaries

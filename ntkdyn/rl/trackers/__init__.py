@@ -15,7 +15,8 @@ drift (drift.py, RLConfig.ntk_every). A new tracker: a module here with a class 
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,17 +32,37 @@ class Probes(NamedTuple):
     pos: np.ndarray  # (m, 2) int32
 
 
-class Update(NamedTuple):
-    """One update as the trackers see it."""
+class Update:
+    """One update of one lane as the trackers see it: stage (recipes.Stage), step (global, after the update),
+    stage_step (1 for the stage's first), total_steps (of the whole run), and, taken from the batched arrays only
+    when a tracker reads them, before / after (the params before and after the update), first_after (after its
+    first, on-policy iteration: num_iterations > 1 reuses the batch) and batch (the rollout batch of an RL update in
+    objectives' layout; None for the LP stage)."""
 
-    stage: Any  # recipes.Stage
-    step: int  # global step (after the update)
-    stage_step: int  # step within the stage (1 for its first)
-    total_steps: int  # global steps of the whole run
-    before: Any  # params before the update
-    after: Any  # params after it
-    first_after: Any  # params after its first (on-policy) iteration (num_iterations > 1 reuses the batch)
-    batch: Any  # the rollout batch of an RL update (objectives' layout); None for the LP stage
+    def __init__(self, stage, step, stage_step, total_steps, lanes, lane, before, after, first_after, batch):
+        self.stage, self.step, self.stage_step, self.total_steps = stage, step, stage_step, total_steps
+        self._lanes, self._lane = lanes, lane
+        self._raw = dict(before=before, after=after, first_after=first_after, batch=batch)
+
+    def _take(self, name):
+        x = self._raw[name]
+        return None if x is None else self._lanes.take(x, self._lane)
+
+    @functools.cached_property
+    def before(self):
+        return self._take("before")
+
+    @functools.cached_property
+    def after(self):
+        return self._take("after")
+
+    @functools.cached_property
+    def first_after(self):
+        return self._take("first_after")
+
+    @functools.cached_property
+    def batch(self):
+        return self._take("batch")
 
 
 def build(c, lm, probes: Probes, out: str) -> list:

@@ -1,0 +1,52 @@
+"""The seeds of a batched run as lanes of one program: several independent runs (same config but the seed, same
+shapes) whose params, optimizer states, PRNG keys and batches carry a leading lane axis, so that every step's
+sampler, update, evaluation and probes run once for all of them (jax.vmap inside one jit). A run of one seed is
+one lane and carries no lane axis: it calls the per-run functions themselves, exactly as a lone run does.
+
+    lanes = Lanes(len(seeds))
+    update = lanes.map(rl_update, dict(graphdef=..., cfg=..., tx=..., ls=..., group=...), in_axes=(0, 0, 0, 0, None, 0))
+    params, opt_state, m, logp = update(params, opt_state, batch, logp_old, on_policy, logp_ref)
+    lanes.take(params, i)          # lane i's params (the tree itself for one lane)
+    lanes.stack([p0, p1, ...])     # one tree with a lane axis (the tree itself for one lane)
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Lanes"]
+
+
+@functools.lru_cache(maxsize=256)
+def _vmapped(fn, static: tuple, in_axes):
+    return jax.jit(jax.vmap(functools.partial(fn, **dict(static)), in_axes=in_axes))
+
+
+class Lanes:
+    """n lanes (n >= 1); see the module docstring."""
+
+    def __init__(self, n: int):
+        if int(n) < 1:
+            raise ValueError(f"a batched run needs at least one lane; got {n}")
+        self.n = int(n)
+
+    def map(self, fn, static: dict | None = None, in_axes=0):
+        """fn with its static keywords bound, over the lanes: fn itself for one lane, else one jit of its vmap
+        (in_axes as jax.vmap's: None for an argument every lane shares). Cached per (fn, static, in_axes)."""
+        static = static or {}
+        if self.n == 1:
+            return functools.partial(fn, **static) if static else fn
+        return _vmapped(fn, tuple(sorted(static.items())), in_axes)
+
+    def take(self, tree, i: int):
+        """Lane i of a tree with a lane axis (the tree itself for one lane)."""
+        return tree if self.n == 1 else jax.tree.map(lambda x: x[i], tree)
+
+    def stack(self, trees):
+        """One tree with a lane axis from one tree per lane (the tree itself for one lane)."""
+        trees = list(trees)
+        if len(trees) != self.n:
+            raise ValueError(f"{len(trees)} trees for {self.n} lanes")
+        return trees[0] if self.n == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
