@@ -31,7 +31,7 @@ def test_drift_contexts_round_robin():
 
 def test_trackers_follow_the_config():
     probes = trackers.Probes(np.zeros((2, 6), np.int32), np.ones((2, 6), np.float32), np.array([[0, 3], [1, 4]]))
-    names = lambda **kw: [t.name for t in trackers.build(_small(out="x", **kw), None, probes, "x")]  # noqa: E731
+    names = lambda **kw: [t.name for t in trackers.from_config(_small(out="x", **kw), None, probes, "x")]  # noqa: E731
     assert names(probe_every=0) == [] and names(probe_every=5) == ["dz_share"]
     assert names(probe_every=5, claim6=True, ntk_every=2) == ["dz_share", "claim6", "ntk_drift"]  # record order
 

@@ -83,7 +83,7 @@ class OneStepConfig:
 # ----------------------------------------------------------------------------- data
 
 
-def _sample(lm, tok, prompts, seed, max_new_tokens, temperature, chat=None):
+def _sample_all(lm, tok, prompts, seed, max_new_tokens, temperature, chat=None):
     """One sampler call (one compile) for all prompts: rows prompt+completion (incl. EOS; the prompt as
     encode_prompt makes it: [bos]+prompt, or the chat template's rendering), the prompt lengths, the completions
     (evaluation.split_completions) and the model's log-prob of every completion token (a list per row)."""
@@ -98,7 +98,7 @@ def _sample(lm, tok, prompts, seed, max_new_tokens, temperature, chat=None):
 
 
 def _part(sampled, sl):
-    """The rows `sl` of `_sample`'s output."""
+    """The rows `sl` of `_sample_all`'s output."""
     rows, starts, comps, logps = sampled
     return rows[sl], starts[sl], Completions(*(f[sl] for f in comps)), logps[sl]
 
@@ -179,7 +179,7 @@ def run(lm, task="sum", out_dir="runs/one_step", *, model_name: str | None = Non
     prompts = task.prompts("train", n_prompts, seed)
     probe_prompt_list = held_out_prompts(task, probe_prompts, seed)
     flat = [p for p in prompts for _ in range(group)]
-    sampled = _sample(lm, tok, flat + probe_prompt_list, seed, max_new_tokens, temperature, chat)
+    sampled = _sample_all(lm, tok, flat + probe_prompt_list, seed, max_new_tokens, temperature, chat)
     B = len(flat)
     roll = _rollouts(task, tok, prompts, group, _part(sampled, slice(None, B)), reward_fn, o.score_truncated)
     adv = np.asarray(_advantages(roll["rewards"].reshape(n_prompts, group), "grpo")[0], np.float64).ravel()

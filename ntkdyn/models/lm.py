@@ -16,7 +16,9 @@ from .transformer import features, graphdef_for, head_logits, init_params
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def _features(graphdef, cfg, params, ids):
+def features_of(graphdef, cfg, params, ids):
+    """h (B, T, d) of token rows `ids` (transformer.features without caches), jit-compiled once per shape: what
+    lm.features, the kernels' forward passes and the trainer's probe features all call."""
     return features(graphdef, cfg, params, ids)[0]
 
 
@@ -60,7 +62,7 @@ class LM:
 
     def features(self, ids, params=None):
         """h: the output of the final norm, what the head reads: (B, T, d)."""
-        return _features(self.graphdef, self.config, self.params if params is None else params, self.check_ids(ids))
+        return features_of(self.graphdef, self.config, self.params if params is None else params, self.check_ids(ids))
 
     def head(self, h, params=None):
         """Apply the head (W, b, and the config's final soft-capping) to features h (..., d)."""

@@ -26,7 +26,8 @@ from . import checkpoint
 from .config import RESUMABLE_CHANGES, ConfigError, RLConfig
 from .recipes import Stage, plan
 from .sharding import Sharding
-from .step import LossSpec, probe_features
+from ..models.lm import features_of
+from .step import LossSpec
 
 __all__ = ["RunContext", "resolve", "reference_answer", "on_devices", "EVAL_PROMPT_SEED", "RUN_FILES"]
 
@@ -276,4 +277,4 @@ def on_devices(ctx: RunContext, like: RunContext | None = None) -> RunContext:
     probe_ids = ctx.sh.replicate(jnp.asarray(ctx.probe_ids))
     return dataclasses.replace(ctx, base_params=base, probe_ids_dev=probe_ids,
                                probe_mask_dev=ctx.sh.replicate(jnp.asarray(ctx.probe_mask)),
-                               h0=probe_features(base, probe_ids, **ctx.gd))
+                               h0=features_of(ctx.lm.graphdef, ctx.cfg, base, probe_ids))

@@ -59,7 +59,7 @@ def prompt_batch(ctx, lanes, prompts):
     return ctx.sh.batch(ids, lanes=lanes.n > 1), ctx.sh.batch(mask, lanes=lanes.n > 1)
 
 
-def _sample(params, ids, mask, key, temperature, stop, *, graphdef, cfg, max_new_tokens, pad_id, group):
+def _sample_lane(params, ids, mask, key, temperature, stop, *, graphdef, cfg, max_new_tokens, pad_id, group):
     return sample(graphdef, cfg, params, ids, mask, key, max_new_tokens=max_new_tokens, temperature=temperature,
                   top_k=None, top_p=1.0, stop_token=stop, pad_id=pad_id, greedy=False, shared_prompts=group)
 
@@ -67,7 +67,7 @@ def _sample(params, ids, mask, key, temperature, stop, *, graphdef, cfg, max_new
 def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1):
     """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params` of every lane;
     rows in consecutive groups of `group` share a prompt, prefilled once."""
-    fn = lanes.map(_sample, dict(graphdef=ctx.lm.graphdef, cfg=ctx.cfg, max_new_tokens=int(ctx.c.max_new_tokens),
+    fn = lanes.map(_sample_lane, dict(graphdef=ctx.lm.graphdef, cfg=ctx.cfg, max_new_tokens=int(ctx.c.max_new_tokens),
                                  pad_id=ctx.pad, group=int(group)), in_axes=(0, 0, 0, 0, None, None))
     return fn(params, ids, mask, keys, float(temperature), jnp.asarray(ctx.eos or (-1,), jnp.int32))
 

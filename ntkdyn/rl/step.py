@@ -24,7 +24,7 @@ from ..sft import sequence_ce
 from . import objectives as O
 
 __all__ = ["LossSpec", "stage_optimizer", "opt_init", "rl_update", "lp_update", "ref_logp", "confidence",
-           "group_advantages", "probe_features", "probe", "step_key"]
+           "group_advantages", "probe", "step_key"]
 
 
 class LossSpec(NamedTuple):
@@ -125,12 +125,6 @@ def confidence(params, ids, pmask, completion, mask, *, graphdef, cfg):
 def group_advantages(r, b, *, kind, decay):
     """objectives.advantages of rewards r (P, G) with the running baseline b (REINFORCE)."""
     return O.advantages(r, kind, baseline=b, decay=decay)
-
-
-@partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def probe_features(params, ids, *, graphdef, cfg):
-    """h (B, T, d) of the probe sequences."""
-    return features(graphdef, cfg, params, ids)[0]
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg"))

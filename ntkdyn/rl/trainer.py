@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -91,7 +90,7 @@ def enable_compile_cache(path: str | None = None) -> str | None:
 
 
 def _trackers(ctx: RunContext) -> list:
-    return trackers.build(ctx.c, ctx.lm, trackers.Probes(ctx.probe_ids, ctx.probe_mask, ctx.probe_pos), ctx.out)
+    return trackers.from_config(ctx.c, ctx.lm, trackers.Probes(ctx.probe_ids, ctx.probe_mask, ctx.probe_pos), ctx.out)
 
 
 def _start(ctxs: list[RunContext], found: list) -> RunState:

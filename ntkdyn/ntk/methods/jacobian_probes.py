@@ -8,7 +8,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from ...models.transformer import features
+from ...models.lm import features_of
 from ..kernel import HutchinsonEstimate, Kernel, KernelPlan
 from ..shared import (cat, dense_sizes, finish_probes, finish_rep, g_estimates, rademacher, seconds, side,
                       tied_x_estimates)
@@ -57,11 +57,6 @@ def probe_jvp(graphdef, cfg, psi, E, ptab, rows_a, pos_a, ha, gpsi, gx, idb, hb,
     return jax.vmap(one)(rows_a, pos_a, ha)  # (na, nb, k, np)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def _features(graphdef, cfg, params, ids):
-    return features(graphdef, cfg, params, ids)[0]
-
-
 def _pad_rows(h, n_pad):
     """h (n, d) padded to n_pad rows by repeating the last one (as shared.side pads its contexts)."""
     return jnp.concatenate([h, jnp.repeat(h[-1:], n_pad - len(h), 0)]) if n_pad > len(h) else h
@@ -91,8 +86,8 @@ def run(req, kp: KernelPlan) -> Kernel:
     ca, cb, sz = kp.detail
     pl, cfg = Placed(req), req.cfg
     W, V, na, nb = pl.sp.W, cfg.vocab_size, req.na, req.nb
-    ha = _features(req.graphdef, cfg, req.params, req.a.ids)[req.a.rows, req.a.pos]
-    hb = ha if req.sym else _features(req.graphdef, cfg, req.params, req.b.ids)[req.b.rows, req.b.pos]
+    ha = features_of(req.graphdef, cfg, req.params, req.a.ids)[req.a.rows, req.a.pos]
+    hb = ha if req.sym else features_of(req.graphdef, cfg, req.params, req.b.ids)[req.b.rows, req.b.pos]
     s = finish_rep(ha, hb, na, nb, pl.sp.has_bias)
     probes, U = rademacher(W, req.seed, req.num_probes)
     A = side(req.a, -(-na // ca) * ca, sz.Ta)

@@ -8,10 +8,10 @@ A tracker has
                                           resumed one restores what the tracker keeps, e.g. the drift's K0)
     after_update(u: Update) -> dict       after every update: the tracker decides whether this step is its own
 
-`build(config, lm, probes, out)` makes the run's trackers from its RLConfig, in the order their keys appear in a
+`from_config(config, lm, probes, out)` makes the run's trackers from its RLConfig, in the order their keys appear in a
 record: the dz share (dz_share.py, RLConfig.probe_every), claim 6's measures (claim6.py, RLConfig.claim6), the eNTK
 drift (drift.py, RLConfig.ntk_every). A new tracker: a module here with a class of that interface, and one line in
-`build` that adds it when its config field asks for it.
+`from_config` that adds it when its config field asks for it.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Update", "Probes", "build"]
+__all__ = ["Update", "Probes", "from_config"]
 
 
 class Probes(NamedTuple):
@@ -65,7 +65,7 @@ class Update:
         return self._take("batch")
 
 
-def build(c, lm, probes: Probes, out: str) -> list:
+def from_config(c, lm, probes: Probes, out: str) -> list:
     """The trackers RLConfig `c` asks for, in record order."""
     from .claim6 import Claim6
     from .drift import Drift
