@@ -25,7 +25,7 @@ from .config import TrainingError
 from .context import reference_answer
 from .step import group_advantages, ref_logp, step_key
 
-__all__ = ["stage_rows", "prompt_batch", "rollout", "rewards", "rl_step", "lp_step"]
+__all__ = ["stage_rows", "prompt_batch", "rollout", "rewards", "dry_run", "rl_step", "lp_step"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,13 +65,15 @@ def rollout(ctx, params, ids, mask, key, temperature, group: int = 1):
                   greedy=False, shared_prompts=int(group))
 
 
-def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1):
+def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1, stopped: str | None = None):
     """(texts, finished, rewards float64, metrics) of sampled completions: ctx.reward_set (the run's reward
     functions in TRL's signature, weighted) of `group_size` completions per row {"prompt": ..., **columns}
     (prompt-major), a truncated completion (no EOS) scoring 0 unless RLConfig.score_truncated. A reward NaN
     means no function scored it (TRL's None). TrainingError naming the function when one fails (raises, wrong
-    length, non-number) and, for the legacy reward_fn, on a non-finite reward. The one place the trainer calls a
-    reward (rollouts and evaluation)."""
+    length, non-number), when no function gives a value (None / NaN) for any completion of the batch and, for the
+    legacy reward_fn, on a non-finite reward; the message ends with `stopped` (default: the run stopped and which
+    checkpoint is kept). The one place the trainer calls a reward (rollouts and evaluation)."""
+    stopped = stopped or f"the run stopped and {checkpoint.note(ctx.out)}"
     texts, finished = decode_completions(ctx.tok, tokens, mask, ctx.eos)
     ids = [row[m.astype(bool)][: _end(row[m.astype(bool)], ctx.eos)].tolist()
            for row, m in zip(np.asarray(tokens), np.asarray(mask))]
@@ -79,14 +81,34 @@ def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1):
         out = ctx.reward_set.score_rows(rows, texts, ids, group_size=group_size,
                                         finished=None if ctx.c.score_truncated else finished)
     except (RewardError, ValueError) as e:
-        raise TrainingError(f"{where}: {e}; the run stopped and {checkpoint.note(ctx.out)}") from None
+        raise TrainingError(f"{where}: {e}; {stopped}") from None
     r = out.rewards
     bad = np.flatnonzero(~np.isfinite(r)) if ctx.reward_fn is not None else np.flatnonzero(np.isinf(r))
     if bad.size:
         i = int(bad[0])
         raise TrainingError(f"{where}: non-finite reward {r[i]} for prompt {rows[i // group_size]['prompt']!r} and "
-                            f"completion {texts[i]!r}; the run stopped and {checkpoint.note(ctx.out)}")
+                            f"completion {texts[i]!r}; {stopped}")
+    if out.unscored.size and out.unscored.all():
+        names = ", ".join(repr(n) for n in ctx.reward_set.names)
+        raise TrainingError(f"{where}: no reward function gave a value for any of the {len(texts)} completions: "
+                            f"{names} returned None or NaN for every one (e.g. completion {texts[0]!r}); expected "
+                            f"a float for at least some completions; {stopped}")
     return texts, finished, r, out.metrics
+
+
+def dry_run(ctx) -> None:
+    """Score one real batch before a new run writes anything: the first stage's first train rows, group_size
+    samples each from the starting model (ctx.base_params) with the run's sampler and the rollout temperature (the
+    first RL step's draw), through the run's reward functions. TrainingError naming the function that fails or
+    gives no value at all (see `rewards`); nothing is written."""
+    stage, G = ctx.stages[0], ctx.c.group_size
+    rows = stage_rows(ctx, stage, 1)
+    ids, pmask = prompt_batch(ctx, [r["prompt"] for r in rows for _ in range(G)])
+    key = ctx.sh.replicate(step_key(ctx.key, 1, stage_id=stage.stage_id))
+    gen = rollout(ctx, ctx.base_params, ids, pmask, key, ctx.c.temperature, group=G)
+    tokens, mask = jax.device_get((gen.tokens, gen.mask))
+    rewards(ctx, rows, tokens, mask, "dry run of the reward functions on a sample batch of the starting model",
+            group_size=G, stopped=f"nothing was written to {ctx.out}")
 
 
 def _end(row, eos) -> int:
@@ -100,9 +122,9 @@ def _advantages(ctx, r_PxG, baseline):
     (NaN) enters the baseline as its group's mean of the scored ones and gets advantage 0."""
     c = ctx.c
     scored = ~np.isnan(r_PxG)
-    if not scored.all():
-        with np.errstate(invalid="ignore"):
-            fill = np.nan_to_num(np.nanmean(r_PxG, axis=1, keepdims=True), nan=0.0)
+    if not scored.all():  # the group's mean of the scored ones (0 for a group with none)
+        n = scored.sum(1, keepdims=True)
+        fill = np.where(scored, r_PxG, 0.0).sum(1, keepdims=True) / np.maximum(n, 1)
         r_PxG = np.where(scored, r_PxG, fill)
     adv, new_baseline = group_advantages(jnp.asarray(r_PxG, jnp.float32), jnp.float32(baseline),
                                          kind=c.advantage, decay=float(c.baseline_decay))
