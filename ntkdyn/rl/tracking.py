@@ -5,9 +5,9 @@ At the run start the N×N trace kernels over the vocabulary (spec §1: Θ = R �
 
     tr_V R(c, c') = V · s(c, c'),   tr_V G(c, c'),   tr_V K = tr_V R + tr_V G (+ tr_V X)
 
-of the starting model on N fixed probe contexts are kept as K0 (OUT/ntk0.npz, written atomically; a resumed run
-reads it back, or recomputes it from the starting model when it is missing). Every RLConfig.ntk_every global
-steps, at step 0 and at the last step the trainer logs, for Z in R, G, K,
+of the starting model on N fixed probe contexts are kept as K0 (OUT/ntk0.npz, written atomically by rl/rundir.py; a
+resumed run reads it back, or recomputes it from the starting model when it is missing or unreadable). Every
+RLConfig.ntk_every global steps, at step 0 and at the last step the trainer logs, for Z in R, G, K,
 
     ntk/align_Z  = metrics.kernel_alignment(Z_t, Z_0)   (uncentred: ⟨Z_t, Z_0⟩_F / ‖Z_t‖_F ‖Z_0‖_F; 1 = unmoved)
     ntk/change_Z = metrics.kernel_change(Z_t, Z_0)      (‖Z_t − Z_0‖_F / ‖Z_0‖_F; 0 = unmoved)
@@ -19,16 +19,13 @@ every step; R stays exact). The probe contexts are `drift_contexts` of the run's
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .. import metrics as M
-from ..io import atomic_file
+from .rundir import NTK0_FILE, read_arrays, write_arrays
 
 __all__ = ["NTK0_FILE", "drift_contexts", "trace_kernels", "initial_kernels", "drift_metrics"]
 
-NTK0_FILE = "ntk0.npz"
 HUTCHINSON_SEED = 0  # the probes of every drift kernel of every run: differences are not probe noise
 
 
@@ -71,18 +68,14 @@ def trace_kernels(ctx, params, contexts) -> dict:
 def initial_kernels(ctx, resumed: bool) -> dict:
     """K0: the trace kernels of the starting model (ctx.base_params) at `drift_contexts`. A fresh run computes and
     writes them to OUT/ntk0.npz (atomically); a resumed run reads that file (recomputing when it is missing or was
-    made on other contexts / another method). Returns {"contexts", "R", "G", "K"}."""
+    made on other contexts / another method, or unreadable). Returns {"contexts", "R", "G", "K"}."""
     contexts = drift_contexts(ctx.probe_pos, ctx.c.ntk_contexts)
-    path = os.path.join(ctx.out, NTK0_FILE)
-    if resumed and os.path.isfile(path):
-        with np.load(path) as f:
-            saved = {k: f[k] for k in f.files}
-        if (np.array_equal(saved.get("contexts"), contexts) and str(saved.get("method")) == ctx.c.ntk_method
-                and all(k in saved for k in ("R", "G", "K"))):
-            return {k: saved[k] for k in ("contexts", "R", "G", "K")}
+    saved = read_arrays(ctx.out, NTK0_FILE) if resumed else None
+    if (saved is not None and np.array_equal(saved.get("contexts"), contexts)
+            and str(saved.get("method")) == ctx.c.ntk_method and all(k in saved for k in ("R", "G", "K"))):
+        return {k: saved[k] for k in ("contexts", "R", "G", "K")}
     K0 = dict(contexts=contexts, **trace_kernels(ctx, ctx.base_params, contexts))
-    with atomic_file(path) as tmp:
-        np.savez(tmp, method=np.asarray(ctx.c.ntk_method), **K0)
+    write_arrays(ctx.out, NTK0_FILE, method=np.asarray(ctx.c.ntk_method), **K0)
     return K0
 
 

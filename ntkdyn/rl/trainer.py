@@ -31,7 +31,7 @@ from .config import ConfigError, RLConfig, TrainingError
 from .context import RunContext, on_devices, resolve
 from .evaluate import dz_share_metrics, evaluate, probe_metrics
 from .recipes import Stage
-from .rollout import lp_step, rl_step
+from .rollout import dry_run, lp_step, rl_step
 from .rundir import TIMING_KEYS, read_metrics
 from .step import lp_update, opt_init, rl_update, stage_optimizer
 
@@ -87,10 +87,10 @@ def _start(ctx: RunContext) -> RunState:
     found = checkpoint.find(ctx.out, ctx.sh) if ctx.c.resume else None
     if found is not None:
         params, opt_leaves, st = found
-        rundir.truncate_metrics(ctx.out, st["step"])
+        last = rundir.resume(ctx, st["step"])
         costs.update(st["costs"])
         return RunState(params, opt_leaves, np.float32(np.nan if st["baseline"] is None else st["baseline"]),
-                        st["step"], st["stage_index"], st["stage_step"], costs, st.get("first_eval"),
+                        st["step"], st["stage_index"], st["stage_step"], costs, st.get("first_eval"), last,
                         ntk0=tracking.initial_kernels(ctx, resumed=True) if ctx.c.ntk_every else None)
     rundir.write_config(ctx)
     state = RunState(ctx.base_params, None, np.float32(np.nan), costs=costs)
@@ -116,7 +116,7 @@ def _finish(ctx: RunContext, state: RunState, total: int) -> dict:
     """final/, summary.json; returns the summary."""
     if total == 0 and not os.path.isdir(os.path.join(ctx.out, "checkpoint")):
         _save(ctx, state, None, ctx.stages[0])
-    final_dir = ctx.lm.save(os.path.join(ctx.out, "final"), params=jax.device_get(state.params))
+    final_dir = rundir.write_final(ctx.out, ctx.lm, state.params)
     evals = [r for r in read_metrics(ctx.out) if "eval/reward" in r]
     c = ctx.c
     summary = dict(
@@ -129,8 +129,7 @@ def _finish(ctx: RunContext, state: RunState, total: int) -> dict:
         final_metrics={k: v for k, v in (state.last or {}).items() if not k.startswith("eval/")},
         final_model=final_dir,
     )
-    rundir.write_summary(ctx.out, summary)
-    return summary
+    return rundir.write_summary(ctx.out, summary)
 
 
 # ============================================================================= the loop
@@ -263,21 +262,27 @@ def train(config: RLConfig | dict, *, mesh=None, progress: bool = True,
     callback(record) is called after each step's metrics line (and checkpoint) is written; an exception in it
     stops the run there (as a kill would). compile_cache: turn on JAX's persistent compilation cache
     (`enable_compile_cache`) so that later runs skip XLA compilation. Raises ConfigError before any work on bad
-    input, TrainingError on a non-finite reward / loss / gradient (the last good checkpoint is kept)."""
+    input, TrainingError on a non-finite reward / loss / gradient (the last good checkpoint is kept). The process
+    holds OUT's lock for the whole run (rundir.lock: RunLocked, a ConfigError, while another process writes it);
+    a new run (fresh or overwrite) first scores one sample batch of the starting model through its reward
+    functions (rollout.dry_run), and only then removes anything of a previous run."""
     from tqdm.auto import tqdm
 
     if isinstance(config, dict):
         config = RLConfig.from_dict(config)
     if not isinstance(config, RLConfig):
         raise ConfigError(f"train: expected an RLConfig or a dict; got {type(config).__name__}")
-    ctx = resolve(config, mesh, reward_fn, reward_funcs)  # validates everything before any work
-    if compile_cache:
-        enable_compile_cache()
-    rundir.prepare(ctx.out, config.overwrite)
-    ctx = on_devices(ctx)
-    state = _start(ctx)
-    total = sum(s.steps for s in ctx.stages)
-    with tqdm(total=total, initial=state.step, disable=not progress, dynamic_ncols=True,
-              desc=f"{config.recipe} {config.task} seed {config.seed}") as bar:
-        _loop(ctx, state, total, bar, callback)
-    return _finish(ctx, state, total)
+    with rundir.lock(config.out):  # one writer per run directory, for the whole run
+        ctx = resolve(config, mesh, reward_fn, reward_funcs)  # validates everything before any work
+        if compile_cache:
+            enable_compile_cache()
+        ctx = on_devices(ctx)
+        if not config.resume:
+            dry_run(ctx)  # the reward functions on a real batch, before anything of an old run is removed
+        rundir.prepare(ctx.out, config.overwrite)
+        state = _start(ctx)
+        total = sum(s.steps for s in ctx.stages)
+        with tqdm(total=total, initial=state.step, disable=not progress, dynamic_ncols=True,
+                  desc=f"{config.recipe} {config.task} seed {config.seed}") as bar:
+            _loop(ctx, state, total, bar, callback)
+        return _finish(ctx, state, total)
