@@ -73,7 +73,9 @@ def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1, stopped: s
     length, non-number), when no function gives a value (None / NaN) for any completion of the batch and, for the
     legacy reward_fn, on a non-finite reward; the message ends with `stopped` (default: the run stopped and which
     checkpoint is kept). The one place the trainer calls a reward (rollouts and evaluation)."""
-    stopped = stopped or f"the run stopped and {checkpoint.note(ctx.out)}"
+    def fail(msg):
+        return TrainingError(f"{where}: {msg}; {stopped or f'the run stopped and {checkpoint.note(ctx.out)}'}")
+
     texts, finished = decode_completions(ctx.tok, tokens, mask, ctx.eos)
     ids = [row[m.astype(bool)][: _end(row[m.astype(bool)], ctx.eos)].tolist()
            for row, m in zip(np.asarray(tokens), np.asarray(mask))]
@@ -81,18 +83,18 @@ def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1, stopped: s
         out = ctx.reward_set.score_rows(rows, texts, ids, group_size=group_size,
                                         finished=None if ctx.c.score_truncated else finished)
     except (RewardError, ValueError) as e:
-        raise TrainingError(f"{where}: {e}; {stopped}") from None
+        raise fail(e) from None
     r = out.rewards
     bad = np.flatnonzero(~np.isfinite(r)) if ctx.reward_fn is not None else np.flatnonzero(np.isinf(r))
     if bad.size:
         i = int(bad[0])
-        raise TrainingError(f"{where}: non-finite reward {r[i]} for prompt {rows[i // group_size]['prompt']!r} and "
-                            f"completion {texts[i]!r}; {stopped}")
+        raise fail(f"non-finite reward {r[i]} for prompt {rows[i // group_size]['prompt']!r} and completion "
+                   f"{texts[i]!r}")
     if out.unscored.size and out.unscored.all():
         names = ", ".join(repr(n) for n in ctx.reward_set.names)
-        raise TrainingError(f"{where}: no reward function gave a value for any of the {len(texts)} completions: "
-                            f"{names} returned None or NaN for every one (e.g. completion {texts[0]!r}); expected "
-                            f"a float for at least some completions; {stopped}")
+        raise fail(f"no reward function gave a value for any of the {len(texts)} completions: {names} returned "
+                   f"None or NaN for every one (e.g. completion {texts[0]!r}); expected a float for at least some "
+                   "completions")
     return texts, finished, r, out.metrics
 
 
