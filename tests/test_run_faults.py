@@ -3,8 +3,9 @@ directory, kills (SIGKILL at a chosen phase, in a child process), --overwrite of
 validation, resumes from damaged checkpoints or with fewer steps, unreadable inputs, unusable rewards.
 
 Each case is (id, setup(env) -> OUT, act(env, OUT), expected exception (None: it must succeed), regex the message
-must match, keep: OUT must be exactly as before). Every case's OUT holds the user's own file notes.txt, which must
-survive; no case may leave a temporary or a lock file in OUT. Every child process has a timeout."""
+must match, keep: OUT must be exactly as before). A case's copy of a finished run holds the user's own file
+notes.txt, which must survive; no case may leave a temporary or a lock file in OUT. Every child process has a
+timeout."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,6 @@ from kill_storm import child, child_argv, child_env, leftovers, run_files
 from test_bad_inputs import snapshot
 
 import ntkdyn as nd
-from ntkdyn.models.config import CheckpointError
 from ntkdyn.rl import ConfigError, RLConfig, TrainingError, read_metrics, train
 
 # the embedded default model; 2 steps, a checkpoint after each (one compilation shared by every case)
@@ -241,10 +241,6 @@ def _unusable_from_step_2(env, out):
     train(RLConfig(out=out, **TINY), progress=False, reward_funcs=[flaky], callback=arm, compile_cache=False)
 
 
-def _gguf(env, name, data):
-    return _input(env, name, data)
-
-
 CASES = [
     # --- 1. one writer per run directory (a child run holds OUT; three other writers are refused naming it)
     ("second-writers-refused", lambda e: e.fresh("live"), _second_writers_refused_then_kill, ConfigError,
@@ -260,7 +256,7 @@ CASES = [
     ("overwrite-reward-none", lambda e: e.copy("ow_none"), lambda e, o: _overwrite(e, o, reward_funcs=[none_reward]),
      TrainingError, r"'none_reward' returned None or NaN for every one.*nothing was written", True),
     ("overwrite-bad-model", lambda e: e.copy("ow_model"),
-     lambda e, o: _overwrite(e, o, model=_gguf(e, "fake.gguf", "not a gguf file")),
+     lambda e, o: _overwrite(e, o, model=_input(e, "fake.gguf", "not a gguf file")),
      ConfigError, r"RLConfig\.model=.*fake\.gguf.*not a readable GGUF file", True),
     ("overwrite-removes-old-files-only", lambda e: e.copy("ow_ok", _write("ntk0.npz", b"old kernels")),
      _overwrite_ok, None, "", False),
