@@ -13,7 +13,8 @@ set, else ``~/.cache/ntkdyn`` (``$XDG_CACHE_HOME/ntkdyn`` when that is set), in
 ``<cache>/default-<task>-<family>-<hash>``; the CLI then compares the rebuilt model with the shipped one. A
 ``recipe`` other than :data:`RECIPE` (tests use a tiny one) is always built into the cache. Building is atomic:
 training runs in a hidden ``.tmp-*`` sibling that is renamed into place at the end (a killed build leaves no model
-directory, and its stale ``.tmp-*`` is swept by the next build), and a lock file serialises concurrent builders.
+directory, and its stale ``.tmp-*`` is swept by the next build: ``ntkdyn.io.sweep``), and a lock file serialises
+concurrent builders (``ntkdyn.io.exclusive_lock``).
 
     import ntkdyn.default as default
     path = default.default_model_dir()     # the shipped directory
@@ -22,17 +23,15 @@ directory, and its stale ``.tmp-*`` is swept by the next build), and a lock file
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 
 from . import tasks as _tasks
 from .cache import cache_root
 from .evaluation import last_eval, with_current_names
-from .io import read_json, write_json
+from .io import exclusive_lock, read_json, write_json
 
 __all__ = ["RECIPE", "RECIPES", "SHIPPED_DIR", "SHIPPED_DIRS", "shipped_task", "cache_root", "recipe_hash",
            "shipped_info", "default_model_dir", "base_model", "add_arguments", "run_cli"]
@@ -67,39 +66,6 @@ def _dir_name(recipe: dict) -> str:
 def _complete(path: str) -> bool:
     return all(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "model.safetensors",
                                                                "sft_config.json", "tokenizer.json"))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sweep_stale(root: str, name: str) -> None:
-    """Remove ``.tmp-<name>-<pid>-*`` staging directories left by builds whose process is gone."""
-    prefix = f".tmp-{name}-"
-    for entry in os.listdir(root):
-        if not entry.startswith(prefix):
-            continue
-        pid = entry[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _lock(path: str):
-    import fcntl
-
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def shipped_task(task: str | None = None) -> str:
@@ -161,10 +127,9 @@ def _cached_build(recipe: dict, cache_dir, build: bool, progress: bool, rebuild:
     except OSError as e:
         raise OSError(f"cannot create the ntkdyn cache directory {root} ({e}); set NTKDYN_CACHE to a "
                       "writable directory") from None
-    with _lock(os.path.join(root, f".lock-{name}")):
+    with exclusive_lock(os.path.join(root, f".lock-{name}"), wait=True):
         if _complete(path) and not rebuild:  # another process built it while we waited
             return path
-        _sweep_stale(root, name)
         args = {k: v for k, v in recipe.items() if k != "task"}
         t0 = time.perf_counter()
         sft.train(recipe.get("task", _tasks.DEFAULT_TASK), path, progress=progress, **args)

@@ -121,7 +121,7 @@ def test_bad_datasets(tmp_path):
         tasks.resolve(str(garbage))
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"prompt": "a"}\n{"prompt": \n')
-    with pytest.raises(ValueError, match="bad.jsonl: cannot read the dataset"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON \(Expecting value at column 12\)"):
         tasks.resolve(str(bad_json))
     wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"prompt": "ok"}, {"prompt": "fine"}, {"prompt": 7}])
     with pytest.raises(ValueError, match="wrong.jsonl: cannot read|wrong.jsonl: row 2: 'prompt' must be"):

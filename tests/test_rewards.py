@@ -24,7 +24,7 @@ def test_trl_signature_standard():
     assert seen["prompts"] == PROMPTS and seen["completions"] == TEXTS and seen["completion_ids"] == ids
     assert seen["kwargs"] == {"answer": ["a", "b", "c", "d"], "level": [1, 2, 3, 4]}
     assert out.rewards.tolist() == [0.5] * 4 and out.per_func.shape == (4, 1)
-    assert out.metrics == {"rewards/spy/mean": 0.5, "rewards/spy/std": 0.0}
+    assert out.metrics == {"rewards/spy/mean": 0.5, "rewards/spy/std": 0.0, "rewards/spy/unusable": 0}
 
 
 def test_trl_signature_conversational():
@@ -69,10 +69,13 @@ def test_weights_none_and_metrics():
     m = out.metrics
     assert m["rewards/first/mean"] == 1.0 and m["rewards/first/std"] == pytest.approx(1.0)  # Bessel, NaN left out
     assert m["rewards/second/mean"] == 0.75 and m["rewards/second/std"] == pytest.approx(np.std([0.5, 1.0], ddof=1))
+    assert m["rewards/first/unusable"] == 1 and m["rewards/second/unusable"] == 2  # the Nones, counted per function
+    assert out.unscored.tolist() == [[False, False], [False, True], [True, True], [False, False]]
     assert rs.names == ["first", "second"]
     assert RewardSet([first, first]).names == ["first", "first_2"]
     fin = rs(PROMPTS, TEXTS, finished=[True, True, True, False])
     assert fin.rewards[3] == 0.0 and fin.per_func[3].tolist() == [0.0, 0.0]
+    assert fin.metrics["rewards/second/unusable"] == 2  # counted before the truncation rule sets 0
     with pytest.raises(RewardError, match="2 reward weights for 1 reward functions"):
         RewardSet([first], weights=[1.0, 2.0])
     with pytest.raises(RewardError, match="at least one"):

@@ -52,7 +52,9 @@ def test_dataset_and_reward_file_on_the_cli(tmp_path, monkeypatch, capsys):
                "--out", out] + FLAGS)
     assert rc == 0, capsys.readouterr().err
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(calls) == 3  # step-0 evaluation, the step's rollouts, the final evaluation
+    # the dry run before anything is written, the step-0 evaluation, the step's rollouts, the final evaluation
+    assert len(calls) == 4
+    assert calls[0]["completions"] == calls[2]["completions"]  # the dry run scores the first step's own draw
     rows = {f"sum {n}:": (n, f"t{n}") for n in range(10, 20)}
     for call in calls:
         n = len(call["prompts"])

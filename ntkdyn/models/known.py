@@ -85,8 +85,8 @@ def resolve(name_or_path: str, cache_dir: str | None = None, quiet: bool = False
         raise CheckpointError(f"{p}: is a file, not a model directory or a .gguf checkpoint")
     if p in KNOWN:
         return fetch(p, cache_dir, quiet)
-    raise CheckpointError(f"{p}: not a directory, a .gguf file or a known model name; known names: "
-                          f"{', '.join(names())}")
+    raise CheckpointError(f"{p!r}: not a directory, a .gguf file or a known model name; known names: "
+                          f"{_listed()}{_hint(p)}")
 
 
 def gguf_dir(path: str, cache_dir: str | None = None, quiet: bool = False) -> str:
@@ -153,8 +153,23 @@ def list_models(cache_dir: str | None = None) -> list[dict]:
 
 def _known(name: str) -> KnownModel:
     if name not in KNOWN:
-        raise CheckpointError(f"{name!r} is not a known model name; known names: {', '.join(names())}")
+        raise CheckpointError(f"{name!r} is not a known model name; known names: {_listed()}{_hint(name)}")
     return KNOWN[name]
+
+
+def _listed() -> str:
+    return ", ".join(repr(n) for n in names())
+
+
+def _hint(name) -> str:
+    """" (did you mean 'x'?)" for a name that is a known one up to spaces and case, or close to one."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    near = [n for n in names() if n.lower() == name.strip().lower()] or \
+        difflib.get_close_matches(name.strip().lower(), names(), n=1, cutoff=0.8)
+    return f" (did you mean {near[0]!r}?)" if near else ""
 
 
 def _complete(path: str) -> bool:

@@ -2,9 +2,10 @@
 grouped by recipe), `series` (seeds aligned on the full-RL step, mean ± std) and the pass@k curves.
 
 A *run directory* holds `config.json` (at least "recipe" in {"rl", "cf-rl", "lp-ft"}, "seed", "steps",
-"head_steps") and `metrics.jsonl` (one JSON object per line; any key may be missing on a given line): step
-(global; stage-1 steps come first), stage ("stage1" | "rl"), stage_step, reward, entropy, ...,
-"dz_share/gradient", "eval/reward", "eval/pass_at_k_curve" ([[k, v], ...] or {k: v}), ...
+"head_steps"; ntkdyn.rl also writes the stage plan) and `metrics.jsonl` (one JSON object per line; any key may be
+missing on a given line): step (global; stage-1 steps come first), stage ("stage1" | "rl"), stage_step, reward,
+entropy, ..., "dz_share/gradient", "eval/reward", "eval/pass_at_k_curve" ([[k, v], ...] or {k: v}), ... It is read
+by ntkdyn.rl.rundir.read_run, the run format's one reader.
 
 x axis.  Runs are compared at equal *full-RL* steps: x = "rl_step" = global step − (number of stage-1 steps of
 that run), so stage 1 occupies x < 0 and x = 0 is the start of stage 2 (of full RL for the "rl" recipe).
@@ -19,8 +20,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..io import read_json, read_jsonl
 from ..rl.recipes import RECIPES
+from ..rl.rundir import is_run_dir, read_run
 
 __all__ = ["Run", "load_runs", "series", "parse_curve", "curve_series", "PASS_CURVE"]
 
@@ -29,11 +30,13 @@ PASS_CURVE = "eval/pass_at_k_curve"
 
 @dataclasses.dataclass
 class Run:
-    """One training run: its `config` (config.json) and `records` (metrics.jsonl lines, in file order)."""
+    """One training run: its `config` (config.json, read as one flat dict), `records` (metrics.jsonl lines, in
+    file order) and `stages`, the stage plan the trainer wrote ([{"name", "steps", ...}]; None when unknown)."""
 
     config: dict
     records: list
     path: str | None = None
+    stages: list | None = None
 
     @property
     def recipe(self) -> str:
@@ -47,9 +50,12 @@ class Run:
     def stage1_steps(self) -> int:
         """Number of stage-1 steps, the shift between global step and rl_step.
 
-        Taken from, in order: config["stage1_steps"]; 0 for the "rl" recipe; config["head_steps"]; the logs
+        The steps of the stage "stage1" in the stage plan; without one (a run directory not written by
+        ntkdyn.rl), in order: config["stage1_steps"]; 0 for the "rl" recipe; config["head_steps"]; the logs
         (step − stage_step on stage "rl" lines; else the count of distinct stage-1 steps); else 0.
         """
+        if self.stages is not None:
+            return sum(int(s["steps"]) for s in self.stages if s.get("name") == "stage1")
         v = self.config.get("stage1_steps")
         if _is_int(v):
             return int(v)
@@ -106,10 +112,6 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _is_run_dir(d: str) -> bool:
-    return os.path.isfile(os.path.join(d, "config.json")) and os.path.isfile(os.path.join(d, "metrics.jsonl"))
-
-
 def _recipe_order(recipes: Iterable[str]) -> list[str]:
     recipes = list(recipes)
     return [r for r in RECIPES if r in recipes] + sorted(r for r in recipes if r not in RECIPES)
@@ -127,7 +129,7 @@ def load_runs(runs_root, max_depth: int = 1) -> dict[str, list[Run]]:
     for depth in range(max_depth + 1):
         nxt = []
         for d in frontier:
-            if _is_run_dir(d):
+            if is_run_dir(d):
                 dirs.append(d)
             if depth < max_depth and os.path.isdir(d):
                 nxt += [os.path.join(d, e) for e in sorted(os.listdir(d)) if os.path.isdir(os.path.join(d, e))]
@@ -135,20 +137,18 @@ def load_runs(runs_root, max_depth: int = 1) -> dict[str, list[Run]]:
     grouped: dict[str, list[Run]] = {}
     for d in dirs:
         try:
-            cfg = read_json(os.path.join(d, "config.json"), what="run config")
+            data = read_run(d)
         except (OSError, ValueError):  # unreadable, malformed or not an object: not a run
             continue
-        # ntkdyn.rl writes {"config": RLConfig fields, ...resolved run facts}: read them as one flat dict
-        if isinstance(cfg.get("config"), dict):
-            cfg = {**cfg["config"], **{k: v for k, v in cfg.items() if k != "config"}}
-        records = read_jsonl(os.path.join(d, "metrics.jsonl"))
+        cfg = {**data.config, **data.resolved}  # the RLConfig keys and the resolved run facts, as one flat dict
+        records = data.records
         ks = cfg.get("pass_at_k")
         if ks:  # pass@k curves logged as bare values, one per k of config["pass_at_k"]
             for r in records:
                 c = r.get(PASS_CURVE)
                 if isinstance(c, list) and len(c) == len(ks) and all(isinstance(v, (int, float)) for v in c):
                     r[PASS_CURVE] = [[k, v] for k, v in zip(ks, c)]
-        run = Run(config=cfg, records=records, path=d)
+        run = Run(config=cfg, records=records, path=d, stages=data.stages)
         grouped.setdefault(run.recipe, []).append(run)
     for runs in grouped.values():
         runs.sort(key=lambda r: (str(type(r.seed)), r.seed if r.seed is not None else 0, r.path or ""))

@@ -4,8 +4,12 @@ sibling and renamed into place (ntkdyn.io.atomic_dir), so a kill at any moment l
 checkpoint, never a mixture.
 
     save(out, lm, params, opt_state, state)        # state: step, stage_index, stage_step, stage, baseline, ...
-    found = find(out)                              # (params, optimizer leaves, state) or None
-    opt_state = restore_optimizer(tx, params, leaves, out)
+    check_resumable(out, stages)                   # ConfigError: unreadable state.json, or the plan ends before it
+    found = find(out, sh)                          # (params, optimizer leaves, state) or None
+    opt_state = restore_optimizer(tx, params, leaves, out, sh)
+
+A checkpoint file that cannot be read (truncated, corrupt, missing) is a ConfigError naming the file: the run is
+refused before it writes anything.
 """
 from __future__ import annotations
 
@@ -19,10 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..io import atomic_dir, read_json, write_json
-from .config import TrainingError
+from .config import ConfigError, TrainingError
 from .step import opt_init
 
-__all__ = ["save", "find", "exists", "restore_optimizer", "note", "recover"]
+__all__ = ["save", "find", "exists", "restore_optimizer", "note", "recover", "read_state", "check_resumable"]
+
+_STATE_KEYS = {"step": int, "stage_index": int, "stage_step": int, "stage": str, "costs": dict,
+               "n_opt_leaves": int}
 
 _LEGACY_OLD = "checkpoint.old"  # the moved-aside previous checkpoint of older versions
 
@@ -66,19 +73,65 @@ def is_leftover(name: str) -> bool:
     return name.startswith((".tmp-checkpoint-", ".checkpoint.tmp-")) or name == _LEGACY_OLD
 
 
+def _unreadable(path: str, e: Exception) -> ConfigError:
+    why = str(e) if str(e).startswith(path) else f"{type(e).__name__}: {e}"
+    return ConfigError(f"{path}: cannot resume, the checkpoint file is unreadable ({why}); expected the file as "
+                       "ntkdyn wrote it (it is replaced atomically, so this is damage from outside); "
+                       "overwrite=True starts the run again")
+
+
+def read_state(out: str) -> dict | None:
+    """OUT/checkpoint/state.json (None when there is no checkpoint); ConfigError naming the file when it is
+    unreadable or lacks a key."""
+    path = os.path.join(_dir(out), "state.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        st = read_json(path, what="checkpoint state")
+    except (OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
+    bad = [k for k, t in _STATE_KEYS.items() if not isinstance(st.get(k), t) or isinstance(st.get(k), bool)]
+    if bad:
+        raise _unreadable(path, ValueError(f"missing or mistyped keys {bad}"))
+    return st
+
+
+def check_resumable(out: str, stages) -> dict | None:
+    """The checkpoint's state when the stage plan `stages` (recipes.Stage) reaches its position; ConfigError when
+    the plan has fewer steps than the checkpoint has done (a resume cannot undo steps), or state.json is
+    unreadable. None when there is no checkpoint."""
+    st = read_state(out)
+    if st is None:
+        return None
+    i, total = st["stage_index"], sum(s.steps for s in stages)
+    if i >= len(stages) or stages[i].name != st["stage"] or st["stage_step"] > stages[i].steps:
+        done = st["step"] - sum(s.steps for s in stages if s.name != "rl")
+        raise ConfigError(f"RLConfig.steps: the run in {out} has done {st['step']} steps (its checkpoint is at "
+                          f"{st['stage']} step {st['stage_step']}), more than the {total} steps this config plans; "
+                          f"a resume cannot undo steps: expected steps >= {done}")
+    return st
+
+
 def find(out: str, sh):
     """(params replicated by the Sharding sh, optimizer-state leaves, state dict) of OUT/checkpoint, or None when
-    the run was killed before its first checkpoint."""
+    the run was killed before its first checkpoint. ConfigError naming the file that cannot be read."""
     from ..models.lm import load
 
-    ck = _dir(out)
-    if not os.path.isfile(os.path.join(ck, "state.json")):
+    st = read_state(out)
+    if st is None:
         return None
-    st = read_json(os.path.join(ck, "state.json"), what="checkpoint state")
-    params = sh.replicate(load(os.path.join(ck, "model"), tokenizer=False).params)
-    with np.load(os.path.join(ck, "optimizer.npz")) as z:
-        leaves = [z[f"leaf_{i:05d}"] for i in range(st["n_opt_leaves"])]
-    return params, leaves, st
+    ck = _dir(out)
+    try:
+        params = load(os.path.join(ck, "model"), tokenizer=False).params
+    except Exception as e:  # CheckpointError names the file; anything else (a reader's own error) gets named here
+        raise _unreadable(os.path.join(ck, "model"), e) from None
+    path = os.path.join(ck, "optimizer.npz")
+    try:
+        with np.load(path) as z:
+            leaves = [z[f"leaf_{i:05d}"] for i in range(st["n_opt_leaves"])]
+    except Exception as e:  # numpy / zipfile raise OSError, ValueError, KeyError, BadZipFile, EOFError, zlib.error
+        raise _unreadable(path, e) from None
+    return sh.replicate(params), leaves, st
 
 
 def restore_optimizer(tx, params, leaves, out: str, sh):
@@ -93,7 +146,10 @@ def restore_optimizer(tx, params, leaves, out: str, sh):
 
 def note(out: str) -> str:
     """For error messages: which checkpoint is kept."""
-    st = os.path.join(_dir(out), "state.json")
-    if os.path.exists(st):
-        return f"the last good checkpoint (step {read_json(st)['step']}) is kept in {os.path.dirname(st)}"
-    return "no checkpoint had been written yet"
+    path = os.path.join(_dir(out), "state.json")
+    if not os.path.exists(path):
+        return "no checkpoint had been written yet"
+    try:
+        return f"the last good checkpoint (step {int(read_json(path)['step'])}) is kept in {_dir(out)}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the checkpoint in {_dir(out)} is unreadable"

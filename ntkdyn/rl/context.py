@@ -19,10 +19,10 @@ from .. import tasks as _tasks
 from ..evaluation import held_out_prompts
 from ..examples import make_examples
 from ..io import read_json
-from ..models.tokenizer import encode_prompt, eos_ids_of
+from ..models.tokenizer import chat_enabled, encode_prompt, eos_ids_of
 from ..models.transformer import graphdef_for
 from ..tasks.rewards import text_reward_function
-from . import checkpoint
+from . import checkpoint, rundir
 from .config import RESUMABLE_CHANGES, ConfigError, RLConfig
 from .recipes import Stage, plan
 from .sharding import Sharding
@@ -32,7 +32,7 @@ from .step import LossSpec
 __all__ = ["RunContext", "resolve", "reference_answer", "on_devices", "EVAL_PROMPT_SEED", "RUN_FILES"]
 
 EVAL_PROMPT_SEED = 0  # the held-out evaluation prompts and the probe set are the same for every run seed
-RUN_FILES = ("metrics.jsonl", "checkpoint", "checkpoint.old", "config.json")  # any of them: `out` holds a run
+RUN_FILES = rundir.FILES  # any of them: `out` holds a run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ class RunContext:
 def _saved_config(c: RLConfig, out: str) -> dict | None:
     """The run directory's state: refuse a file or an unasked-for existing run; when resuming, the saved config
     (whose keys must match, except RESUMABLE_CHANGES)."""
-    has_run = os.path.isdir(out) and any(os.path.exists(os.path.join(out, n)) for n in RUN_FILES)
+    has_run = rundir.holds_run(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"RLConfig.out={c.out!r}: exists and is not a directory")
     if has_run and not (c.resume or c.overwrite):
@@ -132,11 +132,8 @@ def _load_model(c: RLConfig, saved: dict | None):
     if not os.path.isdir(os.fspath(model_dir)):
         try:
             model_dir = resolve_model(os.fspath(model_dir))
-        except ValueError:  # CheckpointError: neither a directory, a .gguf file nor a known name
-            from ..models.known import names
-
-            raise ConfigError(f"RLConfig.model={c.model!r}: not a Hugging Face model directory, a .gguf file or a "
-                              f"known model name (known: {', '.join(names())})") from None
+        except ValueError as e:  # CheckpointError: the real cause (an unreadable .gguf, an unknown name, ...)
+            raise ConfigError(f"RLConfig.model={c.model!r}: {e}") from None
     model_dir = os.path.abspath(os.fspath(model_dir))
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ConfigError(f"RLConfig.model={c.model!r}: {model_dir} is not a Hugging Face model directory "
@@ -197,9 +194,11 @@ def reference_answer(task, prompt, rng) -> str | None:
 def _shapes(c: RLConfig, task, tok, cfg, stages, train_pool, eval_prompts, sh: Sharding) -> dict:
     train_prompts = [r["prompt"] for r in train_pool]
     try:
-        Tp = max(len(encode_prompt(tok, p, chat=c.chat_template)) for p in train_prompts + eval_prompts)
-    except ValueError as e:  # chat_template=True without a template; chat messages without one
+        chat_enabled(tok, c.chat_template)
+    except ValueError as e:  # chat_template=True without a template
         raise ConfigError(f"RLConfig.chat_template={c.chat_template!r}: {e}") from None
+    Tp = max(len(_encode(c, tok, p, split)) for split, ps in (("train", train_prompts), ("test", eval_prompts))
+             for p in ps)
     # Tp: the longest encoded prompt ([bos] + prompt for the character tokenizer): one fixed length, one compile
     if Tp + c.max_new_tokens > cfg.max_positions:
         raise ConfigError(f"RLConfig.max_new_tokens={c.max_new_tokens}: prompts of up to {Tp} tokens plus "
@@ -217,6 +216,18 @@ def _shapes(c: RLConfig, task, tok, cfg, stages, train_pool, eval_prompts, sh: S
                 raise ConfigError(f"RLConfig: {what} = {b} is not divisible by the mesh's {sh.size} devices on "
                                   f"axis {sh.axis!r}")
     return dict(Tp=Tp, T_lp=T_lp, B=B, B_eval=B_eval)
+
+
+def _encode(c: RLConfig, tok, prompt, split: str) -> list[int]:
+    """encode_prompt of one prompt of the task; ConfigError naming the prompt when the model's tokenizer cannot
+    encode it (characters outside a character tokenizer's set, chat messages without a chat template)."""
+    try:
+        return encode_prompt(tok, prompt, chat=c.chat_template)
+    except (ValueError, TypeError) as e:
+        model = f"RLConfig.model={c.model!r}" if c.model is not None else "the default base model"
+        shown = repr(prompt) if len(repr(prompt)) <= 100 else repr(prompt)[:97] + "..."
+        raise ConfigError(f"RLConfig.task={c.task!r}: the {split} prompt {shown} cannot be encoded by the "
+                          f"tokenizer of {model}: {e}") from None
 
 
 def _reference_len(c: RLConfig, task, tok, prompts) -> int:
@@ -257,6 +268,8 @@ def resolve(c: RLConfig, mesh=None, reward_fn=None, reward_funcs=None, model=Non
     sh = Sharding(mesh)
     train_pool, eval_prompts, eval_rows = _prompts(c, task)
     stages = plan(c, len(train_pool))
+    if saved is not None:
+        checkpoint.check_resumable(out, stages)
     cfg = lm.config
     return RunContext(
         c=c, out=out, saved=saved, task=task, lm=lm, model_dir=model_dir, train_pool=train_pool,

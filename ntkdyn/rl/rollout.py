@@ -26,7 +26,7 @@ from .config import TrainingError
 from .context import reference_answer
 from .step import group_advantages, ref_logp, step_key
 
-__all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "rl_step", "lp_step"]
+__all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "dry_run", "rl_step", "lp_step"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -77,26 +77,53 @@ def lane_keys(ctxs, lanes, stage_id: int, step: int):
     return ctxs[0].sh.replicate(lanes.stack([step_key(x.key, step, stage_id=stage_id) for x in ctxs]))
 
 
-def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1):
+def rewards(ctx, rows, tokens, mask, where: str, group_size: int = 1, stopped: str | None = None):
     """(texts, finished, rewards float64, metrics) of sampled completions: ctx.reward_set (the run's reward
     functions in TRL's signature, weighted) of `group_size` completions per row {"prompt": ..., **columns}
     (prompt-major), a truncated completion (no EOS) scoring 0 unless RLConfig.score_truncated. A reward NaN
     means no function scored it (TRL's None). TrainingError naming the function when one fails (raises, wrong
-    length, non-number) and, for the legacy reward_fn, on a non-finite reward. The one place the trainer calls a
-    reward (rollouts and evaluation)."""
+    length, non-number), when no function gives a value (None / NaN) for any completion of the batch and, for the
+    legacy reward_fn, on a non-finite reward; the message ends with `stopped` (default: the run stopped and which
+    checkpoint is kept). The one place the trainer calls a reward (rollouts and evaluation)."""
+    def fail(msg):
+        return TrainingError(f"{where}: {msg}; {stopped or f'the run stopped and {checkpoint.note(ctx.out)}'}")
+
     comps = split_completions(ctx.tok, tokens, mask, ctx.eos)
     texts, finished = comps.texts, comps.finished
     try:
         out = score(ctx.reward_set, rows, comps, group_size, ctx.c.score_truncated)
     except (RewardError, ValueError) as e:
-        raise TrainingError(f"{where}: {e}; the run stopped and {checkpoint.note(ctx.out)}") from None
+        raise fail(e) from None
     r = out.rewards
     bad = np.flatnonzero(~np.isfinite(r)) if ctx.reward_fn is not None else np.flatnonzero(np.isinf(r))
     if bad.size:
         i = int(bad[0])
-        raise TrainingError(f"{where}: non-finite reward {r[i]} for prompt {rows[i // group_size]['prompt']!r} and "
-                            f"completion {texts[i]!r}; the run stopped and {checkpoint.note(ctx.out)}")
+        raise fail(f"non-finite reward {r[i]} for prompt {rows[i // group_size]['prompt']!r} and completion "
+                   f"{texts[i]!r}")
+    if out.unscored.size and out.unscored.all():
+        names = ", ".join(repr(n) for n in ctx.reward_set.names)
+        raise fail(f"no reward function gave a value for any of the {len(texts)} completions: {names} returned "
+                   f"None or NaN for every one (e.g. completion {texts[0]!r}); expected a float for at least some "
+                   "completions")
     return texts, finished, r, out.metrics
+
+
+def dry_run(ctxs, lanes) -> None:
+    """Score one real batch per lane before new runs write anything: the first stage's first train rows,
+    group_size samples each from the starting model (ctx.base_params) with the run's sampler and the rollout
+    temperature (the first RL step's draw), through the run's reward functions. TrainingError naming the function
+    that fails or gives no value at all (see `rewards`); nothing is written."""
+    ctx = ctxs[0]
+    stage, G = ctx.stages[0], ctx.c.group_size
+    rows = [stage_rows(x, stage, 1) for x in ctxs]
+    ids, pmask = prompt_batch(ctx, lanes, [[r["prompt"] for r in rw for _ in range(G)] for rw in rows])
+    gen = rollout(ctx, lanes, lanes.stack([ctx.base_params] * lanes.n), ids, pmask,
+                  lane_keys(ctxs, lanes, stage.stage_id, 1), ctx.c.temperature, group=G)
+    tokens, mask = jax.device_get((gen.tokens, gen.mask))
+    for i, x in enumerate(ctxs):
+        rewards(x, rows[i], lanes.take(tokens, i), lanes.take(mask, i),
+                "dry run of the reward functions on a sample batch of the starting model", group_size=G,
+                stopped=f"nothing was written to {x.out}")
 
 
 def _advantages(ctx, r_PxG, baseline):
@@ -104,9 +131,9 @@ def _advantages(ctx, r_PxG, baseline):
     (NaN) enters the baseline as its group's mean of the scored ones and gets advantage 0."""
     c = ctx.c
     scored = ~np.isnan(r_PxG)
-    if not scored.all():
-        with np.errstate(invalid="ignore"):
-            fill = np.nan_to_num(np.nanmean(r_PxG, axis=1, keepdims=True), nan=0.0)
+    if not scored.all():  # the group's mean of the scored ones (0 for a group with none)
+        n = scored.sum(1, keepdims=True)
+        fill = np.where(scored, r_PxG, 0.0).sum(1, keepdims=True) / np.maximum(n, 1)
         r_PxG = np.where(scored, r_PxG, fill)
     adv, new_baseline = group_advantages(jnp.asarray(r_PxG, jnp.float32), jnp.float32(baseline),
                                          kind=c.advantage, decay=float(c.baseline_decay))

@@ -23,6 +23,7 @@ prompt order) or (seed, global step) (evaluation samples), so a resumed run repe
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -37,7 +38,7 @@ from .context import RunContext, on_devices, resolve
 from .evaluate import evaluate, probe_metrics
 from .lanes import Lanes
 from .recipes import Stage
-from .rollout import lp_step, rl_step
+from .rollout import dry_run, lp_step, rl_step
 from .rundir import TIMING_KEYS, read_metrics
 from .step import lp_update, opt_init, rl_update, stage_optimizer
 
@@ -101,8 +102,9 @@ def _start(ctxs: list[RunContext], found: list) -> RunState:
              for _ in ctxs]
     tracked = [_trackers(x) for x in ctxs]
     if found[0] is not None:
+        last = []
         for x, (_, _, st), cost, ts in zip(ctxs, found, costs, tracked):
-            rundir.truncate_metrics(x.out, st["step"])
+            last.append(rundir.resume(x, st["step"]))
             cost.update(st["costs"])
             for t in ts:
                 t.start(ctx.base_params, resumed=True)
@@ -110,7 +112,7 @@ def _start(ctxs: list[RunContext], found: list) -> RunState:
         return RunState(lanes, lanes.stack([f[0] for f in found]), [f[1] for f in found],
                         [np.float32(np.nan if f[2]["baseline"] is None else f[2]["baseline"]) for f in found],
                         st["step"], st["stage_index"], st["stage_step"], costs,
-                        [f[2].get("first_eval") for f in found], [None] * len(ctxs), tracked)
+                        [f[2].get("first_eval") for f in found], last, tracked)
     state = RunState(lanes, lanes.stack([ctx.base_params] * len(ctxs)), None, [np.float32(np.nan)] * len(ctxs),
                      costs=costs, first_eval=[None] * len(ctxs), last=[None] * len(ctxs), trackers=tracked)
     recs = [{"step": 0, "stage": ctx.stages[0].name, "stage_step": 0} for _ in ctxs]
@@ -144,8 +146,7 @@ def _finish(ctxs: list[RunContext], state: RunState, total: int) -> list[dict]:
         _save(ctxs, state, None, ctxs[0].stages[0])
     out = []
     for i, ctx in enumerate(ctxs):
-        final_dir = ctx.lm.save(os.path.join(ctx.out, "final"),
-                                params=jax.device_get(state.lanes.take(state.params, i)))
+        final_dir = rundir.write_final(ctx.out, ctx.lm, state.lanes.take(state.params, i))
         evals = [r for r in read_metrics(ctx.out) if "eval/reward" in r]
         c = ctx.c
         summary = dict(
@@ -159,8 +160,7 @@ def _finish(ctxs: list[RunContext], state: RunState, total: int) -> list[dict]:
             final_model=final_dir,
             lanes=state.lanes.n,  # runs trained together as one program (train_batch); 1: a lone run
         )
-        rundir.write_summary(ctx.out, summary)
-        out.append(summary)
+        out.append(rundir.write_summary(ctx.out, summary))
     return out
 
 
@@ -278,7 +278,10 @@ def train(config: RLConfig | dict, *, mesh=None, progress: bool = True,
     callback(record) is called after each step's metrics line (and checkpoint) is written; an exception in it
     stops the run there (as a kill would). compile_cache: turn on JAX's persistent compilation cache
     (`enable_compile_cache`) so that later runs skip XLA compilation. Raises ConfigError before any work on bad
-    input, TrainingError on a non-finite reward / loss / gradient (the last good checkpoint is kept)."""
+    input, TrainingError on a non-finite reward / loss / gradient (the last good checkpoint is kept). The process
+    holds OUT's lock for the whole run (rundir.lock: RunLocked, a ConfigError, while another process writes it);
+    a new run (fresh or overwrite) first scores one sample batch of the starting model through its reward
+    functions (rollout.dry_run), and only then removes anything of a previous run."""
     return train_batch([config], mesh=mesh, progress=progress, reward_fn=reward_fn, reward_funcs=reward_funcs,
                        callback=callback, compile_cache=compile_cache)[0]
 
@@ -294,9 +297,8 @@ def train_batch(configs: list, *, mesh=None, progress: bool = True,
     (to float rounding: the lanes' arithmetic is vmapped). Runs that start from different steps (a resume of
     checkpoints at different steps, or fresh and resumed runs together) are trained in one batch per starting step;
     so are runs whose evaluation prompts or probe sets differ (a dataset task whose held-out split depends on the
-    seed). Keywords as `train`'s; callback is called with each lane's record."""
-    from tqdm.auto import tqdm
-
+    seed). Keywords as `train`'s; callback is called with each lane's record. Holds every run directory's lock
+    for the whole batch."""
     configs = [RLConfig.from_dict(c) if isinstance(c, dict) else c for c in configs]
     if not configs or not all(isinstance(c, RLConfig) for c in configs):
         raise ConfigError("train_batch: expected a non-empty list of RLConfigs (or dicts of their keys)")
@@ -310,14 +312,26 @@ def train_batch(configs: list, *, mesh=None, progress: bool = True,
     if len(set(outs)) < len(outs):
         twice = sorted(o for o in outs if outs.count(o) > 1)[0]
         raise ConfigError(f"train_batch: two runs share the run directory {twice}; expected one directory per run")
+    with contextlib.ExitStack() as locks:
+        for c in configs:  # one writer per run directory, for the whole run
+            locks.enter_context(rundir.lock(c.out))
+        return _train_locked(configs, mesh, progress, reward_fn, reward_funcs, callback, compile_cache)
+
+
+def _train_locked(configs, mesh, progress, reward_fn, reward_funcs, callback, compile_cache) -> list[dict]:
+    from tqdm.auto import tqdm
+
     ctxs = [resolve(configs[0], mesh, reward_fn, reward_funcs)]  # validates everything before any work
     ctxs += [resolve(c, mesh, reward_fn, reward_funcs, model=(ctxs[0].lm, ctxs[0].model_dir)) for c in configs[1:]]
     if compile_cache:
         enable_compile_cache()
-    for x, c in zip(ctxs, configs):
-        rundir.prepare(x.out, c.overwrite)
     shared = on_devices(ctxs[0])
     ctxs = [shared] + [on_devices(x, like=shared) for x in ctxs[1:]]
+    fresh = [x for x in ctxs if not x.c.resume]
+    if fresh:  # the reward functions on a real batch, before anything of an old run is removed
+        dry_run(fresh, Lanes(len(fresh)))
+    for x, c in zip(ctxs, configs):
+        rundir.prepare(x.out, c.overwrite)
     found = [checkpoint.find(x.out, x.sh) if x.c.resume else None for x in ctxs]
     groups: dict = {}
     for i, (x, f) in enumerate(zip(ctxs, found)):

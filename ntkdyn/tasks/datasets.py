@@ -12,6 +12,7 @@ of assistant messages). Held-out prompts come from an eval dataset (``eval_path`
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -33,10 +34,13 @@ def _read(path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such dataset file or directory")
     quiet = datasets.utils.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.utils.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its builders log a failed file before raising
     try:
         return _read_quietly(datasets, path)
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if not quiet:
             datasets.utils.enable_progress_bars()
 
@@ -60,7 +64,47 @@ def _read_quietly(datasets, path: str):
             raise
         if "corresponds to no data" in str(e):  # datasets' builders refuse a file without rows
             raise ValueError(f"{path}: the dataset is empty (0 rows)") from None
-        raise ValueError(f"{path}: cannot read the dataset ({type(e).__name__}: {e})") from None
+        if fmt == "json":
+            where = _json_error(path)
+            if where:
+                raise ValueError(f"{path}:{where}") from None
+        raise ValueError(f"{path}: cannot read the dataset ({type(e).__name__}: {_cause(e)})") from None
+
+
+def _cause(e: BaseException) -> str:
+    """The innermost message of an exception chain (datasets wraps the reader's error in a generic one)."""
+    while (e.__cause__ or e.__context__) is not None and str(e).startswith("An error occurred"):
+        e = e.__cause__ or e.__context__
+    return f"{e}" if isinstance(e, BaseException) else str(e)
+
+
+def _json_error(path: str) -> str | None:
+    """"<line>: <what is wrong>" for the first line of a JSON Lines file (or the position in a JSON document) that
+    does not parse as a JSON object; None when the file parses."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        return f" not UTF-8 text (byte {e.start}: {e.reason})"
+    try:  # one JSON document (an array of objects, or datasets' {"data": [...]} form)?
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as e:
+        whole = e
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == 1 and line.lstrip().startswith(("[", "{")) and whole.lineno > 1:
+                break  # a JSON document over several lines: its own error position below
+            return f"{i}: not valid JSON ({e.msg} at column {e.colno}): {line[:80]!r}"
+        if not isinstance(rec, dict):
+            return f"{i}: a JSON {type(rec).__name__}, expected one object per line (JSON Lines): {line[:80]!r}"
+    else:
+        return None
+    return f"{whole.lineno}: not valid JSON ({whole.msg} at line {whole.lineno} column {whole.colno})"
 
 
 def load_rows(path: str, split: str | None = None, need_completion: bool = False) -> list[dict]:

@@ -15,7 +15,8 @@ only the ones it names.
 
 :class:`RewardSet` calls each function once, checks what it returns (an error names the function and, for a bad
 value, the sample index) and gives the weighted total, the per-function values and TRL's per-function metrics
-``rewards/<name>/mean`` and ``rewards/<name>/std`` (``<name>`` is the function's ``__name__``)::
+``rewards/<name>/mean`` and ``rewards/<name>/std`` (``<name>`` is the function's ``__name__``), and
+``rewards/<name>/unusable``: how many completions of the batch the function gave no value (None or NaN)::
 
     rs = RewardSet([correct, "my_rewards.py:brevity"], weights=[1.0, 0.1])
     out = rs(prompts, texts, completion_ids, answer=answers)    # out.rewards (N,), out.per_func (N, 2), out.metrics
@@ -159,6 +160,8 @@ class RewardOutput(NamedTuple):
     rewards: np.ndarray  # (N,) float64: the weighted sum over functions (nansum; NaN when every function gave None)
     per_func: np.ndarray  # (N, K) float64: each function's values, NaN where it returned None
     metrics: dict  # {"rewards/<name>/mean": float, "rewards/<name>/std": float} for each function (TRL's names)
+    # and "rewards/<name>/unusable": int, the completions it gave no value
+    unscored: np.ndarray  # (N, K) bool: where each function returned None or NaN (before the `finished` rule)
 
 
 class RewardSet:
@@ -213,9 +216,10 @@ class RewardSet:
                       **{k: list(v) if isinstance(v, (tuple, np.ndarray)) else v for k, v in columns.items()})
         per_func = np.stack([self._call(i, kwargs, n) for i in range(len(self.funcs))], 1) if n else \
             np.zeros((0, len(self.funcs)))
+        unscored = np.isnan(per_func)
         if finished is not None:
             per_func = np.where(np.asarray(finished, bool)[:, None], per_func, 0.0)
-        return RewardOutput(combine(per_func, self.weights), per_func, self.metrics(per_func))
+        return RewardOutput(combine(per_func, self.weights), per_func, self.metrics(per_func, unscored), unscored)
 
     def score_rows(self, rows: Sequence[dict], completions: Sequence, completion_ids: Sequence | None = None, *,
                    group_size: int = 1, finished: Sequence[bool] | None = None, **extra) -> RewardOutput:
@@ -240,15 +244,18 @@ class RewardSet:
             raise RewardError(f"reward function {name!r} raised {type(e).__name__}: {e}") from e
         return _check_values(name, out, n)
 
-    def metrics(self, per_func: np.ndarray) -> dict:
+    def metrics(self, per_func: np.ndarray, unscored: np.ndarray | None = None) -> dict:
         """TRL's per-function metrics of (N, K) values: ``rewards/<name>/mean`` (nanmean) and ``/std`` (nanstd
-        with Bessel's correction, 0 for fewer than two values)."""
+        with Bessel's correction, 0 for fewer than two values); with ``unscored`` ((N, K) bool: no value from the
+        function), ``rewards/<name>/unusable``, its count per function."""
         out = {}
         for k, name in enumerate(self.names):
             v = per_func[:, k]
             v = v[~np.isnan(v)]
             out[f"rewards/{name}/mean"] = float(v.mean()) if v.size else float("nan")
             out[f"rewards/{name}/std"] = float(v.std(ddof=1)) if v.size > 1 else 0.0
+            if unscored is not None:
+                out[f"rewards/{name}/unusable"] = int(np.sum(unscored[:, k]))
         return out
 
 

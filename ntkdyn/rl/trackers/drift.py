@@ -5,9 +5,9 @@ At the run start the N×N trace kernels over the vocabulary (spec §1: Θ = R �
 
     tr_V R(c, c') = V · s(c, c'),   tr_V G(c, c'),   tr_V K = tr_V R + tr_V G (+ tr_V X)
 
-of the starting model on N fixed probe contexts are kept as K0 (OUT/ntk0.npz, written atomically; a resumed run
-reads it back, or recomputes it from the starting model when it is missing). Every RLConfig.ntk_every global
-steps, at step 0 and at the last step the run logs, for Z in R, G, K,
+of the starting model on N fixed probe contexts are kept as K0 (OUT/ntk0.npz, written atomically by rl/rundir.py; a
+resumed run reads it back, or recomputes it from the starting model when it is missing or unreadable). Every
+RLConfig.ntk_every global steps, at step 0 and at the last step the run logs, for Z in R, G, K,
 
     ntk/align_Z  = metrics.kernel_alignment(Z_t, Z_0)   (uncentred: ⟨Z_t, Z_0⟩_F / ‖Z_t‖_F ‖Z_0‖_F; 1 = unmoved)
     ntk/change_Z = metrics.kernel_change(Z_t, Z_0)      (‖Z_t − Z_0‖_F / ‖Z_0‖_F; 0 = unmoved)
@@ -19,16 +19,13 @@ every step; R stays exact). The probe contexts are `drift_contexts` of the run's
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ... import metrics as M
-from ...io import atomic_file
+from ..rundir import NTK0_FILE, read_arrays, write_arrays
 
 __all__ = ["NTK0_FILE", "Drift", "drift_contexts", "trace_kernels", "drift_metrics"]
 
-NTK0_FILE = "ntk0.npz"
 HUTCHINSON_SEED = 0  # the probes of every drift kernel of every run: differences are not probe noise
 
 
@@ -95,17 +92,13 @@ class Drift:
         return trace_kernels(self.lm, self.ids, self.contexts, params, self.method, self.num_probes)
 
     def start(self, params, resumed: bool) -> dict:
-        path = os.path.join(self.out, NTK0_FILE)
-        if resumed and os.path.isfile(path):
-            with np.load(path) as f:
-                saved = {k: f[k] for k in f.files}
-            if (np.array_equal(saved.get("contexts"), self.contexts) and str(saved.get("method")) == self.method
-                    and all(k in saved for k in ("R", "G", "K"))):
-                self.K0 = {k: saved[k] for k in ("R", "G", "K")}
-                return {}
+        saved = read_arrays(self.out, NTK0_FILE) if resumed else None  # None: missing or unreadable
+        if (saved is not None and np.array_equal(saved.get("contexts"), self.contexts)
+                and str(saved.get("method")) == self.method and all(k in saved for k in ("R", "G", "K"))):
+            self.K0 = {k: saved[k] for k in ("R", "G", "K")}
+            return {}
         self.K0 = self._kernels(params)
-        with atomic_file(path) as tmp:
-            np.savez(tmp, method=np.asarray(self.method), contexts=self.contexts, **self.K0)
+        write_arrays(self.out, NTK0_FILE, method=np.asarray(self.method), contexts=self.contexts, **self.K0)
         return {} if resumed else drift_metrics(self.K0, self.K0)
 
     def after_update(self, u) -> dict:
