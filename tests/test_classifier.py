@@ -86,7 +86,8 @@ def test_chat_template_and_reward_function(tmp_path):
     out = RewardSet([fn])(chats, COMPLETIONS, None)
     seqs = [rm.tokenizer.encode(rm.render(p, c)) for p, c in zip(chats, completions)]
     np.testing.assert_allclose(out.rewards, torch_scores(model, seqs, 0)[:, 0], atol=1e-4)
-    assert set(out.metrics) == {f"rewards/{rm.name}/mean", f"rewards/{rm.name}/std"}
+    assert set(out.metrics) == {f"rewards/{rm.name}/{k}" for k in ("mean", "std", "unusable")}
+    assert out.metrics[f"rewards/{rm.name}/unusable"] == 0  # a reward model scores every completion
     np.testing.assert_allclose(fn(prompts=chats, completions=completions, completion_ids=None), out.rewards, atol=1e-6)
 
 

@@ -159,8 +159,8 @@ def test_well_formed_and_rows_scoring():
     assert seen["prompts"] == [rows[0]["prompt"]] * 2 + [rows[1]["prompt"]] * 2
     assert seen["answer"] == [rows[0]["answer"]] * 2 + [rows[1]["answer"]] * 2
     assert out.rewards.tolist() == [1.5, 0.0, 0.0, 0.0]  # the last one did not finish
-    assert set(out.metrics) == {"rewards/uses_answer/mean", "rewards/uses_answer/std", "rewards/add/mean",
-                                "rewards/add/std"}
+    assert set(out.metrics) == {f"rewards/{f}/{k}" for f in ("uses_answer", "add") for k in ("mean", "std", "unusable")}
+    assert out.metrics["rewards/uses_answer/unusable"] == 0 and out.metrics["rewards/add/unusable"] == 0
 
 
 def test_split_depends_on_the_question_not_the_wording():

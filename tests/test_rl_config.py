@@ -26,7 +26,7 @@ def test_bad_config_rejected_before_work(tmp_path):
     with pytest.raises(ConfigError, match="head_steps.*head_epochs"):
         RLConfig(out="x", recipe="cf-rl", head_steps=2, head_epochs=1.0)
     out = tmp_path / "never"
-    with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
+    with pytest.raises(ConfigError, match=r"missing': not a directory, a .gguf file or a known model name"):
         train(RLConfig(model=str(tmp_path / "missing"), out=str(out)), progress=False)
     assert not out.exists()  # nothing was written
     p = tmp_path / "cfg.json"
