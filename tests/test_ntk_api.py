@@ -1,8 +1,11 @@
 """Tests for ntkdyn.ntk.api (decompose, representation, hidden_kernel): the fast decomposed eNTK against the
 brute-force jax.jacrev kernel, in float64.
 
-Every family of tests/hf_models.SPECS (tiny random Hugging Face models) is checked: Θ = R⊗I + G (+ X) equals
-the brute-force kernel, the untied view equals the brute-force kernel of the model with a cloned head, and the
+Two families of tests/hf_models.SPECS (tiny random Hugging Face models loaded from their directories) are checked
+through the public API with its default method: GPT-2 (tied head, biases, learned positions) and Llama with GQA
+(untied). Every family's arithmetic is checked in tests/test_ntk_structured.py (the default method, forced into small
+chunks, and the Jacobian method, each against the brute force); here the point is the API around it. Θ = R⊗I + G
+(+ X) equals the brute-force kernel, the untied view equals the brute-force kernel of the model with a cloned head, and the
 trace / subset / hidden / rectangular / (row, position)-pair forms agree with the full one. The per-family work is
 dominated by XLA compilation, so it runs in a small thread pool (tests/ntk_cases.py) started once for the module;
 each test waits for its family's result.
@@ -15,9 +18,12 @@ import pytest
 
 import hf_models
 import ntk_cases
-from ntk_cases import CTX, FAMILIES, IDS, RTOL, SUBSET, TIED, rel, x64  # noqa: F401 (x64: a fixture)
+from ntk_cases import CTX, IDS, RTOL, SUBSET, TIED, rel, x64  # noqa: F401 (x64: a fixture)
 import ntkdyn as nd
 from ntkdyn import ntk
+
+FAMILIES = ["gpt2", "llama_gqa"]
+TIED = [f for f in FAMILIES if f in TIED]
 
 
 @pytest.fixture(scope="module")
