@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from .. import metrics as M
+from ..models.logprobs import DEFAULT_CHUNK
 from ..models.transformer import features
 from ..optim import make_optimizer, trainable_keys
 from ..sft import sequence_ce
@@ -37,11 +38,13 @@ class LossSpec(NamedTuple):
     kl_estimator: str
     remat: bool = False  # each layer rematerialised in the backward pass (RLConfig.remat)
     shared_prompts: int = 1  # rows in consecutive groups of this many share a prompt, which runs once (G)
+    logit_chunk: int = DEFAULT_CHUNK  # tokens per head chunk (RLConfig.logit_chunk; logprobs.head_stats)
 
     @classmethod
     def of(cls, c) -> "LossSpec":
         return cls(float(c.temperature), float(c.clip_eps), c.loss_agg, float(c.beta), c.kl_estimator,
-                   bool(getattr(c, "remat", False)), int(c.group_size))
+                   bool(getattr(c, "remat", False)), int(c.group_size),
+                   int(getattr(c, "logit_chunk", DEFAULT_CHUNK)))
 
 
 def stage_optimizer(c, stage):
@@ -75,7 +78,8 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     def loss_fn(train_p, frozen_p):
         p = {**frozen_p, **train_p}
         st = O.completion_logp(graphdef, cfg, p, batch["prompt_ids"], batch["prompt_mask"], batch["completion"],
-                               temperature=ls.temperature, remat=ls.remat, shared_prompts=ls.shared_prompts)
+                               temperature=ls.temperature, remat=ls.remat, shared_prompts=ls.shared_prompts,
+                               chunk=ls.logit_chunk)
         old = jnp.where(on_policy, jax.lax.stop_gradient(st["logp"]), logp_old)
         loss, aux = O.pg_loss(st["logp"], old, batch["adv"], batch["mask"], clip_eps=ls.clip_eps,
                               loss_agg=ls.loss_agg, logp_ref=logp_ref, beta=ls.beta, kl_estimator=ls.kl_estimator)
@@ -106,17 +110,19 @@ def lp_update(params, opt_state, ids, mask, *, graphdef, cfg, tx):
     return new, opt_state, {"loss": loss, "grad_norm/head": O.global_norm(g_head)}
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature"))
-def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature):
-    """log π_ref of the completion tokens (π_ref: the starting model) at the rollout temperature."""
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature", "chunk"))
+def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature, chunk=DEFAULT_CHUNK):
+    """log π_ref of the completion tokens (π_ref: the starting model) at the rollout temperature (the head in
+    chunks of `chunk` tokens)."""
     return O.completion_logp(graphdef, cfg, params, ids, pmask, completion, temperature=temperature,
-                             with_model_stats=False)["logp"]
+                             with_model_stats=False, chunk=chunk)["logp"]
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def confidence(params, ids, pmask, completion, mask, *, graphdef, cfg):
-    """Mean entropy, max-probability and sampled-token log-prob of the model at the completion tokens."""
-    st = O.completion_logp(graphdef, cfg, params, ids, pmask, completion)
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "chunk"))
+def confidence(params, ids, pmask, completion, mask, *, graphdef, cfg, chunk=DEFAULT_CHUNK):
+    """Mean entropy, max-probability and sampled-token log-prob of the model at the completion tokens (the head
+    in chunks of `chunk` tokens)."""
+    st = O.completion_logp(graphdef, cfg, params, ids, pmask, completion, chunk=chunk)
     return {"entropy": M.masked_mean(st["entropy"], mask), "max_prob": M.masked_mean(st["max_prob"], mask),
             "logp": M.masked_mean(st["logp_model"], mask)}
 
