@@ -67,12 +67,15 @@ def _apply_group(tx, params, opt_state, g, keys):
     return {k: stepped[k] if k in keys else v for k, v in params.items()}, opt_state
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx", "ls", "group"))
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx", "ls", "group"), donate_argnames=("opt_state",))
 def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphdef, cfg, tx, ls: LossSpec,
               group: str):
     """One gradient step of the clipped policy-gradient loss on a rollout batch, for the parameter group `group`
     only (the other group's arrays are returned untouched, bit-identical). on_policy (a traced bool, so both
-    cases share one compiled program): π_old = stop_gradient(π), ratio exactly 1; else π_old = logp_old."""
+    cases share one compiled program): π_old = stop_gradient(π), ratio exactly 1; else π_old = logp_old.
+    opt_state is donated: its buffers become the new state's (one optimizer state in memory, not two), so the
+    caller must use the returned state and never the one passed in. params are not donated (the trainer keeps
+    the step's starting params for its trackers, and the first step's are the reference model's)."""
     keys = trainable_keys(group)
 
     def loss_fn(train_p, frozen_p):
@@ -99,10 +102,10 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     return new, opt_state, out, st["logp"]
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx"))
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx"), donate_argnames=("opt_state",))
 def lp_update(params, opt_state, ids, mask, *, graphdef, cfg, tx):
     """The linear probe (LP stage of LP-FT): cross-entropy (sft.sequence_ce) on reference answers through the
-    head only; the backbone ψ is returned bit-identical."""
+    head only; the backbone ψ is returned bit-identical. opt_state is donated (as in rl_update)."""
     loss, g_head = jax.value_and_grad(
         lambda head: sequence_ce(graphdef, cfg, {"backbone": params["backbone"], "head": head}, ids, mask))(
         params["head"])
