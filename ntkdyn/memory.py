@@ -31,8 +31,9 @@ per group and the completions attend to the repeated cache, whose keys and value
 
 With remat the textbook saving is that only each layer's input (d per token) is kept and one layer's activations
 exist again during its recomputation; that is the prediction for accelerator backends (not measured here). XLA:CPU
-does not realise it: it schedules every layer's recomputation ahead of the backward pass, so the compiled update
-holds as much as the plain pass over all B·(Tp + N − 1) tokens (remat also turns the shared-prompt pass off).
+does not realise it (why was not established; one candidate is a schedule that runs the recomputations early):
+the compiled update holds as much as the plain pass over all B·(Tp + N − 1) tokens (remat also turns the
+shared-prompt pass off).
 Measured with memory_analysis on SmolLM2-135M at 8 × 4 rollouts, 44 + 32 tokens: temporaries 4.66 GB with remat,
 4.41 GB without remat at G = 1, 2.45 GB without remat at G = 4. On the CPU the prediction for remat is therefore
 the plain pass's.
@@ -53,7 +54,8 @@ from .models.config import ModelConfig
 from .models.logprobs import DEFAULT_CHUNK
 from .models.transformer import abstract_params
 
-__all__ = ["MemoryPlan", "n_params", "rl_step", "update_bytes", "scoring_bytes", "kernel", "PYTHIA", "add_arguments", "run_cli"]
+__all__ = ["MemoryPlan", "n_params", "rl_step", "update_bytes", "scoring_bytes", "kernel", "PYTHIA",
+           "CPU_RUNTIME_BYTES", "add_arguments", "run_cli"]
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 _OPT_SLOTS = {"adam": 2, "adamw": 2, "sgd": 0}  # optimizer-state arrays per parameter
@@ -153,6 +155,7 @@ def update_bytes(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: i
                  dtype: str = "float32", backend: str | None = None) -> dict:
     """The jitted update's own bytes (what compiled.memory_analysis() accounts): {"params", "optimizer",
     "new_params", "grads", "activations", "head", "total"}; total = arguments + outputs − donated + temporaries.
+    dtype: the parameters' (gradients and new params alike; the optimizer state is counted in float32).
     backend: "cpu" or an accelerator's (default: jax.default_backend()); it decides what remat saves."""
     B, Tp, N = _check("batch", batch, 1), _check("prompt_len", prompt_len, 1), _check("new_tokens", new_tokens, 1)
     G, chunk = _check("group_size", group_size, 1), _check("chunk", chunk, 0)
@@ -215,13 +218,13 @@ def kernel(lm, ids_a, pos_a, ids_b=None, pos_b=None, **kw) -> MemoryPlan:
     per_pair = {"full": V * V, "subset": 0 if req.tokens is None else len(req.tokens) ** 2, "trace": 1,
                 "hidden": req.cfg.d_model ** 2, "hutchinson": 2}[req.output]
     result = na * nb * (1 + per_pair * (2 if req.tied and req.output != "hidden" else 1)) * b
-    params = int(sum(int(np.prod(x.shape)) * jnp_itemsize(x) for x in jax.tree.leaves(req.params)))
+    params = int(sum(int(np.prod(x.shape)) * _itemsize(x) for x in jax.tree.leaves(req.params)))
     parts = {"params": params, f"method ({kp.method})": int(kp.predicted_bytes), "result": int(result)}
     total = sum(parts.values())
     return MemoryPlan(f"kernel {req.output} of {na} x {nb} contexts", parts, {"kernel": total}, total, "kernel")
 
 
-def jnp_itemsize(x) -> int:
+def _itemsize(x) -> int:
     return np.dtype(x.dtype).itemsize
 
 
@@ -304,6 +307,9 @@ def _prompt_len(model, task) -> tuple[int, int]:
 def run_cli(args) -> int:
     import json
 
+    for flag, lo in (("prompts_per_step", 1), ("group_size", 1), ("max_new_tokens", 1), ("eval_prompts", 0),
+                     ("eval_samples", 0), ("logit_chunk", 0)):
+        _check("--" + flag.replace("_", "-"), getattr(args, flag), lo)
     cfg = _config_of(args.model, args.task)
     if args.kernel is not None:
         from .models.lm import LM

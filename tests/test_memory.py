@@ -105,3 +105,5 @@ def test_plan_memory_cli(capsys):
     assert "predicted peak" in capsys.readouterr().out
     assert main(["plan-memory", "--model", "pythia-1b"]) == 2
     assert "--prompt-len is required" in capsys.readouterr().err
+    assert main(["plan-memory", "--prompts-per-step", "0", "--prompt-len", "8"]) == 2
+    assert "--prompts-per-step must be an integer >= 1; got 0" in capsys.readouterr().err

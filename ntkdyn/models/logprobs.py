@@ -86,9 +86,10 @@ def head_stats(cfg: ModelConfig, head, h, targets, *, temperature: float = 1.0, 
     return {key: v.reshape(lead) for key, v in out.items()}
 
 
-def next_token_logp(graphdef, cfg: ModelConfig, params, ids, *, chunk: int = DEFAULT_CHUNK):
+def next_token_logp(graphdef, cfg: ModelConfig, params, ids, *, chunk: int = 0):
     """(B, T-1) log π(ids[b, t] | ids[b, <t]) for t = 1..T-1 in one forward pass over ids[:, :-1] (rows start at
     column 0; right padding only affects the positions after it), the head in chunks of `chunk` tokens
-    (head_stats). Pure in params."""
+    (head_stats). Pure in params. The default, 0, is the full logits: SFT (sft.sequence_ce) keeps the exact
+    arithmetic that built the shipped default models, so that rebuilding one stays bit-identical."""
     h = features(graphdef, cfg, params, ids[:, :-1])[0]
     return head_stats(cfg, params["head"], h, ids[:, 1:], with_model_stats=False, chunk=chunk)["logp"]
