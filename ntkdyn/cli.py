@@ -15,6 +15,8 @@ COMMANDS = {
     "reproduce": ("ntkdyn.reproduce", "the paper's experiments and figures end to end"),
     "pass-at-k": ("ntkdyn.experiments.pass_at_k", "pass@k curves (k = 1..n) of base / RL / CF-RL policies on "
                   "held-out prompts, and where they cross"),
+    "plan-memory": ("ntkdyn.memory", "the predicted peak memory of an RL step (or an eNTK request) from the model "
+                    "config and the batch, before running it"),
     "info": ("ntkdyn.cli", "show a model's config and parameter count (a directory, a .gguf file or a known name)"),
     "models": ("ntkdyn.models.known", "the known models: sizes, licences, whether they are cached",
                ("add_arguments_models", "run_models")),

@@ -87,6 +87,9 @@ class RLConfig:
     claim6_rollouts: int = option(0, "rollouts of that step's batch measured (0: all; else a fixed random subset)")
     remat: bool = option(False, "rematerialise each layer in the update's backward pass (jax.checkpoint): "
                          "activation memory of one layer instead of all, for about one more forward per step")
+    logit_chunk: int = option(512, "completion tokens per chunk through the head in the update and the "
+                              "evaluation: their (chunk, vocab) logits are recomputed in the backward pass, so the "
+                              "(tokens, vocab) float32 logits never exist at once (0: all at once)")
     checkpoint_every: int = option(50, "checkpoint every k global steps and at the end (0: only at the end)")
     seed: int = option(0, "the run's seed: rollouts, prompt order, evaluation samples")
     chat_template: bool | None = option(None, "prompts through the tokenizer's chat template (auto: when it has "
@@ -165,7 +168,7 @@ def _validate(c: RLConfig):
     ints = {"steps": 0, "group_size": 1, "prompts_per_step": 1, "max_new_tokens": 1, "num_iterations": 1,
             "eval_every": 0, "eval_prompts": 1, "eval_samples": 1, "probe_prompts": 1, "probe_every": 0,
             "checkpoint_every": 0, "seed": 0, "ntk_every": 0, "ntk_contexts": 1, "ntk_probes": 2,
-            "claim6_rollouts": 0}
+            "claim6_rollouts": 0, "logit_chunk": 0}
     for key, lo in ints.items():
         v = getattr(c, key)
         if not is_int(v) or v < lo:

@@ -20,8 +20,8 @@ __all__ = ["Lanes"]
 
 
 @functools.lru_cache(maxsize=256)
-def _vmapped(fn, static: tuple, in_axes):
-    return jax.jit(jax.vmap(functools.partial(fn, **dict(static)), in_axes=in_axes))
+def _vmapped(fn, static: tuple, in_axes, donate: tuple = ()):
+    return jax.jit(jax.vmap(functools.partial(fn, **dict(static)), in_axes=in_axes), donate_argnums=donate)
 
 
 class Lanes:
@@ -32,13 +32,15 @@ class Lanes:
             raise ValueError(f"a batched run needs at least one lane; got {n}")
         self.n = int(n)
 
-    def map(self, fn, static: dict | None = None, in_axes=0):
+    def map(self, fn, static: dict | None = None, in_axes=0, donate: tuple = ()):
         """fn with its static keywords bound, over the lanes: fn itself for one lane, else one jit of its vmap
-        (in_axes as jax.vmap's: None for an argument every lane shares). Cached per (fn, static, in_axes)."""
+        (in_axes as jax.vmap's: None for an argument every lane shares). donate: positions of the arguments whose
+        buffers the vmapped jit may reuse (jax.jit's donate_argnums; for one lane fn's own jit decides). Cached
+        per (fn, static, in_axes, donate)."""
         static = static or {}
         if self.n == 1:
             return functools.partial(fn, **static) if static else fn
-        return _vmapped(fn, tuple(sorted(static.items())), in_axes)
+        return _vmapped(fn, tuple(sorted(static.items())), in_axes, tuple(donate))
 
     def take(self, tree, i: int):
         """Lane i of a tree with a lane axis (the tree itself for one lane)."""

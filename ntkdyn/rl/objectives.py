@@ -17,8 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..models.logprobs import gather, log_softmax, token_logp
-from ..models.transformer import features, head_logits, prefill
+from ..models.logprobs import DEFAULT_CHUNK, head_stats
+from ..models.transformer import features, prefill
 from ..optim import GROUPS, OPTIMIZERS, group_labels, make_optimizer, trainable_keys
 
 __all__ = ["ADVANTAGE_KINDS", "LOSS_AGGS", "KL_ESTIMATORS", "GROUPS", "OPTIMIZERS", "advantages",
@@ -73,7 +73,8 @@ def advantages(rewards_PxG, kind: str = "grpo", *, baseline=None, decay: float =
 
 
 def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, *, temperature: float = 1.0,
-                    with_model_stats: bool = True, remat: bool = False, shared_prompts: int = 1):
+                    with_model_stats: bool = True, remat: bool = False, shared_prompts: int = 1,
+                    chunk: int = DEFAULT_CHUNK):
     """Teacher forcing over χ = [x; y] in one forward pass.
 
     prompt_ids (B, Tp) LEFT-padded with prompt_mask (1 on real tokens); completion (B, N). Positions count real
@@ -87,7 +88,8 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
     the same prompt (an RL batch of P prompts × G samples); each prompt then runs once, and its keys and values
     are shared by the G completions (repeated; their gradients sum back), which saves (G − 1)/G of the prompt
     tokens' forward and backward. The caller guarantees the grouping; the result equals the plain pass up to
-    float rounding (tested). Not with remat (the shared pass goes through the KV cache).
+    float rounding (tested). Not with remat (the shared pass goes through the KV cache). chunk: completion
+    tokens per head chunk (logprobs.head_stats: the (B·N, V) logits never exist at once; 0: all at once).
     """
     B, Tp = prompt_ids.shape
     N = completion.shape[1]
@@ -99,16 +101,9 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
         h = _shared_prompt_features(graphdef, cfg, params, prompt_ids, completion, positions, valid, G)
     else:
         h = features(graphdef, cfg, params, ids, positions=positions, key_valid=valid, remat=remat)[0][:, Tp - 1:]
-    # h (B, N, d): the features at the N contexts that predict the completion tokens
-    z = head_logits(cfg, params["head"], h)  # (B, N, V)
-    lsm = log_softmax(z)  # the model's own distribution (temperature 1), float32
-    out = {"logp": gather(lsm, completion) if temperature == 1.0 else token_logp(z, completion, temperature)}
-    if with_model_stats:
-        p = jnp.exp(lsm)
-        out["logp_model"] = gather(lsm, completion)
-        out["entropy"] = -jnp.sum(p * jnp.where(p > 0, lsm, 0.0), axis=-1)
-        out["max_prob"] = jnp.exp(jnp.max(lsm, axis=-1))
-    return out
+    # h (B, N, d): the features at the N contexts that predict the completion tokens; the head in chunks
+    return head_stats(cfg, params["head"], h, completion, temperature=temperature,
+                      with_model_stats=with_model_stats, chunk=chunk)
 
 
 def _shared_prompt_features(graphdef, cfg, params, prompt_ids, completion, positions, valid, G):

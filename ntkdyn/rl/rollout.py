@@ -179,7 +179,8 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
              "adv": lanes.stack(advs)}
     logp_ref = None
     if c.beta > 0:  # π_ref: the starting model, the same for every lane
-        logp_ref = lanes.map(ref_logp, dict(temperature=float(c.temperature), **ctx.gd), in_axes=(None, 0, 0, 0))(
+        kw = dict(temperature=float(c.temperature), chunk=ctx.loss_spec.logit_chunk, **ctx.gd)
+        logp_ref = lanes.map(ref_logp, kw, in_axes=(None, 0, 0, 0))(
             ctx.base_params, ids, pmask, gen.tokens)
     logp_old, ms = jnp.zeros(gen.tokens.shape, jnp.float32), []
     for it in range(c.num_iterations):  # iteration 0 is on-policy; later ones reuse the batch (PPO ratio)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from .. import metrics as M
+from ..models.logprobs import DEFAULT_CHUNK
 from ..models.transformer import features
 from ..optim import make_optimizer, trainable_keys
 from ..sft import sequence_ce
@@ -37,11 +38,13 @@ class LossSpec(NamedTuple):
     kl_estimator: str
     remat: bool = False  # each layer rematerialised in the backward pass (RLConfig.remat)
     shared_prompts: int = 1  # rows in consecutive groups of this many share a prompt, which runs once (G)
+    logit_chunk: int = DEFAULT_CHUNK  # tokens per head chunk (RLConfig.logit_chunk; logprobs.head_stats)
 
     @classmethod
     def of(cls, c) -> "LossSpec":
         return cls(float(c.temperature), float(c.clip_eps), c.loss_agg, float(c.beta), c.kl_estimator,
-                   bool(getattr(c, "remat", False)), int(c.group_size))
+                   bool(getattr(c, "remat", False)), int(c.group_size),
+                   int(getattr(c, "logit_chunk", DEFAULT_CHUNK)))
 
 
 def stage_optimizer(c, stage):
@@ -64,18 +67,22 @@ def _apply_group(tx, params, opt_state, g, keys):
     return {k: stepped[k] if k in keys else v for k, v in params.items()}, opt_state
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx", "ls", "group"))
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx", "ls", "group"), donate_argnames=("opt_state",))
 def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphdef, cfg, tx, ls: LossSpec,
               group: str):
     """One gradient step of the clipped policy-gradient loss on a rollout batch, for the parameter group `group`
     only (the other group's arrays are returned untouched, bit-identical). on_policy (a traced bool, so both
-    cases share one compiled program): π_old = stop_gradient(π), ratio exactly 1; else π_old = logp_old."""
+    cases share one compiled program): π_old = stop_gradient(π), ratio exactly 1; else π_old = logp_old.
+    opt_state is donated: its buffers become the new state's (one optimizer state in memory, not two), so the
+    caller must use the returned state and never the one passed in. params are not donated (the trainer keeps
+    the step's starting params for its trackers, and the first step's are the reference model's)."""
     keys = trainable_keys(group)
 
     def loss_fn(train_p, frozen_p):
         p = {**frozen_p, **train_p}
         st = O.completion_logp(graphdef, cfg, p, batch["prompt_ids"], batch["prompt_mask"], batch["completion"],
-                               temperature=ls.temperature, remat=ls.remat, shared_prompts=ls.shared_prompts)
+                               temperature=ls.temperature, remat=ls.remat, shared_prompts=ls.shared_prompts,
+                               chunk=ls.logit_chunk)
         old = jnp.where(on_policy, jax.lax.stop_gradient(st["logp"]), logp_old)
         loss, aux = O.pg_loss(st["logp"], old, batch["adv"], batch["mask"], clip_eps=ls.clip_eps,
                               loss_agg=ls.loss_agg, logp_ref=logp_ref, beta=ls.beta, kl_estimator=ls.kl_estimator)
@@ -95,10 +102,10 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     return new, opt_state, out, st["logp"]
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx"))
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "tx"), donate_argnames=("opt_state",))
 def lp_update(params, opt_state, ids, mask, *, graphdef, cfg, tx):
     """The linear probe (LP stage of LP-FT): cross-entropy (sft.sequence_ce) on reference answers through the
-    head only; the backbone ψ is returned bit-identical."""
+    head only; the backbone ψ is returned bit-identical. opt_state is donated (as in rl_update)."""
     loss, g_head = jax.value_and_grad(
         lambda head: sequence_ce(graphdef, cfg, {"backbone": params["backbone"], "head": head}, ids, mask))(
         params["head"])
@@ -106,17 +113,19 @@ def lp_update(params, opt_state, ids, mask, *, graphdef, cfg, tx):
     return new, opt_state, {"loss": loss, "grad_norm/head": O.global_norm(g_head)}
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature"))
-def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature):
-    """log π_ref of the completion tokens (π_ref: the starting model) at the rollout temperature."""
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature", "chunk"))
+def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature, chunk=DEFAULT_CHUNK):
+    """log π_ref of the completion tokens (π_ref: the starting model) at the rollout temperature (the head in
+    chunks of `chunk` tokens)."""
     return O.completion_logp(graphdef, cfg, params, ids, pmask, completion, temperature=temperature,
-                             with_model_stats=False)["logp"]
+                             with_model_stats=False, chunk=chunk)["logp"]
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def confidence(params, ids, pmask, completion, mask, *, graphdef, cfg):
-    """Mean entropy, max-probability and sampled-token log-prob of the model at the completion tokens."""
-    st = O.completion_logp(graphdef, cfg, params, ids, pmask, completion)
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "chunk"))
+def confidence(params, ids, pmask, completion, mask, *, graphdef, cfg, chunk=DEFAULT_CHUNK):
+    """Mean entropy, max-probability and sampled-token log-prob of the model at the completion tokens (the head
+    in chunks of `chunk` tokens)."""
+    st = O.completion_logp(graphdef, cfg, params, ids, pmask, completion, chunk=chunk)
     return {"entropy": M.masked_mean(st["entropy"], mask), "max_prob": M.masked_mean(st["max_prob"], mask),
             "logp": M.masked_mean(st["logp_model"], mask)}
 

@@ -179,8 +179,8 @@ def _stage_update(ctxs: list[RunContext], state: RunState, si: int, stage: Stage
         state.opt_state, state.stage_step = ctx.sh.replicate(L.map(opt_init, dict(tx=tx))(state.params)), 0
     if stage.kind == "rl":
         return L.map(rl_update, dict(tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd),
-                     in_axes=(0, 0, 0, 0, None, 0))
-    return L.map(lp_update, dict(tx=tx, **ctx.gd))
+                     in_axes=(0, 0, 0, 0, None, 0), donate=(1,))  # the optimizer state (as rl_update's own jit)
+    return L.map(lp_update, dict(tx=tx, **ctx.gd), donate=(1,))
 
 
 def _run_step(ctxs: list[RunContext], state: RunState, stage: Stage, update) -> list[dict]:
