@@ -208,6 +208,15 @@ def test_hf_tokenizer_save_opens_in_transformers(smollm2_tokenizers, tmp_path):
     assert back.apply_chat_template(CHAT) == list(theirs.apply_chat_template(CHAT, add_generation_prompt=True)
                                                   ["input_ids"])
     assert json.load(open(tmp_path / "special_tokens_map.json"))["eos_token"] == "<|im_end|>"
+    # a chat task's prompt on a tokenizer without a template (auto): the plain text of the contents, encoded as
+    # transformers encodes that text
+    from ntkdyn.models.tokenizer import encode_prompt
+    os.makedirs(tmp_path / "bare")
+    ours.tokenizer.save(str(tmp_path / "bare" / "tokenizer.json"))
+    bare, theirs_bare = load_tokenizer(str(tmp_path / "bare")), AutoTokenizer.from_pretrained(str(tmp_path / "bare"))
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
+    assert bare.chat_template is None
+    assert encode_prompt(bare, msgs) == list(theirs_bare("Be brief.\n\nWhat is 2 + 3?")["input_ids"])
 
 
 def test_hf_tokenizer_files(tok, tmp_path):
@@ -249,8 +258,15 @@ def test_encode_prompt_chat_switch_and_bos_rules(tok, tmp_path):
     assert encode_prompt(tok, "sum 4:", add_bos=False) == tok.encode("sum 4:")
     with pytest.raises(ValueError, match="has none"):
         encode_prompt(tok, "sum 4:", chat=True)
+    # no template, auto: system and user messages are plain text (blank line between), other roles an error
+    # (the character vocabulary has no newline: the joined text is refused by the tokenizer, naming it)
+    msgs = [{"role": "system", "content": "sum"}, {"role": "user", "content": "4:"}]
+    with pytest.raises(ValueError, match=r"cannot encode character\(s\) \['\\n'\]"):
+        encode_prompt(tok, msgs)
+    with pytest.raises(ValueError, match="no chat template.*other roles need one"):
+        encode_prompt(tok, msgs + [{"role": "assistant", "content": "1"}])
     with pytest.raises(ValueError, match="no chat template"):
-        encode_prompt(tok, [{"role": "user", "content": "a"}])
+        encode_prompt(tok, msgs, chat=False)
     with pytest.raises(TypeError, match="chat must be None"):
         chat_enabled(tok, "yes")
     assert eos_ids_of(tok) == (2,)

@@ -42,7 +42,6 @@ from ..models.tokenizer import CHAT_CHOICES, CharTokenizer, eos_ids_of, pad_id_o
 from ..options import add_options, build, given, option
 from ..rl.objectives import advantages as _advantages
 from ..tasks import DEFAULT_TASK
-from ..tasks import get as get_task
 from ..tasks.rewards import text_reward_function
 
 __all__ = ["OneStepConfig", "run", "main", "add_arguments", "run_cli"]
@@ -163,7 +162,7 @@ def run(lm, task="sum", out_dir="runs/one_step", *, model_name: str | None = Non
     seed, n_prompts, group, lr, probe_prompts = o.seed, o.n_prompts, o.group, o.lr, o.probe_prompts
     max_new_tokens, temperature, x64, chat = o.max_new_tokens, o.temperature, o.x64, o.chat
     t0 = time.perf_counter()
-    task = get_task(task) if isinstance(task, str) else task
+    task = _tasks.resolve(task)
     tok = lm.tokenizer if lm.tokenizer is not None else CharTokenizer()
     if tok.vocab_size > lm.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary is "

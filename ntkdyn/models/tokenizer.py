@@ -319,8 +319,11 @@ def encode_prompt(tokenizer, prompt, add_bos: bool = True, chat: bool | None = N
     ``prompt``: a string or a list of chat messages (``{"role", "content"}``). With the chat template on (see
     :func:`chat_enabled`: ``chat=None`` means on when the tokenizer has one) a string becomes
     ``[{"role": "user", "content": prompt}]`` and the messages are rendered with ``add_generation_prompt=True``;
-    the template writes its own BOS (``add_bos`` is not used). Without a template (messages then raise
-    ValueError): a :class:`CharTokenizer` gives ``[bos] + encode(prompt)``; an :class:`HFTokenizer` adds what
+    the template writes its own BOS (``add_bos`` is not used). Without a template, messages of the roles
+    ``system`` and ``user`` only are, with ``chat=None`` (auto), the plain text of their contents joined by a blank
+    line (what a base model without a template is prompted with, e.g. a natural task on Gemma 3 270M); with
+    ``chat=False``, or with other roles, they raise ValueError. A string prompt: a :class:`CharTokenizer` gives
+    ``[bos] + encode(prompt)``; an :class:`HFTokenizer` adds what
     tokenizer.json's post-processor adds, as ``transformers.AutoTokenizer(prompt)`` does (transformers 5 ignores
     tokenizer_config's ``add_bos_token`` when there is a tokenizer.json), and, when there is no post-processor,
     BOS if ``add_bos_token`` is true (transformers 4's and llama.cpp's rule, e.g. a converted GGUF);
@@ -328,10 +331,15 @@ def encode_prompt(tokenizer, prompt, add_bos: bool = True, chat: bool | None = N
     if chat_enabled(tokenizer, chat):
         msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _check_messages(prompt)
         return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+    if isinstance(prompt, (list, tuple)) and chat is None:
+        msgs = _check_messages(prompt)
+        if all(m["role"] in ("system", "user") for m in msgs):
+            prompt = "\n\n".join(m["content"] for m in msgs)
     if not isinstance(prompt, str):
         if isinstance(prompt, (list, tuple)):
             raise ValueError(f"prompt is a list of chat messages, but the tokenizer {tokenizer!r} has no chat "
-                             "template (or it is turned off); expected a string prompt")
+                             "template (or it is turned off); expected a string prompt (without a template, "
+                             "chat=None renders system and user messages as plain text; other roles need one)")
         raise TypeError(f"prompt must be a string or a list of chat messages; got {type(prompt).__name__}")
     if isinstance(tokenizer, HFTokenizer) and add_bos and tokenizer.tokenizer.post_processor is not None:
         return list(tokenizer.tokenizer.encode(prompt, add_special_tokens=True).ids)  # the post-processor's rule
