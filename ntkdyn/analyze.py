@@ -74,6 +74,7 @@ _CKPT = re.compile(r"^(?:checkpoint|step)-(\d+)$")
 _RL_KEYS = ("task", "eval_dataset", "eval_fraction", "rewards", "reward_weights", "max_new_tokens", "eval_prompts",
             "eval_temperature", "probe_prompts", "ntk_contexts", "ntk_method", "ntk_probes", "seed", "chat_template",
             "score_truncated", "train_prompts")
+_DERIVED = ("recipe", "steps")  # config.json's "config" keys besides the settings (for the plots)
 _INHERIT = "; default: the analysed ntkdyn run's, else ntkdyn rl's"
 
 
@@ -371,13 +372,14 @@ def rl_config(c: AnalyzeConfig, series: Series, out: str):
 
 
 def _config_record(c: AnalyzeConfig, rlc) -> dict:
-    """config.json's "config": the analysis's settings (what a rerun must repeat), the recipe and seed the plots
-    group by."""
+    """config.json's "config": the analysis's settings (what a rerun must repeat) as resolved (seed: the
+    evaluation's, which the plots group by)."""
     d = dataclasses.asdict(c)
     d.update(inputs=[os.path.abspath(os.fspath(p)) if os.path.exists(os.fspath(p)) else os.fspath(p)
                      for p in c.inputs], out=os.path.abspath(os.fspath(c.out)), figures=False, overwrite=False,
              base=None if c.base is None else os.fspath(c.base))
     d["resolved"] = {k: getattr(rlc, k) for k in _RL_KEYS + ("eval_samples",)}
+    d["seed"] = rlc.seed  # the seed the plots group by
     return d
 
 
@@ -434,7 +436,8 @@ def _analyze(c: AnalyzeConfig, progress: bool, reward_funcs) -> dict:
         if rundir.is_run_dir(out):
             try:
                 saved = read_json(os.path.join(out, "config.json"), what="run config").get("config")
-            except (OSError, ValueError):
+                saved = {k: v for k, v in saved.items() if k not in _DERIVED}
+            except (OSError, ValueError, AttributeError):
                 saved = None
             if saved != record and not c.overwrite:
                 diff = sorted(k for k in set(record) | set(saved or {})
@@ -454,7 +457,7 @@ def _analyze(c: AnalyzeConfig, progress: bool, reward_funcs) -> dict:
         stages = (series.run or {}).get("stages")
         points = [series.base] + [Checkpoint(s.step, d) for s, d in zip(series.checkpoints, dirs)]
         write_json(os.path.join(out, "config.json"), dict(
-            config={**record, "recipe": run_cfg.get("recipe", "rl"), "seed": rlc.seed, "steps": points[-1].step},
+            config={**record, **dict(zip(_DERIVED, (run_cfg.get("recipe", "rl"), points[-1].step)))},
             stages=stages, model_dir=ctx.model_dir, eval_prompts=ctx.eval_prompts, pass_at_k=pass_ks(rlc.eval_samples),
             model_config=ctx.cfg.to_hf(), num_params=ctx.lm.num_params, rl_config=rlc.to_dict(),
             checkpoints=[[p.step, p.path] for p in points], notes=series.notes, analysed_run=series.run is not None))
