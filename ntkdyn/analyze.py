@@ -75,7 +75,11 @@ _RL_KEYS = ("task", "eval_dataset", "eval_fraction", "rewards", "reward_weights"
             "eval_temperature", "probe_prompts", "ntk_contexts", "ntk_method", "ntk_probes", "seed", "chat_template",
             "score_truncated", "train_prompts")
 _DERIVED = ("recipe", "steps")  # config.json's "config" keys besides the settings (for the plots)
-_INHERIT = "; default: the analysed ntkdyn run's, else ntkdyn rl's"
+class _Inherited:
+    """The default shown in the help of the fields shared with RLConfig."""
+
+    def __repr__(self):
+        return "the analysed ntkdyn run's, else ntkdyn rl's"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,33 +89,33 @@ class AnalyzeConfig:
 
     inputs: list = option(None, "a TRL output dir, an ntkdyn run dir, or model dirs / .gguf files", cli=False)
     out: str | None = option(None, "the analysis's run directory (metrics.jsonl, summary.json); required")
-    base: str | None = option(None, "the base model at step 0 (a directory, a .gguf file or a known name); default: "
-                              "an ntkdyn run's base, else the first of the series")
+    base: str | None = option(None, "the base model at step 0 (a directory, a .gguf file or a known name; None: "
+                              "an ntkdyn run's base, else the first of the series)")
     task: str | None = option(None, "a built-in task or a dataset path: the held-out prompts and their reward"
-                              + _INHERIT)
-    eval_dataset: str | None = option(None, "held-out prompts of a dataset task" + _INHERIT)
-    eval_fraction: float | None = option(None, "share of a dataset's rows held out" + _INHERIT)
+                             )
+    eval_dataset: str | None = option(None, "held-out prompts of a dataset task")
+    eval_fraction: float | None = option(None, "share of a dataset's rows held out")
     rewards: list | None = option(None, "a reward function in TRL's signature (repeatable), as in ntkdyn rl"
-                                  + _INHERIT, flag="--reward", type=str, append=True, metavar="SPEC")
-    reward_weights: list | None = option(None, "one weight per reward" + _INHERIT, type=float, nargs="+",
+                                 , flag="--reward", type=str, append=True, metavar="SPEC")
+    reward_weights: list | None = option(None, "one weight per reward", type=float, nargs="+",
                                          metavar="W")
     pass_k: int | None = option(None, "samples per held-out prompt: pass@k for k up to it (RLConfig.eval_samples)"
-                                + _INHERIT)
-    eval_prompts: int | None = option(None, "held-out prompts" + _INHERIT)
-    eval_temperature: float | None = option(None, "evaluation sampling temperature" + _INHERIT)
-    max_new_tokens: int | None = option(None, "tokens sampled per completion at most" + _INHERIT)
+                               )
+    eval_prompts: int | None = option(None, "held-out prompts")
+    eval_temperature: float | None = option(None, "evaluation sampling temperature")
+    max_new_tokens: int | None = option(None, "tokens sampled per completion at most")
     probe_prompts: int | None = option(None, "the fixed probe set (test prompts with a reference answer)"
-                                       + _INHERIT)
-    ntk_contexts: int | None = option(None, "probe contexts of the eNTK drift kernels" + _INHERIT)
-    ntk_method: str | None = option(None, "the drift's trace kernels: exact | hutchinson" + _INHERIT,
+                                      )
+    ntk_contexts: int | None = option(None, "probe contexts of the eNTK drift kernels")
+    ntk_method: str | None = option(None, "the drift's trace kernels: exact | hutchinson",
                                     choices=("exact", "hutchinson"))
-    ntk_probes: int | None = option(None, "Rademacher probes per drift kernel (hutchinson)" + _INHERIT)
+    ntk_probes: int | None = option(None, "Rademacher probes per drift kernel (hutchinson)")
     train_prompts: int | None = option(None, "train-prompt pool of the task (only the prompt length depends on "
-                                       "it)" + _INHERIT)
-    seed: int | None = option(None, "the evaluation's sampling seed (keyed by step, as the trainer's)" + _INHERIT)
-    chat_template: bool | None = option(None, "prompts through the tokenizer's chat template" + _INHERIT,
+                                       "it)")
+    seed: int | None = option(None, "the evaluation's sampling seed (keyed by step, as the trainer's)")
+    chat_template: bool | None = option(None, "prompts through the tokenizer's chat template",
                                         choices={"auto": None, "on": True, "off": False})
-    score_truncated: bool | None = option(None, "score completions cut at max_new_tokens too (TRL)" + _INHERIT)
+    score_truncated: bool | None = option(None, "score completions cut at max_new_tokens too (TRL)")
     ntk: bool = option(True, "skip the eNTK drift (the costliest measurement)", flag="--no-ntk")
     figures: bool = option(False, "write OUT/figures/fig_*.{png,pdf} with the run plots")
     overwrite: bool = option(False, "replace an analysis with other settings already in out")
@@ -535,7 +539,7 @@ def add_arguments(p):
     p.add_argument("inputs", nargs="+", metavar="RUN_OR_CHECKPOINTS",
                    help="a TRL output directory (checkpoint-N/), an ntkdyn run directory trained with --save-every, "
                         "or model directories / .gguf files in training order")
-    add_options(p, AnalyzeConfig)
+    add_options(p, AnalyzeConfig, defaults={k: _Inherited() for k in _RL_KEYS + ("pass_k",)})
     p.add_argument("--dataset", dest="dataset", default=None, help="a dataset of prompts; the same as --task PATH")
     p.add_argument("--reward-model", dest="reward_models", action="append", default=None, metavar="NAME_OR_DIR",
                    help="a reward model (repeatable), after the --reward functions")
