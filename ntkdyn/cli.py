@@ -11,6 +11,8 @@ COMMANDS = {
     "sft": ("ntkdyn.sft", "supervised training of a base model on a synthetic task (writes a HF model dir)"),
     "default-model": ("ntkdyn.default", "show the embedded default base model (or rebuild it from its recipe)"),
     "rl": ("ntkdyn.rl.cli", "RL / CF-RL / LP-FT post-training with the dynamics tracked"),
+    "analyze": ("ntkdyn.analyze", "the learning dynamics of a run trained elsewhere (TRL checkpoints, an ntkdyn run "
+                "with --save-every, a list of models): eval, confidence, diversity, eNTK drift, the Δz split"),
     "one-step": ("ntkdyn.experiments.one_step", "one-step learning-dynamics prediction vs the real step"),
     "reproduce": ("ntkdyn.reproduce", "the paper's experiments and figures end to end"),
     "pass-at-k": ("ntkdyn.experiments.pass_at_k", "pass@k curves (k = 1..n) of base / RL / CF-RL policies on "

@@ -91,6 +91,8 @@ class RLConfig:
                               "evaluation: their (chunk, vocab) logits are recomputed in the backward pass, so the "
                               "(tokens, vocab) float32 logits never exist at once (0: all at once)")
     checkpoint_every: int = option(50, "checkpoint every k global steps and at the end (0: only at the end)")
+    save_every: int = option(0, "keep a snapshot of the model every k global steps and at the end, in Hugging Face "
+                             "layout under out/snapshots/step-N (what `ntkdyn analyze` reads; 0: none)")
     seed: int = option(0, "the run's seed: rollouts, prompt order, evaluation samples")
     chat_template: bool | None = option(None, "prompts through the tokenizer's chat template (auto: when it has "
                                         "one)", choices=CHAT_CHOICES)
@@ -167,7 +169,7 @@ def _validate(c: RLConfig):
         raise _bad("out", c.out, "the run directory (a non-empty path)")
     ints = {"steps": 0, "group_size": 1, "prompts_per_step": 1, "max_new_tokens": 1, "num_iterations": 1,
             "eval_every": 0, "eval_prompts": 1, "eval_samples": 1, "probe_prompts": 1, "probe_every": 0,
-            "checkpoint_every": 0, "seed": 0, "ntk_every": 0, "ntk_contexts": 1, "ntk_probes": 2,
+            "checkpoint_every": 0, "save_every": 0, "seed": 0, "ntk_every": 0, "ntk_contexts": 1, "ntk_probes": 2,
             "claim6_rollouts": 0, "logit_chunk": 0}
     for key, lo in ints.items():
         v = getattr(c, key)
@@ -233,4 +235,4 @@ def _validate_task(c: RLConfig):
 
 
 # fields that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("resume", "overwrite", "steps", "out")
+RESUMABLE_CHANGES = ("resume", "overwrite", "steps", "out", "save_every")

@@ -6,7 +6,9 @@ files and directories, appended JSON lines):
   checkpoint/      the last checkpoint (ntkdyn.rl.checkpoint)
   final/           the final model (HF layout)
   summary.json     the summary `train` returns
-  ntk0.npz         the eNTK drift's starting kernels (RLConfig.ntk_every; rl/tracking.py)
+  ntk0.npz         the eNTK drift's starting kernels (RLConfig.ntk_every; rl/trackers/drift.py)
+  snapshots/       step-N/: the model after global step N (HF layout; RLConfig.save_every), what `ntkdyn analyze`
+                   reads
   .lock            while a process writes the run: its pid, start time and command
 
 One process writes a run directory at a time: the writer holds `lock(out)` for the whole run (with
@@ -38,13 +40,15 @@ from ..io import (LockHeld, append_jsonl, atomic_file, check_writable_dir, descr
 from . import checkpoint
 from .config import ConfigError
 
-__all__ = ["FILES", "LOCK_FILE", "NTK0_FILE", "TIMING_KEYS", "RunLocked", "RunData", "lock", "holds_run",
-           "prepare", "write_config", "resume", "start_metrics", "log", "truncate_metrics", "read_metrics",
+__all__ = ["FILES", "LOCK_FILE", "NTK0_FILE", "SNAPSHOTS", "snapshot_dir", "write_snapshot", "TIMING_KEYS",
+           "RunLocked", "RunData", "lock", "holds_run", "prepare", "write_config", "resume", "start_metrics", "log", "truncate_metrics", "read_metrics",
            "write_final", "write_arrays", "read_arrays", "write_summary", "read_run", "is_run_dir"]
 
 TIMING_KEYS = ("step_time", "tokens_per_s")  # the only metrics.jsonl keys that differ between identical runs
 NTK0_FILE = "ntk0.npz"
-FILES = ("config.json", "metrics.jsonl", "checkpoint", "final", "summary.json", NTK0_FILE)  # all a run writes
+SNAPSHOTS = "snapshots"
+# all a run writes
+FILES = ("config.json", "metrics.jsonl", "checkpoint", "final", "summary.json", NTK0_FILE, SNAPSHOTS)
 LOCK_FILE = ".lock"
 _LEGACY = ("checkpoint.old",)  # written by older versions
 
@@ -190,6 +194,18 @@ def read_metrics(path: str) -> list[dict]:
 def write_final(out: str, lm, params) -> str:
     """OUT/final: `lm` with `params` (HF layout, atomic). Returns its path."""
     return lm.save(os.path.join(out, "final"), params=jax.device_get(params))
+
+
+def snapshot_dir(out: str, step: int) -> str:
+    """OUT/snapshots/step-N: where the model after global step N is kept (RLConfig.save_every)."""
+    return os.path.join(out, SNAPSHOTS, f"step-{int(step)}")
+
+
+def write_snapshot(out: str, lm, params, step: int) -> str:
+    """OUT/snapshots/step-N: `lm` with `params` after global step N (HF layout, atomic; an older snapshot of that
+    step, from a run resumed before it, is replaced). Returns its path."""
+    os.makedirs(os.path.join(out, SNAPSHOTS), exist_ok=True)
+    return lm.save(snapshot_dir(out, step), params=jax.device_get(params))
 
 
 def write_arrays(out: str, name: str, **arrays) -> None:

@@ -12,7 +12,8 @@ writes its own run directory, equal (to float rounding) to what a lone run of it
 A run directory OUT holds config.json, metrics.jsonl (one line per global step; step 0 = the starting model's
 evaluation), checkpoint/ (model/, optimizer.npz, state.json, replaced atomically), final/ (the final model, HF
 layout) and summary.json (see ntkdyn.rl.rundir); with RLConfig.ntk_every, ntk0.npz (the eNTK drift's starting
-kernels).
+kernels); with RLConfig.save_every, snapshots/step-N (the model after every k-th step and the last, HF layout:
+what `ntkdyn analyze` reads).
 
 A run is a RunContext per lane (what is fixed: context.py) and one RunState (what changes: params and optimizer
 state with a lane axis, per lane baseline, costs, records; the position, shared); `_run_step` maps one state to the
@@ -253,6 +254,9 @@ def _loop(ctxs: list[RunContext], state: RunState, total: int, bar, callback) ->
             for x, rec in zip(ctxs, recs):
                 rundir.log(x.out, rec)
             state.last = recs
+            if c.save_every and (state.step % c.save_every == 0 or state.step == total):
+                for i, x in enumerate(ctxs):
+                    rundir.write_snapshot(x.out, x.lm, state.lanes.take(state.params, i), state.step)
             if (c.checkpoint_every and state.step % c.checkpoint_every == 0) or state.step == total:
                 _save(ctxs, state, state.opt_state, stage)
             bar.update(1)
