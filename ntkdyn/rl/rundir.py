@@ -42,7 +42,8 @@ from .config import ConfigError
 
 __all__ = ["FILES", "LOCK_FILE", "NTK0_FILE", "SNAPSHOTS", "snapshot_dir", "write_snapshot", "TIMING_KEYS",
            "RunLocked", "RunData", "lock", "holds_run", "prepare", "write_config", "resume", "start_metrics", "log",
-           "truncate_metrics", "read_metrics", "write_final", "write_arrays", "read_arrays", "write_summary", "read_run", "is_run_dir"]
+           "truncate_metrics", "read_metrics", "write_final", "write_arrays", "read_arrays", "write_summary",
+           "read_run", "is_run_dir"]
 
 TIMING_KEYS = ("step_time", "tokens_per_s")  # the only metrics.jsonl keys that differ between identical runs
 NTK0_FILE = "ntk0.npz"
