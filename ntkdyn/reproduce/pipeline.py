@@ -16,7 +16,7 @@ from ..plots.training import plot_all
 from ..rl.recipes import RECIPES
 from ..tasks import DEFAULT_TASK
 from ..tasks import resolve as get_task
-from .verdicts import ORDER, ORDER_V1, claims
+from .claims import ORDER, ORDER_V1, ORDER_V2, claims
 from .summary import table_cell, write_summary
 
 __all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "run_base_seeds", "robustness_markdown"]
@@ -61,7 +61,7 @@ PROFILES = {
 }
 FIGURES = ("fig_reward", "fig_confidence", "fig_diversity", "fig_dz_share", "fig_head_norm", "fig_features",
            "fig_kernel", "fig_one_step", "fig_ntk_drift", "fig_pass_at_k")
-CLAIMS = ORDER + ORDER_V1  # the claims' labels in summary.md, then the earlier readings
+CLAIMS = ORDER + ORDER_V2 + ORDER_V1  # the claims' labels in summary.md, then the earlier readings
 
 
 def _log(msg, progress=True):

@@ -7,7 +7,7 @@ import os
 
 from ..io import read_json, write_text
 from .summary import write_summary
-from .verdicts import claims
+from .claims import claims
 
 __all__ = ["rejudge"]
 
@@ -22,7 +22,8 @@ def rejudge(out="runs/reproduce", figures_dir=None) -> list[dict]:
     path = os.path.join(out, "reproduce.json")
     rec = read_json(path, what="reproduction record (run `ntkdyn reproduce` first)")
     table = rec["features"]["table"]
-    feats = {"stats": {k: table[label] for k, label in FEATURE_LABELS.items()}}
+    feats = {"stats": {k: table[label] for k, label in FEATURE_LABELS.items()},
+             "items": rec["features"].get("items")}  # absent in a reproduction made before v3
     one = read_json(os.path.join(rec["one_step_dir"], "one_step.json"), what="one-step result")
     claim_list = claims(os.path.join(out, "runs"), feats, one, rec.get("pass_at_k"))
     if figures_dir is None:
