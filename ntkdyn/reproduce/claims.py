@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import stats as S
 from ..plots.runs import load_runs
-from .claim_base import VERDICTS, deltas, first_in_stage, first_last, robust_verdict
+from .claim_base import VERDICTS, first_in_stage, first_last, robust_verdict
 from .verdicts import claim1_features, claim1x_positions, claim3_prop2, claim4_first_order
 from .verdicts_runs import (CLAIM5_MIN_RISE, CLAIM5_START_RECORDS, CLAIM5_THRESHOLD_FRACTION, PASSK_SATURATED,
                             _stage1_gains, _steps_to, claim2_confidence, claim2x_diversity, claim5_cf_rl_speed,
