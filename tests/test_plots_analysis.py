@@ -58,3 +58,18 @@ def test_kernel(tmp_path):
         P.plot_kernel(s, np.ones((N, N + 1, k, k)), tmp_path / "bad")
     with pytest.raises(ValueError):
         P.plot_kernel(np.ones((N, N + 1)), G4, tmp_path / "bad")
+
+
+def test_plot_claims(tmp_path):
+    from ntkdyn import stats
+
+    def rec(n, *effs):
+        return dict(n=n, effects=[stats.effect(name, v, thr, side).as_dict() for name, v, thr, side in effs])
+
+    a = [rec("7", ("CF-RL − RL", [0.1, 0.12, 0.11], 0.0, "above"), ("entropy", [0.2, -0.1], 0.05, "below")),
+         rec("4", ("rel. error", [0.01], 0.05, "below")), dict(n="6 (v2)", verdict="mixed")]
+    b = [rec("7", ("CF-RL − RL", [-0.1, -0.12, -0.11], 0.0, "above"))]
+    check_figure_files(P.plot_claims({"default": a, "SmolLM2": b}, tmp_path / "fig_claims"), 2)
+    check_figure_files(P.plot_claims({"default": a}, tmp_path / "one"), 2)
+    with pytest.raises(ValueError, match="effects"):
+        P.plot_claims({"default": [dict(n="6 (v2)")]}, tmp_path / "none")

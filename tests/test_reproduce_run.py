@@ -25,12 +25,16 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     assert "n/a → n/a" not in summary
     meta = json.loads((out / "reproduce.json").read_text())
     assert [c["n"] for c in meta["claims"]] == list(reproduce.CLAIMS)
-    assert all(c["verdict"] in ("supported", "not supported", "not measured", "mixed", "cannot show on this setting")
-               for c in meta["claims"])
+    assert all(c["verdict"] in ("supported", "not supported", "not measured", "mixed", "cannot show on this setting",
+                                "inconclusive") for c in meta["claims"])
     by_n = {c["n"]: c for c in meta["claims"]}
     # the new measures reach the verdicts: claim 6 from the claim6/ keys, N1 from the drift, 2x from pass@k
-    assert "tr G_S on the answer tokens: RL n/a" not in by_n["6"]["numbers"], by_n["6"]
-    assert "n/a" not in by_n["N1"]["numbers"], by_n["N1"]
+    assert "tr G_S on the answer tokens: RL n/a" not in by_n["6 (v2)"]["numbers"], by_n["6 (v2)"]
+    assert "n/a" not in by_n["N1 (v2)"]["numbers"], by_n["N1 (v2)"]
+    # v3: the base-model claims carry items (prompts, updates); one seed gives n = 1 and no interval
+    assert by_n["1"]["effects"][0]["n"] == 6 and by_n["3"]["effects"][0]["unit"] == "updates"
+    assert by_n["N1"]["effects"][0]["n"] == 1 and by_n["N1"]["verdict"] == "inconclusive"
+    assert json.loads((figs / "claims.json").read_text()) == meta["claims"]
     assert meta["pass_at_k"]["ks"] == list(range(1, 17))
     # the training runs are durable: final models open, and the printed file list names every figure
     for recipe in ("rl", "cf-rl", "lp-ft"):
@@ -59,7 +63,11 @@ def test_same_config(tmp_path):
 
 
 def test_profiles():
-    assert set(reproduce.PROFILES) == {"full", "quick", "tiny", "real", "real-tiny"}
+    assert set(reproduce.PROFILES) == {"full", "quick", "tiny", "real", "real-tiny", "gpu"}
+    P = reproduce.PROFILES  # issue #22's numbers: the default ≥ 10 seeds; real ≥ 5 seeds, ≥ 16 × 16 evaluations
+    assert len(P["full"]["seeds"]) >= 10 and len(P["real"]["seeds"]) >= 5 and len(P["gpu"]["seeds"]) >= 10
+    for name in ("real", "gpu"):
+        assert P[name]["eval_prompts"] >= 16 and P[name]["eval_samples"] >= 16, name
     required = {"seeds", "steps", "head_steps", "prompts_per_step", "group_size", "eval_every", "eval_prompts",
                 "eval_samples", "probe_every", "lr", "head_lr", "feature_prompts"}
     optional = {"base", "model", "task", "rl", "one_step", "second", "passk", "budget", "kernel_prompts", "ntk_seeds"}
@@ -68,3 +76,27 @@ def test_profiles():
     from ntkdyn.rl import RLConfig  # every profile's RL fields are RLConfig's
     for p in reproduce.PROFILES.values():
         RLConfig(out="x", **p.get("rl", {}))
+
+
+def test_perturb_reruns_in_a_child_with_the_xla_flag(tmp_path, monkeypatch):
+    """_perturbed: the same reproduction's command line into OUT/perturbed, XLA_FLAGS extended (not replaced) by
+    PERTURB_FLAG in the child's environment only; its claims read back from its reproduce.json."""
+    from ntkdyn.reproduce import pipeline
+
+    seen = {}
+
+    def fake_run(cmd, env, check):
+        seen.update(cmd=cmd, env=env)
+        pout = tmp_path / "perturbed"
+        pout.mkdir()
+        (pout / "reproduce.json").write_text(json.dumps({"claims": [{"n": "7", "verdict": "supported"}]}))
+
+    monkeypatch.setattr(pipeline.subprocess, "run", fake_run)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+    claims, meta = pipeline._perturbed(str(tmp_path), profile="quick", model=None, task="sum", seeds=[0, 1],
+                                       progress=False)
+    assert seen["cmd"][1:] == ["-m", "ntkdyn.cli", "reproduce", "--out", str(tmp_path / "perturbed"), "--figures",
+                               str(tmp_path / "perturbed" / "figures"), "--profile", "quick", "--task", "sum",
+                               "--seeds", "0", "1", "--no-progress"]
+    assert seen["env"]["XLA_FLAGS"] == "--xla_foo=1 --xla_cpu_max_isa=AVX2" and os.environ["XLA_FLAGS"] == "--xla_foo=1"
+    assert claims == [{"n": "7", "verdict": "supported"}] and meta["out"] == str(tmp_path / "perturbed")

@@ -1,11 +1,44 @@
-"""ntkdyn.reproduce.summary: the layout of summary.md (claims table, one section per claim, feature table)."""
-from ntkdyn.reproduce.summary import summary_markdown, write_summary
+"""ntkdyn.reproduce.summary: the layout of summary.md (the v3 claims table with effect, CI, n, verdict and seeds
+needed; the earlier readings' table; one section per claim; the --perturb table; the feature table)."""
+from ntkdyn import stats
+from ntkdyn.reproduce.summary import moved_verdicts, summary_markdown, write_summary
 
 META = dict(profile="quick", date="2026-01-01", minutes=1.25, machine="2 CPU cores", model="M", num_params=90240,
             family="gpt_neox", task="sum", seeds=(0, 1), steps=4, head_steps=2, lr=1e-3, head_lr=1e-2,
             feature_table={"cos, prompts (last prompt token)": 0.98924, "N": 3})
-CLAIMS = [dict(n=1, claim="A.", numbers="x 1", holds=True, verdict="supported", note="thresholds used: t"),
-          dict(n=2, claim="B.", numbers="y 2", holds=None, verdict="not measured", note="")]
+CLAIMS = [dict(n=1, claim="A.", numbers="x 1", holds=True, verdict="supported", note="thresholds used: t",
+               earlier=True),
+          dict(n=2, claim="B.", numbers="y 2", holds=None, verdict="not measured", note="", earlier=True)]
+
+
+def _v3(n, values, threshold, side="above", unit="seeds"):
+    e = stats.effect("CF-RL − RL", values, threshold, side, unit)
+    return dict(n=n, claim=f"claim {n}.", numbers="nums", verdict=e.verdict, note="", effects=[e.as_dict()],
+                n_items=e.n, unit=unit, needed=e.needed, earlier=False)
+
+
+def test_v3_table_effect_ci_n_verdict_needed():
+    sup, inc = _v3("7", [0.3, 0.31, 0.29, 0.3], 0.0), _v3("5", [0.05, -0.02, 0.11, 0.0, 0.06], 0.0)
+    lines = summary_markdown([sup, inc] + CLAIMS, META).split("\n")
+    assert "| # | claim | effect: mean [95 % CI] (threshold) | n | verdict | seeds needed |" in lines
+    e = sup["effects"][0]
+    assert f"| 7 | claim 7. | CF-RL − RL: 0.300 [{e['lo']:.3f}, {e['hi']:.3f}] (> 0) | 4 seeds | **supported** |  |" \
+        in lines
+    row5 = next(line for line in lines if line.startswith("| 5 |"))
+    assert row5.endswith(f"| 5 seeds | **inconclusive** | {inc['needed']} seeds |") and inc["needed"] > 5
+    assert any(line.startswith(f"Inconclusive: about {inc['needed']} seeds would decide it") for line in lines)
+    assert lines.index(row5) < next(j for j, line in enumerate(lines) if line.startswith("Earlier readings"))
+
+
+def test_perturbed_table():
+    a, b = _v3("7", [0.3, 0.31, 0.29], 0.0), _v3("5", [0.3, 0.31, 0.29], 0.0)
+    moved = dict(b, verdict="inconclusive")
+    assert moved_verdicts([a, b], [a, b]) == [] and moved_verdicts([a, b], [a, moved]) == ["5"]
+    md = summary_markdown([a, b], META, perturbed=[a, moved], perturb_meta=dict(change="XLA_FLAGS=x", minutes=2.0,
+                                                                                  out="o/perturbed"))
+    assert "**Verdicts that moved: 5.**" in md and "| 5 | supported | inconclusive ← moved |" in md
+    assert "| 7 | supported | supported |" in md and "XLA_FLAGS=x (2.0 minutes, into `o/perturbed`)" in md
+    assert "**No verdict moved.**" in summary_markdown([a], META, perturbed=[a], perturb_meta={})
 
 
 def test_summary_markdown():
@@ -17,7 +50,7 @@ def test_summary_markdown():
     assert "(Adam, lr 0.001)" in lines[4] and "(head lr 0.01)" in lines[4]
     assert "| 1 | A. | **supported** | supported | (one measurement) |" in lines
     assert "| 2 | B. | **not measured** | not measured | (one measurement) |" in lines
-    assert any(line.startswith("Verdicts: *supported* / *not supported* when") for line in lines)
+    assert any(line.startswith("Verdicts (docs/claims.md, version 3)") for line in lines)
     i = lines.index("## Claim 1: supported")
     assert lines[i:i + 7] == ["## Claim 1: supported", "", "A.", "", "Measured: x 1.", "", "Note: thresholds used: t."]
     j = lines.index("## Claim 2: not measured")
@@ -29,7 +62,7 @@ def test_summary_markdown():
 def test_summary_per_seed_lines():
     per = [dict(seed=0, holds=True, verdict="supported", numbers="a 1"),
            dict(seed=1, holds=False, verdict="not supported", numbers="a 2")]
-    claims = [dict(CLAIMS[0], n=5, verdict="mixed", verdict_mean="supported", per_seed=per)]
+    claims = [dict(CLAIMS[0], n=5, verdict="mixed", verdict_mean="supported", per_seed=per, earlier=True)]
     lines = summary_markdown(claims, META).split("\n")
     assert "| 5 | A. | **mixed** | supported | 0: supported, 1: not supported |" in lines
     i = lines.index("## Claim 5: mixed")
@@ -51,14 +84,14 @@ def test_table_cells_escape_pipes():
 
 
 def test_earlier_readings_table_and_budget():
-    claims = CLAIMS + [dict(CLAIMS[0], n="1 (v1)", claim="Old A.", earlier=True)]
+    claims = [_v3("2", [1.0, 1.1], 0.0)] + [dict(CLAIMS[0], n="1 (v1)", claim="Old A.", earlier=True)]
     meta = dict(META, command="ntkdyn reproduce --profile real", budget="90 minutes", rollout="32 new tokens",
                 pass_at_k="pass@k: 256 samples")
     lines = summary_markdown(claims, meta).split("\n")
     assert lines[2].startswith("Generated by `ntkdyn reproduce --profile real` on") and "budget 90 minutes" in lines[2]
     assert "; 32 new tokens; pass@k: 256 samples." in lines[4]
-    i = next(j for j, line in enumerate(lines) if line.startswith("Earlier readings (v1"))
+    i = next(j for j, line in enumerate(lines) if line.startswith("Earlier readings (docs/claims.md"))
     assert lines[i + 2:i + 5] == ["| # | claim | verdict | on the mean | per seed |", "|---|---|---|---|---|",
                                   "| 1 (v1) | Old A. | **supported** | supported | (one measurement) |"]
-    assert lines.index("| 2 | B. | **not measured** | not measured | (one measurement) |") < i  # main table first
-    assert lines.index("## Claim 1 (v1): supported") > lines.index("## Claim 2: not measured")
+    assert lines.index(next(line for line in lines if line.startswith("| 2 | claim 2."))) < i  # main table first
+    assert lines.index("## Claim 1 (v1): supported") > lines.index("## Claim 2: supported")

@@ -1,4 +1,4 @@
-"""ntkdyn.reproduce.verdicts: each claim's verdict on hand-made run records and result dicts, at and around its
+"""ntkdyn.reproduce.verdicts (the v2 / v1 measures): each claim's verdict on hand-made run records and result dicts, at and around its
 named thresholds, and the record layout of `claims`."""
 import math
 
@@ -210,16 +210,20 @@ def test_claim5_faster_stage2():
 
 
 def test_claims_records(tmp_path):
+    """The earlier readings (v2, v1) as rows of reproduce/claims.py's table: judged on the mean and per seed."""
+    from ntkdyn.reproduce.claims import ORDER, ORDER_V1, ORDER_V2, claims
+
     one = {"prop2": {}, "lr": 0.003}
-    out = C.claims(write_runs(tmp_path), {"stats": STATS, "table": {}}, one)
-    assert [c["n"] for c in out] == list(C.ORDER + C.ORDER_V1)
-    for c in out:
-        assert list(c) == ["n", "claim", "numbers", "holds", "verdict", "note", "verdict_mean", "per_seed", "earlier"]
-        assert c["earlier"] == (c["n"] in C.ORDER_V1)
+    out = claims(write_runs(tmp_path), {"stats": STATS, "table": {}}, one)
+    assert [c["n"] for c in out] == list(ORDER + ORDER_V2 + ORDER_V1)
+    earlier = [c for c in out if c["earlier"]]
+    assert [c["n"] for c in earlier] == list(ORDER_V2 + ORDER_V1)
+    for c in earlier:
+        assert list(c) == ["n", "claim", "numbers", "holds", "verdict", "note", "id", "version", "verdict_mean",
+                           "per_seed", "earlier"]
         seeds = [p["seed"] for p in c["per_seed"]]
         # the run-based claims are judged per seed too (2 seeds in the synthetic runs); the others once
-        assert seeds == ([0, 1] if c["n"] in ("2", "2x", "5", "6", "7", "8", "N1", "2 (v1)", "6 (v1)", "8 (v1)")
-                         else [])
+        assert seeds == ([] if c["id"] in ("1", "1x", "3", "4") else [0, 1])
         assert c["verdict"] == C.robust_verdict(c["holds"], [p["holds"] for p in c["per_seed"]],
                                                 fallback=c["verdict_mean"])
     by_n = {c["n"]: c for c in out}
@@ -227,16 +231,19 @@ def test_claims_records(tmp_path):
     assert [p["verdict"] for p in by_n["6 (v1)"]["per_seed"]] == ["not supported", "not supported"]
     assert by_n["6 (v1)"]["verdict"] == "not supported"
     assert "RL 0.600, CF-RL 0.600" in by_n["6 (v1)"]["per_seed"][0]["numbers"]  # one seed: the value alone
-    empty = C.claims(tmp_path / "nothing", {"stats": STATS}, one)
-    assert {c["verdict"] for c in empty if c["n"] not in ("1", "1x", "1 (v1)")} == {"not measured"}
+    assert by_n["2 (v2)"]["claim"].startswith("[A] RL raises confidence")
+    empty = claims(tmp_path / "nothing", {"stats": STATS}, one)
+    assert {c["verdict"] for c in empty if c["id"] not in ("1", "1x")} == {"not measured"}
 
 
 def test_claims_pass_at_k_per_seed(tmp_path):
+    from ntkdyn.reproduce.claims import claims
+
     passk = _passk([0.2, 0.9], [[0.5, 0.95], [0.6, 0.7]])  # seed 0's RL policy is above the base at k = 256
-    out = {c["n"]: c for c in C.claims(write_runs(tmp_path), {"stats": STATS}, {"prop2": {}}, passk)}
-    assert [p["verdict"] for p in out["2x"]["per_seed"]] == ["not supported", "supported"]
-    assert out["2x"]["verdict"] == "mixed"
-    assert "falls below" not in out["2x"]["per_seed"][0]["numbers"]  # the crossing is the mean curves' only
+    out = {c["n"]: c for c in claims(write_runs(tmp_path), {"stats": STATS}, {"prop2": {}}, passk)}
+    assert [p["verdict"] for p in out["2x (v2)"]["per_seed"]] == ["not supported", "supported"]
+    assert out["2x (v2)"]["verdict"] == "mixed"
+    assert "falls below" not in out["2x (v2)"]["per_seed"][0]["numbers"]  # the crossing is the mean curves' only
 
 
 @pytest.mark.parametrize("mean, seeds, verdict", [

@@ -51,7 +51,7 @@ def feature_table(stats: dict) -> dict:
 
 def _cosine_values(h, pmask, allmask):
     """The distributions behind the means: pairwise cosines of the last prompt position across prompts, and of
-    the positions within each sequence (upper triangles, flattened)."""
+    the positions within each sequence (upper triangles, one array per sequence)."""
     last_pos = pmask.sum(1) - 1
     h_last = h[jnp.arange(h.shape[0]), last_pos]
     cos_prompts = np.asarray(cosine_matrix(h_last))[np.triu_indices(len(last_pos), 1)]
@@ -60,18 +60,32 @@ def _cosine_values(h, pmask, allmask):
         idx = np.nonzero(allmask[b])[0]
         c = np.asarray(cosine_matrix(h[b, idx]))
         cos_pos.append(c[np.triu_indices(len(idx), 1)])
-    return cos_prompts, np.concatenate(cos_pos)
+    return cos_prompts, cos_pos
+
+
+def _per_item(h, pmask, cos_pos) -> dict:
+    """The items of claims 1 and 1x (docs/claims.md v3): per prompt, the mean cosine of its last-prompt-position
+    h with every other prompt's (their mean is the mean pairwise cosine); per sequence, the mean pairwise cosine
+    across its positions (sequences with fewer than 2 positions left out)."""
+    last_pos = pmask.sum(1) - 1
+    c = np.asarray(cosine_matrix(h[jnp.arange(h.shape[0]), last_pos]), np.float64)
+    n = len(c)
+    rows = (c.sum(1) - np.diag(c)) / max(n - 1, 1)
+    return {"cos_prompts_last": rows.tolist() if n > 1 else [],
+            "cos_positions": [float(v.mean()) for v in cos_pos if len(v)]}
 
 
 def feature_analysis(lm, task, out_dir, *, n_prompts=32, seed=0, max_new_tokens=12):
     """Claim 1: how similar the features h of different prompts and positions are (base model). Returns
-    {"table": {label: value}, "n_contexts", "n_prompts", "files", "stats": {FEATURE_LABELS key: value}}."""
+    {"table": {label: value}, "n_contexts", "n_prompts", "files", "stats": {FEATURE_LABELS key: value},
+    "items": per-prompt / per-sequence cosines (`_per_item`)}."""
     _, ids, pmask, cmask = sample_contexts(lm, task, n_prompts, seed, max_new_tokens)
     h = lm.features(ids)
     allmask = pmask + cmask
     mean_stats = feature_similarity(h, allmask)
     last = feature_similarity(h, pmask, prompt_feature="last")
-    cos_prompts, cos_pos = _cosine_values(h, pmask, allmask)
+    cos_prompts, cos_pos_seq = _cosine_values(h, pmask, allmask)
+    cos_pos = np.concatenate(cos_pos_seq)
     flat = np.asarray(h)[allmask.astype(bool)]
     stats = {
         "cos_prompts_last": float(last["cos_across_prompts"]),
@@ -84,4 +98,4 @@ def feature_analysis(lm, task, out_dir, *, n_prompts=32, seed=0, max_new_tokens=
     table = feature_table(stats)
     files = plot_feature_similarity(cos_prompts, cos_pos, os.path.join(out_dir, "fig_features"), table=table)
     return {"table": table, "n_contexts": int(allmask.sum()), "n_prompts": int(ids.shape[0]), "files": files,
-            "stats": stats}
+            "stats": stats, "items": _per_item(h, pmask, cos_pos_seq)}

@@ -1,6 +1,7 @@
 """The array-based figures: feature similarity (claim 1, with `feature_table_markdown`, the paper's Table 1
 analogue), the one-step prediction vs the real step (claims 3, 4), the kernel K = R + G for a few contexts, and
-pass@k curves of several policies (`plot_pass_at_k`).
+pass@k curves of several policies (`plot_pass_at_k`), and the evidence of every claim (`plot_claims`: effects with
+their 95 % CIs and thresholds, one row per model).
 Each takes arrays and `out` (a path prefix without extension) and returns the written [png, pdf].
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 from .style import band, format_value, new_figure, no_data, recipe_color, recipe_label, save, styled
 
 __all__ = ["plot_feature_similarity", "feature_table_markdown", "plot_one_step", "plot_one_step_split",
-           "plot_kernel", "plot_pass_at_k"]
+           "plot_kernel", "plot_pass_at_k", "plot_claims", "VERDICT_COLORS"]
 
 
 # ============================================================================ array-based figures
@@ -347,4 +348,65 @@ def plot_pass_at_k(curves: Mapping[str, Any], out, reference: str | None = None,
         axes[1].set_ylabel(f"pass@k − pass@k of {recipe_label(reference)}")
         axes[1].set_title(f"Difference to {recipe_label(reference)} (dotted: crossings)")
         axes[1].legend(loc="best")
+    return save(fig, out)
+
+
+VERDICT_COLORS = {"supported": "#2a9d4b", "not supported": "#c0392b", "inconclusive": "#e69f00"}
+
+
+@styled
+def plot_claims(claim_lists: Mapping[str, Sequence[Mapping[str, Any]]], out, ncols: int = 4) -> list[str]:
+    """The evidence of every v3 claim (fig_claims): one panel per effect (a claim of several effects has several
+    panels, titled "claim: effect"), each model a row: its mean with the 95 % CI as an error bar, coloured by the
+    effect's verdict (VERDICT_COLORS), the threshold as a dashed vertical line and the claim's side shaded.
+    `claim_lists`: {model label: the claim records of reproduce.claims.claims} (only records with "effects" are
+    drawn; a model lacking an effect, or with an effect of fewer than 2 items, shows its point without a bar or
+    "n/a"). Raises ValueError when no record has effects."""
+    models = list(claim_lists)
+    panels: dict[tuple[str, str], dict] = {}
+    for m in models:
+        for c in claim_lists[m]:
+            for e in c.get("effects") or []:
+                panels.setdefault((c["n"], e["name"]), {})[m] = e
+    if not panels:
+        raise ValueError("plot_claims needs claim records with effects (reproduce.claims, version 3)")
+    keys = list(panels)
+    nrows = -(-len(keys) // ncols)
+    fig, axes = new_figure(ncols, nrows, width=3.6, height=0.55 + 0.42 * max(len(models), 1) + 0.9)
+    for ax, key in zip(axes, keys):
+        effs = panels[key]
+        thr = next(iter(effs.values()))["threshold"]
+        side = next(iter(effs.values()))["side"]
+        xs = [v for e in effs.values() for v in (e["lo"], e["hi"], e["mean"]) if np.isfinite(v)] + [thr]
+        lo, hi = min(xs), max(xs)
+        pad = 0.1 * (hi - lo) if hi > lo else max(abs(thr), 1.0) * 0.1
+        ax.set_xlim(lo - pad, hi + pad)
+        if side == "above":
+            ax.axvspan(thr, hi + pad, color="0.92", zorder=0)
+        else:
+            ax.axvspan(lo - pad, thr, color="0.92", zorder=0)
+        ax.axvline(thr, color="0.3", ls="--", lw=1.0)
+        for row, m in enumerate(models):
+            e = effs.get(m)
+            y = len(models) - 1 - row
+            if e is None or not np.isfinite(e["mean"]):
+                ax.text(thr, y, "n/a", ha="center", va="center", fontsize=7, color="0.4")
+                continue
+            color = VERDICT_COLORS.get(e["verdict"], "0.4")
+            if np.isfinite(e["lo"]) and np.isfinite(e["hi"]):
+                ax.errorbar([e["mean"]], [y], xerr=[[e["mean"] - e["lo"]], [e["hi"] - e["mean"]]], fmt="o",
+                            color=color, ms=4, capsize=3, lw=1.4)
+            else:
+                ax.plot([e["mean"]], [y], "o", color=color, ms=4)
+        ax.set_yticks(range(len(models)))
+        ax.set_yticklabels([f"{m} (n={effs[m]['n']})" if m in effs else m for m in reversed(models)], fontsize=7)
+        ax.set_ylim(-0.7, len(models) - 0.3)
+        ax.set_title(f"{key[0]}: {key[1]}", fontsize=7.5)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_axis_off()
+    handles = [ax.errorbar([], [], xerr=[], fmt="o", color=c, label=v) for v, c in VERDICT_COLORS.items()
+               for ax in axes[:1]]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8,
+               title="mean and 95 % CI (t, over seeds or items); dashed: threshold; shaded: the claim's side")
     return save(fig, out)

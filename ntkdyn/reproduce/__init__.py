@@ -11,20 +11,24 @@ Runs are durable: an interrupted reproduction resumes each training run from its
 that finished.
 
   pipeline.py  the pipeline (`run`), its PROFILES and the command line (add_arguments, run_cli)
-  verdicts.py       the claims measured on the base model (1, 1x, 3, 4) and `claims`, which judges them all
-  verdicts_runs.py  the claims measured on training runs (2, 2x, 5-8, N1); thresholds as named constants
-  verdicts_v1.py    the earlier readings of claims 1, 2, 6, 8 (before the spec's revision; docs/claims.md)
-  claim_base.py     ClaimResult, numbers over seeds, the verdict over seeds
+  claims.py         the one table of claims (id, version, measure, effects, threshold, side, rule) and `claims`,
+                    which judges every entry: v3 by effects with 95 % t intervals (ntkdyn.stats), v2/v1 as before
+  verdicts.py       the v2 measures of the base-model claims (1, 1x, 3, 4)
+  verdicts_runs.py  the v2 measures of the run claims (2, 2x, 5-8, N1); thresholds as named constants
+  verdicts_v1.py    the v1 readings of claims 1, 2, 6, 8 (before the spec's revision; docs/claims.md)
+  claim_base.py     ClaimResult, numbers over seeds, the v2 verdict over seeds
   summary.py        summary.md
-(the modules are not named after `run` and `claims`, which are functions of this package)
+(the package's `claims` is the function claims.claims: `from ntkdyn.reproduce import claims` gets the function;
+import the table's module as `from ntkdyn.reproduce.claims import TABLE, ...`)
 """
 from ..experiments.features import feature_analysis
 from ..experiments.kernel import kernel_analysis
-from .verdicts import ClaimResult, claims
+from .claim_base import ClaimResult
+from .claims import TABLE, claims
 from .cli import add_arguments, run_cli
 from .pipeline import CLAIMS, FIGURES, PROFILES, run
 from .rejudge import rejudge
 from .summary import write_summary
 
-__all__ = ["run", "rejudge", "claims", "ClaimResult", "write_summary", "PROFILES", "FIGURES", "CLAIMS", "add_arguments",
+__all__ = ["run", "rejudge", "claims", "TABLE", "ClaimResult", "write_summary", "PROFILES", "FIGURES", "CLAIMS", "add_arguments",
            "run_cli", "feature_analysis", "kernel_analysis"]

@@ -15,7 +15,7 @@ __all__ = ["ReproduceConfig", "add_arguments", "run_cli"]
 class ReproduceConfig:
     """What `ntkdyn reproduce` is asked (the pipeline's keywords)."""
 
-    quick: bool = option(False, "1 seed, fewer steps, same figures (about 10 minutes)")
+    quick: bool = option(False, "3 seeds, fewer steps, same figures")
     profile: str | None = option(None, "explicit profile: real = SmolLM2-135M-Instruct on the natural task `add` "
                                  "(make reproduce-real), tiny / real-tiny = the end-to-end tests' configurations; "
                                  f"one of {sorted(PROFILES)}")
@@ -31,6 +31,9 @@ class ReproduceConfig:
                                      type=int, nargs="+")
     rejudge: bool = option(False, "run nothing: judge the finished reproduction in --out again with this version's "
                            "verdicts (rewrites summary.md and reproduce.json's claims)")
+    perturb: bool = option(False, "then rerun the reproduction into OUT/perturbed in a child process with XLA's CPU "
+                           "code generation limited to AVX2 (other float rounding, the same experiment) and state in "
+                           "summary.md whether any verdict moved")
     progress: bool = option(True, "no progress lines", flag="--no-progress")
 
 
@@ -46,6 +49,8 @@ def run_cli(args) -> int:
         for claim in rejudge(c.out, c.figures):
             print(f"{claim['n']:>6}  {claim['verdict']}")
         return 0
+    if c.perturb and (c.rejudge or c.base_seeds):
+        raise ValueError("--perturb reruns one reproduction; it cannot be combined with --rejudge or --base-seeds")
     if c.base_seeds:
         if c.model:
             raise ValueError("--base-seeds retrains the default recipe's base model; it cannot be combined with "
@@ -54,5 +59,5 @@ def run_cli(args) -> int:
                        progress=c.progress, seeds=c.seeds)
         return 0
     run(c.out, quick=c.quick, profile=c.profile, figures_dir=c.figures, model=c.model, task=c.task,
-        progress=c.progress, seeds=c.seeds)
+        progress=c.progress, seeds=c.seeds, perturb=c.perturb)
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import jax
@@ -12,14 +14,15 @@ import jax
 from ..experiments.features import feature_analysis
 from ..experiments.kernel import kernel_analysis
 from ..io import check_writable_dir, read_json, write_text
+from ..plots.analysis import plot_claims
 from ..plots.training import plot_all
 from ..rl.recipes import RECIPES
 from ..tasks import DEFAULT_TASK
 from ..tasks import resolve as get_task
-from .verdicts import ORDER, ORDER_V1, claims
-from .summary import table_cell, write_summary
+from .claims import ORDER, ORDER_V1, ORDER_V2, claims
+from .summary import moved_verdicts, table_cell, write_summary
 
-__all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "run_base_seeds", "robustness_markdown"]
+__all__ = ["PROFILES", "FIGURES", "CLAIMS", "PERTURB_FLAG", "run", "run_base_seeds", "robustness_markdown"]
 
 # per profile: seeds, full-RL steps, stage-1 steps, rollout shape, eval cadence; optional: `model` and `task` (the
 # profile's own defaults), `rl` (more RLConfig fields), `one_step` (its keyword arguments), `second` (a second,
@@ -28,11 +31,12 @@ __all__ = ["PROFILES", "FIGURES", "CLAIMS", "run", "run_base_seeds", "robustness
 # on the single-answer task: samples, prompts, max_new_tokens), `ntk_seeds` (the seeds whose runs track the eNTK drift;
 # default: all), `budget` (stated in summary.md)
 PROFILES = {
-    "full": dict(seeds=(0, 1, 2), steps=200, head_steps=16, prompts_per_step=8, group_size=8, eval_every=20,
+    # v3 (docs/claims.md): ≥ 10 seeds per recipe, trained as lanes of one program per recipe
+    "full": dict(seeds=tuple(range(10)), steps=200, head_steps=16, prompts_per_step=8, group_size=8, eval_every=20,
                  eval_prompts=16, eval_samples=32, probe_every=5, lr=3e-4, head_lr=3e-3, feature_prompts=32,
                  rl=dict(ntk_every=20, claim6=True), second=dict(task="plus", recipes=("rl", "cf-rl"), steps=100),
                  passk=dict(samples=256, prompts=16)),
-    "quick": dict(seeds=(0,), steps=40, head_steps=16, prompts_per_step=8, group_size=8, eval_every=10,
+    "quick": dict(seeds=(0, 1, 2), steps=40, head_steps=16, prompts_per_step=8, group_size=8, eval_every=10,
                   eval_prompts=16, eval_samples=32, probe_every=5, lr=3e-4, head_lr=3e-3, feature_prompts=16,
                   rl=dict(ntk_every=10, claim6=True), second=dict(task="plus", recipes=("rl", "cf-rl"), steps=40),
                   passk=dict(samples=256, prompts=16)),
@@ -45,12 +49,24 @@ PROFILES = {
     # a 2-core CPU. Second version (docs/claims.md, "Budgets"): the first one's stage 1 (2 head steps at lr 1e-4)
     # left ‖W‖_F unchanged to 4 digits and its one-step groups (2 × 4) all had tied rewards, so claims 4-6 and 8
     # were not tested; stage 1 is now 8 steps at 5e-4 and the one-step batch the experiment's default 4 × 8.
-    "real": dict(model="smollm2-135m-instruct", task="add", seeds=(0, 1, 2), steps=10, head_steps=8,
-                 prompts_per_step=4, group_size=4, eval_every=5, eval_prompts=8, eval_samples=8, probe_every=5,
-                 lr=3e-5, head_lr=5e-4, feature_prompts=16, kernel_prompts=1, budget="90 minutes on a 2-core CPU",
-                 rl=dict(max_new_tokens=32, ntk_every=20, ntk_contexts=2, claim6=True), ntk_seeds=(0,),
-                 one_step=dict(n_prompts=4, group=8, probe_prompts=4, max_new_tokens=32),
+    # Third version (v3, issue #22: power to decide): 5 seeds, 16 held-out prompts × 16 samples per evaluation
+    # (eval_every = steps: the first and last evaluations, which the claims read), 12 single-sample updates and 8
+    # probe prompts in the one-step experiment (items of claims 3 and 4), 32 feature prompts (claim 1); sized for
+    # 120 minutes on a 2-core CPU (not yet run when this was written).
+    "real": dict(model="smollm2-135m-instruct", task="add", seeds=(0, 1, 2, 3, 4), steps=10, head_steps=8,
+                 prompts_per_step=4, group_size=4, eval_every=10, eval_prompts=16, eval_samples=16, probe_every=5,
+                 lr=3e-5, head_lr=5e-4, feature_prompts=32, kernel_prompts=1, budget="120 minutes on a 2-core CPU",
+                 rl=dict(max_new_tokens=32, ntk_every=20, ntk_contexts=2, claim6=True), ntk_seeds=(0, 1, 2),
+                 one_step=dict(n_prompts=4, group=8, probe_prompts=8, max_new_tokens=32, prop2_samples=12),
                  passk=dict(samples=256, prompts=4, max_new_tokens=32)),
+    # the real model on one accelerator (defined, not run): 10 seeds, 50 steps, 32 × 32 evaluations, every seed's
+    # eNTK drift, 16 pass@k prompts
+    "gpu": dict(model="smollm2-135m-instruct", task="add", seeds=tuple(range(10)), steps=50, head_steps=8,
+                prompts_per_step=8, group_size=8, eval_every=10, eval_prompts=32, eval_samples=32, probe_every=5,
+                lr=3e-5, head_lr=5e-4, feature_prompts=64, kernel_prompts=2, budget="about 1 hour on one GPU",
+                rl=dict(max_new_tokens=32, ntk_every=50, ntk_contexts=4, claim6=True),
+                one_step=dict(n_prompts=8, group=8, probe_prompts=16, max_new_tokens=32, prop2_samples=32),
+                passk=dict(samples=256, prompts=16, max_new_tokens=32)),
     # the real-model pipeline on any small HF checkpoint with a chat tokenizer (the end-to-end test's)
     "real-tiny": dict(task="add", seeds=(0,), steps=2, head_steps=1, prompts_per_step=2, group_size=2,
                       eval_every=2, eval_prompts=2, eval_samples=2, probe_every=2, lr=1e-4, head_lr=1e-3,
@@ -60,8 +76,11 @@ PROFILES = {
                       passk=dict(samples=4, prompts=2, max_new_tokens=4)),
 }
 FIGURES = ("fig_reward", "fig_confidence", "fig_diversity", "fig_dz_share", "fig_head_norm", "fig_features",
-           "fig_kernel", "fig_one_step", "fig_ntk_drift", "fig_pass_at_k")
-CLAIMS = ORDER + ORDER_V1  # the claims' labels in summary.md, then the earlier readings
+           "fig_kernel", "fig_one_step", "fig_ntk_drift", "fig_pass_at_k", "fig_claims")
+# --perturb: XLA's CPU code generation limited to AVX2 (other vector widths and fusions, so other float rounding;
+# the same experiment). JAX reads XLA_FLAGS once, when it starts: the rerun is a child process.
+PERTURB_FLAG = "--xla_cpu_max_isa=AVX2"
+CLAIMS = ORDER + ORDER_V2 + ORDER_V1  # the claims' labels in summary.md, then the earlier readings
 
 
 def _log(msg, progress=True):
@@ -239,8 +258,10 @@ def _resolve(profile, quick, seeds, task, model):
 
 
 def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, model=None, task=None,
-        progress=True, seeds=None) -> dict:
-    """Run everything; returns {"files": [...], "claims": [...], "minutes": ...}."""
+        progress=True, seeds=None, perturb=False) -> dict:
+    """Run everything; returns {"files": [...], "claims": [...], "minutes": ...}. With `perturb`, then rerun the
+    same reproduction into OUT/perturbed in a child process with PERTURB_FLAG in XLA_FLAGS (`_perturbed`) and state
+    in summary.md whether any verdict moved (both verdict tables); the result gains "perturbed" (its claims)."""
     from ..models import load
 
     t0 = time.time()
@@ -286,18 +307,73 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
     minutes = (time.time() - t0) / 60
     claim_list = claims(runs_root, feats, one, passk)
     meta = _meta(name, prof, model, model_dir, task, minutes, feats, pk_line, arch)
+    files += _claims_figure(figures_dir, claim_list, model_dir)
+    perturbed, perturb_meta = None, None
+    if perturb:
+        perturbed, perturb_meta = _perturbed(out, profile=name, model=model, task=task.name, seeds=seeds,
+                                             progress=progress)
     summary = os.path.join(figures_dir, "summary.md")
-    write_summary(summary, claim_list, meta)
+    write_summary(summary, claim_list, meta, perturbed, perturb_meta)
     files.append(summary)
     # reproduce.json keeps its layout: the features' numbers appear once, under their table labels
     features_record = {k: v for k, v in feats.items() if k != "stats"}
     write_text(os.path.join(out, "reproduce.json"),
                json.dumps(dict(meta=meta, claims=claim_list, kernel=kern, features=features_record,
-                               one_step_dir=os_dir, pass_at_k=passk, files=files), indent=2, default=str))
+                               one_step_dir=os_dir, pass_at_k=passk, files=files, perturbed=perturbed,
+                               perturb=perturb_meta), indent=2, default=str))
     print(f"[reproduce] done in {minutes:.1f} min; wrote:")
     for f in files:
         print("  " + f)
-    return dict(files=files, claims=claim_list, minutes=minutes)
+    if perturbed is not None:
+        moved = moved_verdicts(claim_list, perturbed)
+        print(f"[reproduce] --perturb: {'no verdict moved' if not moved else 'verdicts moved: ' + ', '.join(moved)}")
+    return dict(files=files, claims=claim_list, minutes=minutes, perturbed=perturbed)
+
+
+def _model_label(model_dir) -> str:
+    return "SmolLM2" if "smollm2" in str(model_dir).lower() else "default" if "default" in str(model_dir).lower() \
+        else os.path.basename(os.path.normpath(str(model_dir)))
+
+
+def _claims_figure(figures_dir, claim_list, model_dir) -> list[str]:
+    """claims.json (the claim records, read by the other model's run) and fig_claims in `figures_dir`: this run's
+    effects beside those of the other model's reproduction when one is found (figures/smollm2/claims.json under
+    the default model's figures, or the parent's claims.json under figures/smollm2)."""
+    write_text(os.path.join(figures_dir, "claims.json"), json.dumps(claim_list, indent=2, default=str))
+    lists = {_model_label(model_dir): claim_list}
+    sub, parent = (os.path.join(figures_dir, "smollm2", "claims.json"),
+                   os.path.join(os.path.dirname(os.path.normpath(figures_dir)), "claims.json"))
+    for path, label, first in ((sub, "SmolLM2", False), (parent, "default", True)):
+        if os.path.isfile(path) and os.path.abspath(path) != os.path.abspath(os.path.join(figures_dir, "claims.json")):
+            other = read_json(path, what="claims of the other model's reproduction", expect=list)
+            lists = {label: other, **lists} if first else {**lists, label: other}
+            break
+    try:
+        return plot_claims(lists, os.path.join(figures_dir, "fig_claims")) + [os.path.join(figures_dir,
+                                                                                            "claims.json")]
+    except ValueError:  # no claim carried an effect (nothing measured)
+        return [os.path.join(figures_dir, "claims.json")]
+
+
+def _perturbed(out, *, profile, model, task, seeds, progress):
+    """The same reproduction rerun into OUT/perturbed (figures in OUT/perturbed/figures) by a child process whose
+    XLA_FLAGS carry PERTURB_FLAG. Returns (its claim list, {"change", "minutes", "out"})."""
+    pout = os.path.join(out, "perturbed")
+    cmd = [sys.executable, "-m", "ntkdyn.cli", "reproduce", "--out", pout, "--figures", os.path.join(pout, "figures"),
+           "--profile", profile, "--task", task]
+    if model:
+        cmd += ["--model", model]
+    if seeds is not None:
+        cmd += ["--seeds", *map(str, seeds)]
+    if not progress:
+        cmd.append("--no-progress")
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + PERTURB_FLAG).strip()
+    _log(f"--perturb: rerunning into {pout} with XLA_FLAGS={env['XLA_FLAGS']}", progress)
+    t0 = time.time()
+    subprocess.run(cmd, env=env, check=True)
+    rec = read_json(os.path.join(pout, "reproduce.json"), what="the perturbed reproduction's record")
+    return rec["claims"], dict(change=f"XLA_FLAGS={env['XLA_FLAGS']}", minutes=(time.time() - t0) / 60, out=pout)
 
 
 def _meta(name, prof, model, model_dir, task, minutes, feats, pk_line, arch) -> dict:

@@ -1,13 +1,16 @@
-"""`summary.md` of a reproduction: the claims' table with verdicts, the earlier readings (v1) in a table of their
-own, each claim with its numbers and note, and the base model's feature table (the paper's Table 1 analogue)."""
+"""`summary.md` of a reproduction: the claims' table (v3: effect, 95 % CI, n, verdict, seeds needed), the earlier
+readings (v2, v1) in a table of their own, each claim with its numbers and note, the machine-noise check
+(`--perturb`: both verdict tables) and the base model's feature table (the paper's Table 1 analogue)."""
 from __future__ import annotations
 
 from ..io import write_text
 from ..plots.analysis import feature_table_markdown
 
-__all__ = ["summary_markdown", "write_summary", "table_cell"]
+__all__ = ["summary_markdown", "write_summary", "table_cell", "moved_verdicts"]
 
 _HEAD = ["| # | claim | verdict | on the mean | per seed |", "|---|---|---|---|---|"]
+_HEAD_V3 = ["| # | claim | effect: mean [95 % CI] (threshold) | n | verdict | seeds needed |",
+            "|---|---|---|---|---|---|"]
 
 
 def table_cell(text: str) -> str:
@@ -21,11 +24,48 @@ def _row(c) -> str:
             f"{seeds} |")
 
 
+def _g(x) -> str:
+    import math
+
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}" if abs(x) >= 1e3 else f"{x:.3f}"
+
+
+def _row_v3(c) -> str:
+    effs = "<br>".join(f"{table_cell(e['name'])}: {_g(e['mean'])} [{_g(e['lo'])}, {_g(e['hi'])}] "
+                       f"({'>' if e['side'] == 'above' else '<'} {e['threshold']:g})" for e in c["effects"]) or "—"
+    n = f"{c['n_items']} {c['unit']}" if c["effects"] else "—"
+    need = "" if c.get("needed") is None else f"{c['needed']} {c['unit']}"
+    return f"| {c['n']} | {table_cell(c['claim'])} | {effs} | {n} | **{c['verdict']}** | {need} |"
+
+
+def moved_verdicts(claim_list, perturbed) -> list[str]:
+    """The labels of the claims whose verdict differs between two claim lists (missing on one side: moved)."""
+    other = {c["n"]: c["verdict"] for c in perturbed}
+    return [c["n"] for c in claim_list if other.get(c["n"]) != c["verdict"]]
+
+
+def _perturb_section(claim_list, perturbed, perturb_meta) -> list[str]:
+    moved = moved_verdicts(claim_list, perturbed)
+    other = {c["n"]: c["verdict"] for c in perturbed}
+    lines = ["## Machine-noise check (`--perturb`)", "",
+             f"The pipeline was rerun in a child process with {perturb_meta.get('change', 'a float-rounding change')}"
+             f" ({perturb_meta.get('minutes', float('nan')):.1f} minutes, into `{perturb_meta.get('out', '?')}`): "
+             "the same experiment with other float rounding. "
+             + ("**No verdict moved.**" if not moved else f"**Verdicts that moved: {', '.join(moved)}.**"), "",
+             "| # | this run | perturbed run |", "|---|---|---|"]
+    lines += [f"| {c['n']} | {c['verdict']} | {other.get(c['n'], 'absent')}{' ← moved' if c['n'] in moved else ''} |"
+              for c in claim_list]
+    return lines + [""]
+
+
 def _section(c) -> list[str]:
     lines = [f"## Claim {c['n']}: {c['verdict']}", "", c["claim"], "", f"Measured: {c['numbers']}.", ""]
     lines += [f"- seed {p['seed']}: {p['verdict']}; {p['numbers']}" for p in c.get("per_seed", [])]
     if c.get("per_seed"):
         lines.append("")
+    if c.get("needed") is not None:
+        lines += [f"Inconclusive: about {c['needed']} {c['unit']} would decide it at the observed effects and "
+                  "spread (t_{0.975, n−1} · s/√n < |mean − threshold|).", ""]
     if c["note"]:
         lines += [f"Note: {c['note']}.", ""]
     return lines
@@ -41,30 +81,38 @@ def _setting(meta) -> str:
         text += f"; {meta['rollout']}"
     if meta.get("pass_at_k"):
         text += f"; {meta['pass_at_k']}"
-    return text + (". Numbers are mean ± std over seeds unless a single value is shown; the thresholds behind each "
-                   "verdict are stated with it and were fixed in advance in docs/claims.md.")
+    return text + (". Effects are given as mean [95 % CI]; in the earlier readings numbers are mean ± std over "
+                   "seeds unless a single value is shown. The thresholds behind each verdict are stated with it and "
+                   "were fixed in advance in docs/claims.md.")
 
 
-def summary_markdown(claim_list, meta) -> str:
-    """The text of summary.md: `claim_list` as `verdicts.claims` returns it, `meta` the run's facts (profile, date,
+def summary_markdown(claim_list, meta, perturbed=None, perturb_meta=None) -> str:
+    """The text of summary.md: `claim_list` as `claims.claims` returns it, `meta` the run's facts (profile, date,
     minutes, machine, model, num_params, family, task, seeds, steps, head_steps, lr, head_lr, feature_table; optional
-    command, budget, rollout, pass_at_k)."""
+    command, budget, rollout, pass_at_k); `perturbed`: the claim list of the `--perturb` rerun (with
+    `perturb_meta`: change, minutes, out), whose verdicts are tabled beside this run's."""
     cmd = meta.get("command") or f"ntkdyn reproduce{' --quick' if meta['profile'] == 'quick' else ''}"
     lines = ["# ntkdyn reproduction: summary", "",
              f"Generated by `{cmd}` on {meta['date']} in {meta['minutes']:.1f} minutes ({meta['machine']})"
              + (f"; budget {meta['budget']}" if meta.get("budget") else "") + ".", "",
              _setting(meta), "",
-             "Verdicts: *supported* / *not supported* when the mean over seeds and every seed agree, *mixed* when "
-             "they disagree (the run-based claims are judged on each seed's runs alone as well as on the mean; claims "
-             "1, 3 and 4 are measured once, on the base model); *cannot show on this setting* when the setting "
-             "cannot tell the claim from its negation (the reason is given). [A] the paper's abstract, [P] its body, "
-             "[N] ntkdyn's own extension.", ""]
+             "Verdicts (docs/claims.md, version 3): each claim is an effect per seed (paired by seed where two "
+             "recipes share it) or, for the claims measured once on the base model (1, 1x, 3, 4), per prompt / "
+             "sequence / update / probe, with a 95 % Student-t interval over those items; *supported* when the "
+             "interval lies wholly on the claim's side of its threshold, *not supported* when wholly on the other "
+             "side, *inconclusive* otherwise (with the seeds or items that would decide it at the observed effect "
+             "and spread); a claim of several effects needs all of them. *cannot show on this setting* when the "
+             "setting cannot tell the claim from its negation (the reason is given). [A] the paper's abstract, [P] "
+             "its body, [N] ntkdyn's own extension.", ""]
     main = [c for c in claim_list if not c.get("earlier")]
     earlier = [c for c in claim_list if c.get("earlier")]
-    lines += _HEAD + [_row(c) for c in main] + [""]
+    lines += _HEAD_V3 + [_row_v3(c) for c in main] + [""]
     if earlier:
-        lines += ["Earlier readings (v1: how ntkdyn judged claims 1, 2, 6 and 8 before the spec's claim list was "
-                  "revised; kept as docs/claims.md says):", ""] + _HEAD + [_row(c) for c in earlier] + [""]
+        lines += ["Earlier readings (docs/claims.md keeps them): v2, the rule before v3 (*supported* / *not "
+                  "supported* when the mean over seeds and every seed agree, *mixed* otherwise), and v1, claims 1, 2, "
+                  "6 and 8 before the spec's claim list was revised:", ""] + _HEAD + [_row(c) for c in earlier] + [""]
+    if perturbed is not None:
+        lines += _perturb_section(claim_list, perturbed, perturb_meta or {})
     for c in main + earlier:
         lines += _section(c)
     lines += ["## Feature similarity of the base model (Table 1 analogue)", "",
@@ -72,6 +120,6 @@ def summary_markdown(claim_list, meta) -> str:
     return "\n".join(lines)
 
 
-def write_summary(path, claim_list, meta) -> None:
-    """Write `summary_markdown(claim_list, meta)` to `path` atomically."""
-    write_text(path, summary_markdown(claim_list, meta))
+def write_summary(path, claim_list, meta, perturbed=None, perturb_meta=None) -> None:
+    """Write `summary_markdown(claim_list, meta, perturbed, perturb_meta)` to `path` atomically."""
+    write_text(path, summary_markdown(claim_list, meta, perturbed, perturb_meta))

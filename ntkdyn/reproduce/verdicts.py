@@ -1,6 +1,6 @@
-"""The claims of spec §5 as `ntkdyn reproduce` judges them (measurements and thresholds pre-registered in
-docs/claims.md): the base-model claims 1, 1x, 3 and 4 here, the run-based ones in `verdicts_runs`, the earlier
-readings (v1) in `verdicts_v1`; `claims` evaluates them all on a reproduction's outputs.
+"""The v2 readings of the claims measured on the base model (1, 1x, 3, 4; thresholds pre-registered in
+docs/claims.md), the measure functions of their v2 rows in reproduce/claims.py's table (which judges every
+version). The run-based v2 readings are in `verdicts_runs`, the v1 readings in `verdicts_v1`.
 
 Each claim function reads structured inputs (run records, the feature analysis's "stats", the one-step
 experiment's result dict, the pass@k result) and returns a `ClaimResult`. Numbers are mean ± std over seeds
@@ -8,20 +8,16 @@ experiment's result dict, the pass@k result) and returns a `ClaimResult`. Number
 """
 from __future__ import annotations
 
-from ..plots.runs import load_runs
 from .claim_base import (CANNOT, VERDICTS, ClaimResult, fmt_mean_std, fmt_number, mean_std,  # noqa: F401
                          robust_verdict)
 from .verdicts_runs import (claim2_confidence, claim2x_diversity, claim5_cf_rl_speed,  # noqa: F401 (re-exported)
-                            claim6_gradient_component, claim7_confidence, claim8_lp_ft, claim_n1_ntk_drift, run_claims)
-from .verdicts_v1 import CLAIM1_MIN_COS_PROMPTS, claim1_v1, run_claims_v1
+                            claim6_gradient_component, claim7_confidence, claim8_lp_ft, claim_n1_ntk_drift)
+from .verdicts_v1 import CLAIM1_MIN_COS_PROMPTS
 
-__all__ = ["ClaimResult", "claims", "robust_verdict", "mean_std", "fmt_mean_std", "fmt_number", "claim1_features",
+__all__ = ["ClaimResult", "robust_verdict", "mean_std", "fmt_mean_std", "fmt_number", "claim1_features",
            "claim1x_positions", "claim3_prop2", "claim4_first_order", "claim2_confidence", "claim2x_diversity",
            "claim5_cf_rl_speed", "claim6_gradient_component", "claim7_confidence", "claim8_lp_ft", "claim_n1_ntk_drift",
-           "ORDER", "ORDER_V1", "CANNOT", "VERDICTS"]
-
-ORDER = ("1", "1x", "2", "2x", "3", "4", "5", "6", "7", "8", "N1")  # the claims' table, in this order
-ORDER_V1 = ("1 (v1)", "2 (v1)", "6 (v1)", "8 (v1)")  # the earlier readings' table
+           "CANNOT", "VERDICTS"]
 
 # ------------------------------------------------------------------------------------------------- claim 1
 CLAIM1X_MIN_COS_POSITIONS = 0.3  # mean pairwise cos of h across positions of the same sequence
@@ -88,45 +84,3 @@ def claim4_first_order(one_step) -> ClaimResult:
         None if rel is None or not moved else rel < CLAIM4_MAX_REL_ERROR,
         "" if moved else "the sampled groups all had equal rewards, so the step was zero and nothing was tested",
         cannot=rel is not None and not moved)
-
-
-# ------------------------------------------------------------------------------------------------- all
-def _passk_of_seed(passk, seed):
-    """The pass@k result restricted to one RL seed's policies (the base kept)."""
-    if not passk:
-        return None
-    pol = {}
-    for label, p in passk["policies"].items():
-        keep = [i for i, s in enumerate(p["seeds"]) if label == "base" or s == seed]
-        pol[label] = dict(seeds=[p["seeds"][i] for i in keep], curves=[p["curves"][i] for i in keep])
-    return dict(passk, policies=pol, crossing=None)  # the crossings are the mean curves'; a seed's own is not kept
-
-
-def claims(runs_root, features, one_step, passk=None) -> list[dict]:
-    """Every claim (ORDER, then the earlier readings ORDER_V1) on a reproduction's outputs: the training runs under
-    `runs_root`, the feature analysis's result (its "stats"), the one-step experiment's result and the pass@k
-    result ({"ks", "policies": {label: {"seeds", "curves"}}, "task", "prompts", "crossing"}; None: not measured).
-    Each a dict(n, claim, numbers, holds, verdict, note) (`ClaimResult.as_dict`) plus `per_seed` (the run-based
-    claims judged on each seed's runs alone: seed, holds, verdict, numbers; empty for the claims measured once on
-    the base model), `verdict_mean` (the verdict on the mean over seeds), `verdict` the robust verdict
-    (`robust_verdict`) and `earlier` (True for the v1 readings)."""
-    R = load_runs(runs_root)
-    runs = R.get("rl", []), R.get("cf-rl", []), R.get("lp-ft", [])
-    stats = features["stats"]
-    results = [claim1_features(stats), claim1x_positions(stats), claim3_prop2(one_step), claim4_first_order(one_step),
-               *run_claims(*runs, passk=passk), claim1_v1(stats), *run_claims_v1(*runs)]
-    by_n = {c.n: c for c in results}
-    seeds = sorted({r.seed for group in runs for r in group if r.seed is not None})
-    per_seed = {n: [] for n in by_n}
-    if len(seeds) > 1:
-        for seed in seeds:
-            pick = [[r for r in group if r.seed == seed] for group in runs]
-            for c in [*run_claims(*pick, passk=_passk_of_seed(passk, seed)), *run_claims_v1(*pick)]:
-                per_seed[c.n].append(dict(seed=seed, holds=c.holds, verdict=c.verdict, numbers=c.numbers))
-    out = []
-    for n in ORDER + ORDER_V1:
-        d = by_n[n].as_dict()
-        d.update(verdict_mean=d["verdict"], per_seed=per_seed[n], earlier=n in ORDER_V1,
-                 verdict=robust_verdict(d["holds"], [p["holds"] for p in per_seed[n]], fallback=d["verdict"]))
-        out.append(d)
-    return out

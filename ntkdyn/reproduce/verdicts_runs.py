@@ -9,7 +9,7 @@ import numpy as np
 from .claim_base import ClaimResult, deltas, finals, first_in_stage, fmt_mean_std, mean_std
 
 __all__ = ["claim2_confidence", "claim2x_diversity", "claim5_cf_rl_speed", "claim6_gradient_component",
-           "claim7_confidence", "claim8_lp_ft", "claim_n1_ntk_drift", "run_claims", "PASSK_SATURATED"]
+           "claim7_confidence", "claim8_lp_ft", "claim_n1_ntk_drift", "PASSK_SATURATED", "head_growth"]
 
 
 # ------------------------------------------------------------------------------------------------- claim 2
@@ -250,10 +250,3 @@ def claim_n1_ntk_drift(rl_runs, cf_runs, lp_runs) -> ClaimResult:
     return ClaimResult("N1", "[N] The eNTK (trace kernel on fixed probe contexts) stays stable during RL.",
                        numbers or "not tracked (ntk_every = 0)", holds,
                        f"threshold used: final alignment of K with step 0 ≥ {N1_MIN_ALIGNMENT:g} in every RL run")
-
-
-def run_claims(rl_runs, cf_runs, lp_runs, passk=None) -> list[ClaimResult]:
-    """The claims measured on training runs (2, 2x, 5, 6, 7, 8, N1); `passk` the pass@k result for 2x."""
-    return [claim2_confidence(rl_runs), claim2x_diversity(rl_runs, passk), claim5_cf_rl_speed(rl_runs, cf_runs),
-            claim6_gradient_component(rl_runs, cf_runs), claim7_confidence(rl_runs, cf_runs),
-            claim8_lp_ft(rl_runs, cf_runs, lp_runs), claim_n1_ntk_drift(rl_runs, cf_runs, lp_runs)]

@@ -8,7 +8,7 @@ from .claim_base import ClaimResult, deltas, first_in_stage, fmt_mean_std, mean_
 from .claim_base import finals
 from .verdicts_runs import head_growth
 
-__all__ = ["claim1_v1", "claim2_v1", "claim6_v1", "claim8_v1", "run_claims_v1", "CLAIM1_MIN_COS_PROMPTS",
+__all__ = ["claim1_v1", "claim2_v1", "claim6_v1", "claim8_v1", "CLAIM1_MIN_COS_PROMPTS",
            "CLAIM1_MIN_COS_POSITIONS", "CLAIM1_MAX_S_CV", "CLAIM6_MIN_GAP"]
 
 CLAIM1_MIN_COS_PROMPTS = 0.5  # mean pairwise cos of h across prompts (last prompt position)
@@ -88,8 +88,3 @@ def claim8_v1(rl_runs, cf_runs, lp_runs) -> ClaimResult:
         f"‖W‖_F after stage 1 / before: LP-FT {fmt_mean_std(hg_lp, 4)}, CF-RL {fmt_mean_std(hg_cf, 4)}; final "
         f"feature change ‖h_T − h_0‖: RL {fmt_mean_std(fc_rl)}, CF-RL {fmt_mean_std(fc_cf)}, LP-FT "
         f"{fmt_mean_std(fc_lp)}", holds)
-
-
-def run_claims_v1(rl_runs, cf_runs, lp_runs) -> list[ClaimResult]:
-    """The earlier run-based readings (2, 6, 8)."""
-    return [claim2_v1(rl_runs), claim6_v1(rl_runs, cf_runs), claim8_v1(rl_runs, cf_runs, lp_runs)]
