@@ -167,3 +167,58 @@ def test_errors_write_nothing(run, tmp_path):
     with pytest.raises(ConfigError, match="AnalyzeConfig.inputs"):
         AnalyzeConfig(inputs=[], out=out)
     assert not os.path.exists(out)
+
+
+# ----------------------------------------------------------------------------- a real TRL run
+
+
+def _length_reward(completions, **kwargs):
+    """A reward in TRL's signature with spread within a group: the completion's length in characters."""
+    return [float(len(c)) for c in completions]
+
+
+def test_a_real_trl_grpo_run(tmp_path):
+    """TRL's GRPOTrainer on a tiny Llama (CPU, 3 steps, a checkpoint every step), then analysed end to end: one line
+    per checkpoint at TRL's global steps, the evaluation and eNTK metrics finite, the Δz split exact, and the
+    analysed weights the ones TRL saved (the head's ‖W‖_F against the checkpoint's safetensors)."""
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    from ntkdyn.models.tokenizer import CharTokenizer
+
+    base, _ = hf_models.build("llama_gqa", str(tmp_path))  # untied head: lm_head.weight is W
+    CharTokenizer().save(base)  # a real tokenizer.json that AutoTokenizer opens
+    prompts = [f"sum {n}:" for n in (23, 47, 58, 91)]  # the built-in task's prompts (analysed with task="sum")
+    args = trl.GRPOConfig(output_dir=str(tmp_path / "trl"), max_steps=3, save_steps=1, save_only_model=True,
+                          per_device_train_batch_size=4, num_generations=2, max_completion_length=6,
+                          learning_rate=3e-2, use_cpu=True, bf16=False, report_to=[], logging_steps=1, seed=0,
+                          dataloader_num_workers=0, disable_tqdm=True)
+    trainer = trl.GRPOTrainer(model=base, reward_funcs=_length_reward, args=args,
+                              train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
+                              processing_class=AutoTokenizer.from_pretrained(base))
+    trainer.train()
+    trl_out = str(tmp_path / "trl")
+    ckpts = sorted(n for n in os.listdir(trl_out) if n.startswith("checkpoint-"))
+    trl_steps = sorted(json.load(open(os.path.join(trl_out, n, "trainer_state.json")))["global_step"] for n in ckpts)
+    assert trl_steps == [1, 2, 3] and trainer.state.global_step == 3
+
+    out = str(tmp_path / "analysis")
+    summary = analyze([trl_out], out=out, base=base, task="sum", reward_funcs=[_length_reward], pass_k=2,
+                      eval_prompts=2, max_new_tokens=6, probe_prompts=2, ntk_contexts=2, progress=False)
+    got = _by_step(out)
+    assert sorted(got) == [0] + trl_steps and summary["steps"] == [0] + trl_steps
+    for step, rec in got.items():
+        keys = [k for k in rec if k.startswith(("eval/", "ntk/"))]
+        assert len([k for k in keys if k.startswith("eval/")]) >= 10 and len([k for k in keys if "ntk/" in k]) == 8
+        assert all(np.isfinite(rec[k]) for k in keys if isinstance(rec[k], float)), step
+        assert 0.0 <= rec["eval/reward"] <= 6.0  # lengths of at most 6 characters (one per token at most)
+    for step in trl_steps:  # the model moved at every TRL step; the split of the real change is exact
+        rec = got[step]
+        assert rec["dz/steps"] == 1 and rec["dz/actual"] > 0 and rec["dz/backbone"] > 0
+        assert rec["dz/head_frac"] + rec["dz/backbone_frac"] + rec["dz/cross_frac"] == pytest.approx(1.0, abs=1e-9)
+        assert rec["feature_change"] > 0 and rec["head_norm"] != got[0]["head_norm"]
+        W = load_file(os.path.join(trl_out, f"checkpoint-{step}", "model.safetensors"))["lm_head.weight"]
+        assert rec["head_norm"] == pytest.approx(float(np.linalg.norm(W.astype(np.float64))), rel=1e-5)
+    assert got[0]["ntk/change_K"] == pytest.approx(0.0, abs=1e-6) and got[3]["ntk/change_K"] > 0  # the eNTK drifted
