@@ -33,3 +33,19 @@ def test_relative_error_of_no_change_is_nan_without_warning():
         warnings.simplefilter("error")
         assert np.isnan(_relative(np.ones(3), np.zeros(3)))
     assert _relative(np.array([3.0, 4.0]), np.array([0.0, 8.0])) == 5.0 / 8.0
+
+
+def test_equal_rewards_everywhere_are_refused_before_anything_is_written(tmp_path):
+    """A zero GRPO step (every group's rewards equal) has nothing to predict: a clear error, no output directory
+    (before, it reported a 0.00 % prediction error of a zero update)."""
+    import pytest
+
+    import ntkdyn as nd
+    from ntkdyn.default import default_model_dir
+
+    lm = nd.load(default_model_dir(progress=False))
+    out = tmp_path / "one_step"
+    with pytest.raises(ValueError, match=r"groups of 2 samples got equal rewards.*--score-truncated"):
+        one_step.run(lm, "sum", str(out), reward_fn=lambda prompt, text: 1.0, n_prompts=1, group=2,
+                     probe_prompts=1, max_new_tokens=4, plots=False)
+    assert not out.exists()

@@ -150,14 +150,17 @@ def _norms(x):
 
 
 def run(lm, task="sum", out_dir="runs/one_step", *, model_name: str | None = None, reward_fn=None,
-        **options) -> dict:
+        allow_zero_step: bool = False, **options) -> dict:
     """Run the one-step experiment on `lm` (an ntkdyn LM with a tokenizer) and `task` (a Task or its name); write
     OUT/one_step.json and the figures (plots=True) and return the numbers (the JSON's content).
 
     options: the fields of OneStepConfig but model, task and out (seed, lr, n_prompts, group, probe_prompts, ...).
     x64: float64 (True), float32 (False) or None: float64 up to X64_MAX_PARAMS parameters, float32 above. chat:
     prompts through the chat template (None: when the tokenizer has one). reward_fn(prompt, text) replaces the
-    task's reward; score_truncated scores completions without EOS too (else they score 0)."""
+    task's reward; score_truncated scores completions without EOS too (else they score 0). When every group's
+    rewards are equal the GRPO step is zero and there is nothing to predict: ValueError before anything is written,
+    unless `allow_zero_step` (the reproduction, whose claims then read "cannot show on this setting" from
+    dz_norm = 0; the relative errors are then NaN)."""
     o = build(OneStepConfig, options, exclude=("model", "task", "out"), what="one-step option")
     seed, n_prompts, group, lr, probe_prompts = o.seed, o.n_prompts, o.group, o.lr, o.probe_prompts
     max_new_tokens, temperature, x64, chat = o.max_new_tokens, o.temperature, o.x64, o.chat
@@ -172,7 +175,6 @@ def run(lm, task="sum", out_dir="runs/one_step", *, model_name: str | None = Non
                          f"{group}, {lr}, {probe_prompts}")
     if x64 is None:
         x64 = lm.num_params <= X64_MAX_PARAMS
-    os.makedirs(out_dir, exist_ok=True)
 
     # rollouts (float32, the model as it is) and GRPO advantages per group
     prompts = task.prompts("train", n_prompts, seed)
@@ -182,6 +184,13 @@ def run(lm, task="sum", out_dir="runs/one_step", *, model_name: str | None = Non
     B = len(flat)
     roll = _rollouts(task, tok, prompts, group, _part(sampled, slice(None, B)), reward_fn, o.score_truncated)
     adv = np.asarray(_advantages(roll["rewards"].reshape(n_prompts, group), "grpo")[0], np.float64).ravel()
+    if not np.any(adv) and not allow_zero_step:  # every group's rewards are equal: the GRPO step is zero
+        raise ValueError(
+            f"every one of the {n_prompts} groups of {group} samples got equal rewards (mean reward "
+            f"{roll['rewards'].mean():.3f}), so every advantage and the update are zero; expected at least one group "
+            "with different rewards: try more prompts or a larger group, --score-truncated (completions cut at "
+            "--max-new-tokens score 0 without it), a larger --max-new-tokens, or a task the model can solve")
+    os.makedirs(out_dir, exist_ok=True)
     probe_ids, probe_pos, probe_kind = _probes(tok, _part(sampled, slice(B, None)), o.completion_positions)
 
     with jax.enable_x64(bool(x64)):
@@ -223,7 +232,7 @@ def _step_numbers(r, cheap, probe_kind, probe_pos) -> dict:
     return {
         "objective": r.objective,
         # claim 4
-        "rel_error": r.rel_error,
+        "rel_error": float(r.rel_error) if np.any(np.asarray(r.dz_actual)) else float("nan"),  # NaN: a zero step
         "rel_error_per_probe_median": float(np.median(rel_per_probe)),
         "rel_error_per_probe_max": float(np.max(rel_per_probe)),
         # NaN when the step changed nothing (every advantage 0): no relative error to speak of

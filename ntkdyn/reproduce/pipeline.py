@@ -131,7 +131,8 @@ def _one_step(lm, task, out, figures_dir, model_dir, prof):
     from ..experiments import one_step as one_step_exp
 
     os_dir = os.path.join(out, "one_step")
-    one = one_step_exp.run(lm, task, os_dir, seed=0, model_name=model_dir, **prof.get("one_step", {}))
+    one = one_step_exp.run(lm, task, os_dir, seed=0, model_name=model_dir, allow_zero_step=True,
+                           **prof.get("one_step", {}))
     files = []
     for src in one.get("figures", []):
         base = os.path.basename(src).replace("one_step_scatter", "fig_one_step").replace("one_step_split",
