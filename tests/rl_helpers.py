@@ -16,6 +16,19 @@ SMALL = dict(task="sum", group_size=4, prompts_per_step=4, max_new_tokens=8, eva
 _BUILT: dict = {}
 
 
+def random_batch(rng, B=3, Tp=4, N=5, V=97):
+    """A rollout batch in objectives' layout for update tests: B left-padded prompts of Tp random ids (the first
+    padded by 2), B completions of N random ids (the second masked after 3 tokens), normal advantages."""
+    prompt = rng.integers(3, V, (B, Tp)).astype(np.int32)
+    pmask = np.ones((B, Tp), np.int32)
+    pmask[0, :2] = 0  # a left-padded prompt
+    completion = rng.integers(3, V, (B, N)).astype(np.int32)
+    mask = np.ones((B, N), np.float32)
+    mask[1, 3:] = 0
+    return dict(prompt_ids=prompt, prompt_mask=pmask, completion=completion, mask=mask,
+                adv=rng.normal(size=B).astype(np.float32))
+
+
 def easy_reward(prompt, text):
     """An easy, learnable reward on "sum" completions: the answer starts with the digit 1 (~15% under the base)."""
     return 1.0 if text.startswith("1") else 0.0

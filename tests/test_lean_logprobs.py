@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from rl_helpers import strip_timing
+from rl_helpers import random_batch, strip_timing
 
 import hf_models
 import ntkdyn as nd
@@ -23,17 +23,6 @@ from ntkdyn.rl.step import LossSpec
 # every family (Gemma 3 with a soft-capped head: the nonlinear head_logits too), tied and untied heads
 FAMILIES = ["gpt2", "neox_parallel", "llama_gqa", "qwen3", "gemma3_softcap"]
 T = 0.7  # a rollout temperature != 1: "logp" and "logp_model" differ
-
-
-def _batch(rng, B=3, Tp=4, N=5, V=hf_models.V):
-    prompt = rng.integers(3, V, (B, Tp)).astype(np.int32)
-    pmask = np.ones((B, Tp), np.int32)
-    pmask[0, :2] = 0  # a left-padded prompt
-    completion = rng.integers(3, V, (B, N)).astype(np.int32)
-    mask = np.ones((B, N), np.float32)
-    mask[1, 3:] = 0
-    return dict(prompt_ids=prompt, prompt_mask=pmask, completion=completion, mask=mask,
-                adv=rng.normal(size=B).astype(np.float32))
 
 
 def _reference(lm, params, b):
@@ -66,7 +55,7 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chunked_stats_and_gradients_equal_full_logits(models, family):
     lm = models[family]
-    b = _batch(np.random.default_rng(0))  # B·N = 15 tokens: 4 chunks of 4, the last one padded
+    b = random_batch(np.random.default_rng(0))  # B·N = 15 tokens: 4 chunks of 4, the last one padded
 
     def ours(params, chunk):
         st = O.completion_logp(lm.graphdef, lm.config, params, b["prompt_ids"], b["prompt_mask"], b["completion"],

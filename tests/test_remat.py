@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ntk_cases import tiny
+from rl_helpers import random_batch
 from ntkdyn.models.transformer import features
 from ntkdyn.rl import objectives as O
 from ntkdyn.rl.step import LossSpec, opt_init, rl_update
@@ -16,21 +17,11 @@ from ntkdyn.optim import make_optimizer
 CASES = [("gpt2", True), ("gpt_neox", False), ("llama", True), ("llama", False)]
 
 
-def _batch(rng, B=3, Tp=4, N=5, V=97):
-    prompt = rng.integers(3, V, (B, Tp)).astype(np.int32)
-    pmask = np.ones((B, Tp), np.int32)
-    pmask[0, :2] = 0  # a left-padded prompt
-    completion = rng.integers(3, V, (B, N)).astype(np.int32)
-    mask = np.ones((B, N), np.float32)
-    mask[1, 3:] = 0
-    return dict(prompt_ids=prompt, prompt_mask=pmask, completion=completion, mask=mask,
-                adv=rng.normal(size=B).astype(np.float32))
-
 
 @pytest.mark.parametrize("family,tied", CASES)
 def test_remat_same_values_and_gradients(family, tied):
     lm = tiny(family, tied)
-    b = _batch(np.random.default_rng(0))
+    b = random_batch(np.random.default_rng(0))
 
     def loss(params, remat):
         st = O.completion_logp(lm.graphdef, lm.config, params, b["prompt_ids"], b["prompt_mask"], b["completion"],
@@ -49,7 +40,7 @@ def test_remat_same_values_and_gradients(family, tied):
 
 def test_remat_rl_update_equals_plain_update():
     lm = tiny("llama", True)
-    b = _batch(np.random.default_rng(1))
+    b = random_batch(np.random.default_rng(1))
     tx = make_optimizer("sgd", 1e-2)  # Adam would turn float rounding of near-zero gradients into ±lr
     outs = []
     for remat in (False, True):
