@@ -14,9 +14,9 @@ def test_one_step_experiment_cli_arguments():
     one_step.add_arguments(p)
     from ntkdyn.options import given
 
-    a = one_step.OneStepConfig(**given(p.parse_args(["--model", "m", "--lr", "0.02", "--group", "4"]),
-                                       one_step.OneStepConfig))
-    assert (a.model, a.lr, a.group, a.task, a.x64) == ("m", 0.02, 4, "sum", None)
+    a = one_step.OneStepConfig(**given(p.parse_args(["--model", "m", "--lr", "0.02", "--group", "4", "--reward",
+                                                     "r.py:f", "--reward", "add"]), one_step.OneStepConfig))
+    assert (a.model, a.lr, a.group, a.task, a.x64, a.rewards) == ("m", 0.02, 4, "sum", None, ["r.py:f", "add"])
     b = given(p.parse_args(["--precision", "float32", "--no-plots", "--prompts", "2"]), one_step.OneStepConfig)
     assert b == {"x64": False, "plots": False, "n_prompts": 2}
     assert callable(one_step.run_cli) and callable(one_step.run) and callable(one_step.main)
@@ -45,7 +45,8 @@ def test_equal_rewards_everywhere_are_refused_before_anything_is_written(tmp_pat
 
     lm = nd.load(default_model_dir(progress=False))
     out = tmp_path / "one_step"
+    (tmp_path / "my_rewards.py").write_text("def const(completions, **kw):\n    return [1.0] * len(completions)\n")
     with pytest.raises(ValueError, match=r"groups of 2 samples got equal rewards.*--score-truncated"):
-        one_step.run(lm, "sum", str(out), reward_fn=lambda prompt, text: 1.0, n_prompts=1, group=2,
+        one_step.run(lm, "sum", str(out), rewards=[f"{tmp_path}/my_rewards.py:const"], n_prompts=1, group=2,
                      probe_prompts=1, max_new_tokens=4, plots=False)
     assert not out.exists()

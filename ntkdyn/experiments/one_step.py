@@ -57,7 +57,11 @@ class OneStepConfig:
 
     model: str | None = option(None, "a Hugging Face model directory, a .gguf file or a known name such as "
                                "smollm2-135m-instruct (default: the embedded default base model)")
-    task: str = option(DEFAULT_TASK, "task name (a built-in task)")
+    task: str = option(DEFAULT_TASK, "a built-in task or a dataset file (as ntkdyn rl's --task)")
+    rewards: list | None = option(None, "a reward function in TRL's signature (repeatable; as ntkdyn rl's --reward): "
+                                  "package.module:function, path/file.py:function, a task name or a reward-model "
+                                  "directory; default: the task's own", flag="--reward", type=str, append=True,
+                                  metavar="SPEC")
     out: str = option("runs/one_step", "output directory")
     seed: int = option(0, "seed of the prompts, the samples and the single-sample updates")
     lr: float = option(3e-3, "SGD learning rate of the step")
@@ -102,12 +106,11 @@ def _part(sampled, sl):
     return rows[sl], starts[sl], Completions(*(f[sl] for f in comps)), logps[sl]
 
 
-def _rollouts(task, tok, prompts, group, sampled, reward_fn=None, score_truncated=False):
+def _rollouts(task, tok, prompts, group, sampled, rewards, score_truncated=False):
     """G samples per prompt -> ids (B, T) right-padded [bos]+prompt+completion, completion mask, texts, rewards
-    (evaluation.score with the task's reward functions, or `reward_fn(prompt, text)`), and token_logp (B, T):
+    (evaluation.score with the RewardSet `rewards`), and token_logp (B, T):
     log π(ids[b, t] | ids[b, <t]) at the completion tokens."""
     rows, starts, comps, logps = sampled
-    rewards = _tasks.reward_set(task, None if reward_fn is None else [text_reward_function(reward_fn)])
     out = score(rewards, [{"prompt": p, **task.columns(p)} for p in prompts], comps, group, score_truncated)
     ids = pad_right(rows, pad_id_of(tok))[0]
     mask = np.zeros(ids.shape, np.int32)
@@ -156,8 +159,8 @@ def run(lm, task="sum", out_dir="runs/one_step", *, model_name: str | None = Non
 
     options: the fields of OneStepConfig but model, task and out (seed, lr, n_prompts, group, probe_prompts, ...).
     x64: float64 (True), float32 (False) or None: float64 up to X64_MAX_PARAMS parameters, float32 above. chat:
-    prompts through the chat template (None: when the tokenizer has one). reward_fn(prompt, text) replaces the
-    task's reward; score_truncated scores completions without EOS too (else they score 0). When every group's
+    prompts through the chat template (None: when the tokenizer has one). rewards (reward specs, as ntkdyn rl's) and
+    reward_fn(prompt, text) replace the task's reward; score_truncated scores completions without EOS too (else they score 0). When every group's
     rewards are equal the GRPO step is zero and there is nothing to predict: ValueError before anything is written,
     unless `allow_zero_step` (the reproduction, whose claims then read "cannot show on this setting" from
     dz_norm = 0; the relative errors are then NaN)."""
@@ -166,6 +169,8 @@ def run(lm, task="sum", out_dir="runs/one_step", *, model_name: str | None = Non
     max_new_tokens, temperature, x64, chat = o.max_new_tokens, o.temperature, o.x64, o.chat
     t0 = time.perf_counter()
     task = _tasks.resolve(task)
+    specs = list(o.rewards or []) + ([] if reward_fn is None else [text_reward_function(reward_fn)])
+    rewards = _tasks.reward_set(task, specs or None)  # resolved (files read, names checked) before any sampling
     tok = lm.tokenizer if lm.tokenizer is not None else CharTokenizer()
     if tok.vocab_size > lm.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model's vocabulary is "
@@ -182,7 +187,7 @@ def run(lm, task="sum", out_dir="runs/one_step", *, model_name: str | None = Non
     flat = [p for p in prompts for _ in range(group)]
     sampled = _sample_all(lm, tok, flat + probe_prompt_list, seed, max_new_tokens, temperature, chat)
     B = len(flat)
-    roll = _rollouts(task, tok, prompts, group, _part(sampled, slice(None, B)), reward_fn, o.score_truncated)
+    roll = _rollouts(task, tok, prompts, group, _part(sampled, slice(None, B)), rewards, o.score_truncated)
     adv = np.asarray(_advantages(roll["rewards"].reshape(n_prompts, group), "grpo")[0], np.float64).ravel()
     if not np.any(adv) and not allow_zero_step:  # every group's rewards are equal: the GRPO step is zero
         raise ValueError(
