@@ -547,15 +547,10 @@ def add_arguments(p):
 
 
 def config_from_args(args) -> AnalyzeConfig:
-    from .tasks.registry import REWARD_MODEL
+    from .rl.cli import fold_dataset_and_reward_models
 
     d = given(args, AnalyzeConfig)
-    if getattr(args, "dataset", None) is not None:
-        if d.get("task") is not None:
-            raise ConfigError(f"--dataset {args.dataset!r} and --task {d['task']!r} both given; expected one")
-        d["task"] = args.dataset
-    if getattr(args, "reward_models", None):
-        d["rewards"] = list(d.get("rewards") or []) + [REWARD_MODEL + m for m in args.reward_models]
+    fold_dataset_and_reward_models(args, d, dict(d))
     return AnalyzeConfig(inputs=list(args.inputs), **d)
 
 

@@ -8,12 +8,12 @@ import dataclasses
 import numpy as np
 
 from ..plots.runs import parse_curve
+from ..stats import CANNOT
 
 __all__ = ["ClaimResult", "VERDICTS", "CANNOT", "mean_std", "fmt_mean_std", "fmt_number", "first_last", "deltas",
            "finals", "pass_at", "first_in_stage", "robust_verdict"]
 
 VERDICTS = {True: "supported", False: "not supported", None: "not measured"}
-CANNOT = "cannot show on this setting"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,18 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def fold_dataset_and_reward_models(args, d: dict, cli: dict) -> None:
+    """--dataset PATH (the same as --task PATH; refused beside a --task on the command line) and --reward-model NAME
+    (after the command line's --reward functions: the order the weights follow) folded into the config dict `d`;
+    `cli`: the config fields the command line gave (options.given). Shared by `ntkdyn rl` and `ntkdyn analyze`."""
+    if getattr(args, "dataset", None) is not None:
+        if cli.get("task") is not None:
+            raise ConfigError(f"--dataset {args.dataset!r} and --task {cli['task']!r} both given; expected one")
+        d["task"] = args.dataset
+    if getattr(args, "reward_models", None):
+        d["rewards"] = list(cli.get("rewards") or []) + [REWARD_MODEL + m for m in args.reward_models]
+
+
 def config_from_args(args) -> RLConfig:
     import os
 
@@ -37,13 +49,9 @@ def config_from_args(args) -> RLConfig:
         d.update(RLConfig.read_json(args.config))
     elif getattr(args, "resume", False) and args.out and os.path.isfile(os.path.join(args.out, "config.json")):
         d.update(RLConfig.read_json(os.path.join(args.out, "config.json")))  # resume: the run's own config
-    d.update(given(args, RLConfig, skip=("resume", "overwrite")))
-    if getattr(args, "dataset", None) is not None:
-        if getattr(args, "task", None) is not None:
-            raise ConfigError(f"--dataset {args.dataset!r} and --task {args.task!r} both given; expected one")
-        d["task"] = args.dataset
-    if getattr(args, "reward_models", None):  # after the --reward functions: the order the weights follow
-        d["rewards"] = list(getattr(args, "rewards", None) or []) + [REWARD_MODEL + m for m in args.reward_models]
+    cli = given(args, RLConfig, skip=("resume", "overwrite"))
+    d.update(cli)
+    fold_dataset_and_reward_models(args, d, cli)
     d["resume"] = bool(getattr(args, "resume", False))
     d["overwrite"] = bool(getattr(args, "overwrite", False))
     return RLConfig.from_dict(d, source="ntkdyn rl")
