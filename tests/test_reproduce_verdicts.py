@@ -1,4 +1,4 @@
-"""ntkdyn.reproduce.verdicts (the v2 / v1 measures): each claim's verdict on hand-made run records and result dicts, at and around its
+"""ntkdyn.reproduce.earlier (the v2 / v1 measures): each claim's verdict on hand-made run records and result dicts, at and around its
 named thresholds, and the record layout of `claims`."""
 import math
 
@@ -6,8 +6,9 @@ import pytest
 from run_logs import write_runs
 
 from ntkdyn.plots import Run
-from ntkdyn.reproduce import verdicts as C
-from ntkdyn.reproduce import verdicts_v1 as V1
+from ntkdyn.reproduce import claim_base as B
+from ntkdyn.reproduce import earlier as C
+from ntkdyn.reproduce import earlier as V1
 
 STATS = {"cos_prompts_last": 0.9, "cos_prompts_mean": 0.8, "cos_positions": 0.5, "s_mean": 10.0, "s_cv": 0.2,
          "effective_rank_frac": 0.1}
@@ -18,13 +19,13 @@ def _run(recipe, records, **config):
 
 
 def test_numbers_formatting():
-    assert C.mean_std([1.0, None, float("nan"), 3.0]) == (2.0, 1.0, 2)
-    assert math.isnan(C.mean_std([])[0]) and C.mean_std([])[2] == 0
-    assert C.fmt_mean_std([1.0, 3.0]) == "2.000 ± 1.000"
-    assert C.fmt_mean_std([0.5], 1) == "0.5"
-    assert C.fmt_mean_std([]) == "n/a"
-    assert C.fmt_number(0.12345, 4) == "0.1235" and C.fmt_number(None) == "n/a"
-    assert C.fmt_number(float("inf")) == "n/a"
+    assert B.mean_std([1.0, None, float("nan"), 3.0]) == (2.0, 1.0, 2)
+    assert math.isnan(B.mean_std([])[0]) and B.mean_std([])[2] == 0
+    assert B.fmt_mean_std([1.0, 3.0]) == "2.000 ± 1.000"
+    assert B.fmt_mean_std([0.5], 1) == "0.5"
+    assert B.fmt_mean_std([]) == "n/a"
+    assert B.fmt_number(0.12345, 4) == "0.1235" and B.fmt_number(None) == "n/a"
+    assert B.fmt_number(float("inf")) == "n/a"
 
 
 def test_claim1_thresholds():
@@ -85,7 +86,7 @@ def test_claim2x_pass_at_256_below_base():
     assert C.claim2x_diversity(runs, _passk([0.2, 0.9], [[0.5, 0.8], [0.6, 1.0]])).holds is False
     assert C.claim2x_diversity([_conf_run(-1)], _passk([0.2, 0.9], [[0.5, 0.7]])).holds is False  # answers rose
     sat = C.claim2x_diversity(runs, _passk([0.2, 1.0], [[0.5, 0.9995], [0.6, 1.0]]))
-    assert sat.holds is None and sat.verdict == C.CANNOT and "no room" in sat.note
+    assert sat.holds is None and sat.verdict == B.CANNOT and "no room" in sat.note
     none = C.claim2x_diversity(runs, None)
     assert none.holds is None and none.verdict == "not measured" and "no pass@k" in none.note
 
@@ -102,7 +103,7 @@ def test_claims3_4_from_one_step():
     assert "relative error < 5%" in c.claim
     assert C.claim4_first_order({**one, "rel_error": C.CLAIM4_MAX_REL_ERROR}).holds is False
     zero = C.claim4_first_order({**one, "dz_norm": 0.0})
-    assert zero.holds is None and zero.verdict == C.CANNOT and "step was zero" in zero.note
+    assert zero.holds is None and zero.verdict == B.CANNOT and "step was zero" in zero.note
     assert C.claim4_first_order({}).verdict == "not measured"
 
 
@@ -170,7 +171,7 @@ def test_claim6_three_measures():
     assert "6c fails" in C.claim6_gradient_component(rl, less_gain).numbers
     assert C.claim6_gradient_component(rl, []).holds is None
     tied = [_c6_run("cf-rl", 2.5, float("nan"), 0.0, s) for s in (0, 1)]  # all advantages 0: no direction
-    assert C.claim6_gradient_component(rl, tied).verdict == C.CANNOT
+    assert C.claim6_gradient_component(rl, tied).verdict == B.CANNOT
 
 
 def test_claim_n1_drift():
@@ -189,7 +190,7 @@ def test_claim5_cannot_show_without_a_rise():
     cf = _run("cf-rl", [{"stage": "stage1", "eval/reward": 0.2}] + [{"stage": "rl", "reward": 0.2,
                                                                      "eval/reward": 0.2}] * 10, head_steps=1)
     c = C.claim5_cf_rl_speed([flat], [cf])
-    assert c.holds is None and c.verdict == C.CANNOT and "rose by 0.000" in c.note
+    assert c.holds is None and c.verdict == B.CANNOT and "rose by 0.000" in c.note
 
 
 def test_claim5_faster_stage2():
@@ -224,7 +225,7 @@ def test_claims_records(tmp_path):
         seeds = [p["seed"] for p in c["per_seed"]]
         # the run-based claims are judged per seed too (2 seeds in the synthetic runs); the others once
         assert seeds == ([] if c["id"] in ("1", "1x", "3", "4") else [0, 1])
-        assert c["verdict"] == C.robust_verdict(c["holds"], [p["holds"] for p in c["per_seed"]],
+        assert c["verdict"] == B.robust_verdict(c["holds"], [p["holds"] for p in c["per_seed"]],
                                                 fallback=c["verdict_mean"])
     by_n = {c["n"]: c for c in out}
     # claim 6 v1: seed 0 and seed 1 have the same share curves, so each seed alone is "not supported" as the mean is
@@ -251,8 +252,8 @@ def test_claims_pass_at_k_per_seed(tmp_path):
     (True, [True, False, True], "mixed"), (False, [True, True], "mixed"), (None, [], "not measured"),
     (True, [], "supported"), (None, [None, True], "supported"), (None, [None, None], "not measured")])
 def test_robust_verdict(mean, seeds, verdict):
-    assert C.robust_verdict(mean, seeds) == verdict
-    assert C.robust_verdict(None, [None], fallback=C.CANNOT) == C.CANNOT
+    assert B.robust_verdict(mean, seeds) == verdict
+    assert B.robust_verdict(None, [None], fallback=B.CANNOT) == B.CANNOT
 
 
 def test_robustness_table():
@@ -271,9 +272,9 @@ def test_robustness_table():
 
 @pytest.mark.parametrize("holds, verdict", [(True, "supported"), (False, "not supported"), (None, "not measured")])
 def test_claim_result(holds, verdict):
-    c = C.ClaimResult("3", "text", "numbers", holds)
+    c = B.ClaimResult("3", "text", "numbers", holds)
     assert c.verdict == verdict and c.as_dict()["verdict"] == verdict and c.as_dict()["note"] == ""
-    assert C.ClaimResult("3", "t", "n", holds, cannot=True).verdict == (C.CANNOT if holds is None else verdict)
+    assert B.ClaimResult("3", "t", "n", holds, cannot=True).verdict == (B.CANNOT if holds is None else verdict)
 
 
 def test_claim6_leaves_out_zero_updates():

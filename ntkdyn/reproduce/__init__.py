@@ -13,10 +13,9 @@ that finished.
   pipeline.py  the pipeline (`run`), its PROFILES and the command line (add_arguments, run_cli)
   claims.py         the one table of claims (id, version, measure, effects, threshold, side, rule) and `claims`,
                     which judges every entry: v3 by effects with 95 % t intervals (ntkdyn.stats), v2/v1 as before
-  verdicts.py       the v2 measures of the base-model claims (1, 1x, 3, 4)
-  verdicts_runs.py  the v2 measures of the run claims (2, 2x, 5-8, N1); thresholds as named constants
-  verdicts_v1.py    the v1 readings of claims 1, 2, 6, 8 (before the spec's revision; docs/claims.md)
-  claim_base.py     ClaimResult, numbers over seeds, the v2 verdict over seeds
+  earlier.py        the earlier readings' measures: v2 (all claims) and v1 (claims 1, 2, 6, 8; before the spec's
+                    revision; docs/claims.md); thresholds as named constants beside each
+  claim_base.py     ClaimResult, numbers over seeds, the v2 verdict over seeds, pieces several measures share
   summary.py        summary.md
 (the package's `claims` is the function claims.claims: `from ntkdyn.reproduce import claims` gets the function;
 import the table's module as `from ntkdyn.reproduce.claims import TABLE, ...`)

@@ -1,6 +1,7 @@
 """What every claim function of the reproduction shares: `ClaimResult` (one claim's numbers and verdict), the verdict
-words, numbers as mean ± std over seeds, reading a value out of run records, and `robust_verdict` (the verdict over
-seeds). The measurements and thresholds of each claim are pre-registered in docs/claims.md."""
+words, numbers as mean ± std over seeds, reading a value out of run records, `robust_verdict` (the verdict over
+seeds), and the pieces several claims' measures share (pass@k of a policy, steps to a reward, stage-1 gains, head
+growth). The measurements and thresholds of each claim are pre-registered in docs/claims.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,9 @@ from ..plots.runs import parse_curve
 from ..stats import CANNOT
 
 __all__ = ["ClaimResult", "VERDICTS", "CANNOT", "mean_std", "fmt_mean_std", "fmt_number", "first_last", "deltas",
-           "finals", "pass_at", "first_in_stage", "robust_verdict"]
+           "finals", "pass_at", "first_in_stage", "robust_verdict", "PASSK_SATURATED", "passk_at", "CLAIM5_START_RECORDS",
+           "CLAIM5_THRESHOLD_FRACTION", "CLAIM5_WINDOW", "CLAIM5_MAX_STAGE1_GAIN", "CLAIM5_MIN_RISE", "steps_to",
+           "stage1_gains", "head_growth"]
 
 VERDICTS = {True: "supported", False: "not supported", None: "not measured"}
 
@@ -99,3 +102,55 @@ def robust_verdict(holds_mean, holds_per_seed, fallback: str | None = None) -> s
         return fallback or VERDICTS[None]
     votes = set(measured) | ({holds_mean} if holds_mean is not None else set())
     return VERDICTS[votes.pop()] if len(votes) == 1 else "mixed"
+
+
+# ------------------------------------------------------------------------------------------------- pieces of several claims' measures (v3 and earlier readings)
+PASSK_SATURATED = 0.999  # pass@kmax at least this for the base and every RL policy: no room to lose coverage
+
+
+def passk_at(passk, label, k):
+    """pass@k of every seed of policy `label` in a pass@k result ({"ks", "policies": {label: {"seeds",
+    "curves"}}}); [] when absent."""
+    if not passk or label not in passk.get("policies", {}):
+        return []
+    ks = list(passk["ks"])
+    return [float(c[ks.index(k)]) for c in passk["policies"][label]["curves"]] if k in ks else []
+
+
+CLAIM5_START_RECORDS = 5  # RL's start reward: the mean over its first records
+CLAIM5_THRESHOLD_FRACTION = 0.5  # the reward threshold: this far from RL's start to its end ("halfway")
+CLAIM5_WINDOW = 5  # moving-average window (steps) for reaching the threshold
+CLAIM5_MAX_STAGE1_GAIN = 0.5  # 'slightly': stage 1's Δ eval reward below this fraction of RL's whole-run gain
+CLAIM5_MIN_RISE = 0.05  # RL's train reward must rise at least this much (end − start) for the claim to show
+
+
+def steps_to(run, threshold, key="reward", window=CLAIM5_WINDOW):
+    """Full-RL steps until the moving average (window) of `key` first reaches threshold (None if never)."""
+    vals = np.asarray([r[key] for r in run.records if r.get("stage") == "rl" and key in r], np.float64)
+    for i in range(len(vals)):
+        if vals[max(0, i - window + 1):i + 1].mean() >= threshold:
+            return i + 1
+    return None
+
+
+def stage1_gains(cf_runs):
+    """Eval reward at the start of stage 2 minus at the start of stage 1, per CF-RL run."""
+    gains = []
+    for r in cf_runs:
+        recs = [x for x in r.records if "eval/reward" in x]
+        s1 = [x for x in recs if x.get("stage") == "stage1"]
+        s2 = [x for x in recs if x.get("stage") == "rl"]
+        if s1 and s2:
+            gains.append(s2[0]["eval/reward"] - s1[0]["eval/reward"])
+    return gains
+
+
+def head_growth(runs):
+    """‖W‖_F at the start of stage 2 over ‖W‖_F at the first logged step, per run."""
+    v = []
+    for r in runs:
+        recs = [x for x in r.records if "head_norm" in x]
+        s2 = [x for x in recs if x.get("stage") == "rl"]
+        if recs and s2:
+            v.append(s2[0]["head_norm"] / recs[0]["head_norm"])
+    return v

@@ -7,9 +7,8 @@ reproduction's `Inputs`), the effect definition, threshold and side (v3; docs/cl
   "all-seeds" (v2) the claim's test on the mean over seeds and on every seed alone (ClaimResult; "mixed" when they
               disagree): the reading docs/claims.md fixed before v3;
   "mean"      (v1) the test on the mean (the readings before the spec's revision), judged as v2 judges.
-The v2 / v1 measure functions live in verdicts.py (base-model claims), verdicts_runs.py (run claims) and
-verdicts_v1.py (the v1 readings); the v3 measures are here, reusing their pieces (steps to a reward, stage-1
-gains, head growth). Runs are read through plots.runs.load_runs (rl/rundir.read_run underneath).
+The v2 / v1 measure functions live in earlier.py; the v3 measures are here; the pieces both use (pass@k of a
+policy, steps to a reward, stage-1 gains, head growth) are in claim_base.py. Runs are read through plots.runs.load_runs (rl/rundir.read_run underneath).
 """
 from __future__ import annotations
 
@@ -20,13 +19,11 @@ import numpy as np
 
 from .. import stats as S
 from ..plots.runs import load_runs
-from .claim_base import VERDICTS, first_in_stage, first_last, robust_verdict
-from .verdicts import claim1_features, claim1x_positions, claim3_prop2, claim4_first_order
-from .verdicts_runs import (CLAIM5_MIN_RISE, CLAIM5_START_RECORDS, CLAIM5_THRESHOLD_FRACTION, PASSK_SATURATED,
-                            _stage1_gains, _steps_to, claim2_confidence, claim2x_diversity, claim5_cf_rl_speed,
-                            claim6_gradient_component, claim7_confidence, claim8_lp_ft, claim_n1_ntk_drift,
-                            head_growth)
-from .verdicts_v1 import claim1_v1, claim2_v1, claim6_v1, claim8_v1
+from .claim_base import (CLAIM5_MIN_RISE, CLAIM5_START_RECORDS, CLAIM5_THRESHOLD_FRACTION, PASSK_SATURATED, VERDICTS,
+                         first_in_stage, first_last, head_growth, passk_at, robust_verdict, stage1_gains, steps_to)
+from .earlier import (claim1_features, claim1_v1, claim1x_positions, claim2_confidence, claim2_v1, claim2x_diversity,
+                      claim3_prop2, claim4_first_order, claim5_cf_rl_speed, claim6_gradient_component, claim6_v1,
+                      claim7_confidence, claim8_lp_ft, claim8_v1, claim_n1_ntk_drift)
 
 __all__ = ["Claim", "Inputs", "Measured", "TABLE", "ORDER", "ORDER_V2", "ORDER_V1", "claims", "label"]
 
@@ -123,10 +120,8 @@ def _m2x(c, i: Inputs) -> Measured:
     pk = i.passk
     if not pk or "rl" not in pk.get("policies", {}) or "base" not in pk["policies"]:
         return Measured([], missing="no pass@k curves were measured")
-    ks = list(pk["ks"])
-    kmax = max(ks)
-    base = float(pk["policies"]["base"]["curves"][0][ks.index(kmax)])
-    rl = [float(cv[ks.index(kmax)]) for cv in pk["policies"]["rl"]["curves"]]
+    kmax = max(pk["ks"])
+    base, rl = passk_at(pk, "base", kmax)[0], passk_at(pk, "rl", kmax)
     extra = f"pass@{kmax} base {base:.3f}; task {pk.get('task')}, {pk.get('prompts')} prompts × {kmax} samples"
     if min([base] + rl) >= PASSK_SATURATED:
         return Measured([], extra, cannot=f"pass@{kmax} is ≥ {PASSK_SATURATED} for the base and every RL policy: "
@@ -181,11 +176,11 @@ def _m5(c, i: Inputs) -> Measured:
         if s is None or e is None:
             return None
         thr = s + CLAIM5_THRESHOLD_FRACTION * (e - s)
-        n_rl, n_cf = _steps_to(rl, thr), _steps_to(cf, thr)
+        n_rl, n_cf = steps_to(rl, thr), steps_to(cf, thr)
         return (n_rl or _full_rl_steps(rl) + 1) - (n_cf or _full_rl_steps(cf) + 1)
 
     def slight(rl, cf):
-        g1, g = _stage1_gains([cf]), _delta(rl, "eval/reward")
+        g1, g = stage1_gains([cf]), _delta(rl, "eval/reward")
         return None if not g1 or g is None else 0.5 * abs(g) - abs(g1[0])
 
     return Measured(_effects(c, _paired(i.rl, i.cf, speed), _paired(i.rl, i.cf, slight)))
