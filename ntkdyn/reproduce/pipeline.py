@@ -84,8 +84,9 @@ CLAIMS = ORDER + ORDER_V2 + ORDER_V1  # the claims' labels in summary.md, then t
 
 
 def _log(msg, progress=True):
+    """A progress line with the wall-clock time (phases' durations can be read off the log)."""
     if progress:
-        print(f"[reproduce] {msg}", flush=True)
+        print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _release_memory() -> float | None:
