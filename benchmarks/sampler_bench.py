@@ -3,6 +3,14 @@ weights and prompts. Prints one ratio from one run.
 
     python benchmarks/sampler_bench.py [--batch 32] [--new 64] [--repeats 3]          # a random small gpt_neox
     python benchmarks/sampler_bench.py --model smollm2-135m-instruct --batch 8         # a real checkpoint
+    python benchmarks/sampler_bench.py --model smollm2-135m-instruct --batch 8 --narrow  # weight types at decode
+
+--narrow (no transformers side): what a decode step's weight reads cost in each weight type on this backend, at the
+model's own matrix shapes and --batch rows: one jitted pass of x (batch, n_in) @ W over every matrix of the model
+(the weight-bound part of a decode step) with W in float32, bfloat16 (x too), bfloat16 converted to float32 in
+the program, and int8 with per-column float32 scales; and one sum over every float32 weight (a pure read: the
+bandwidth bound of float32 decoding). Each as ms per step, GB/s of weights read, and the ratio to float32 — a
+narrower weight type helps the sampler only where this ratio is well below 1.
 
 With --model (a directory, a .gguf file or a known name), both sides load the same converted Hugging Face
 directory (transformers opens it with AutoModelForCausalLM, float32); prompts are random ids of the vocabulary.
@@ -30,9 +38,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None, help="a real checkpoint (directory, .gguf or known name) instead of "
                     "the random gpt_neox of --d-model / --layers")
+    ap.add_argument("--narrow", action="store_true", help="time a decode step's weight reads per weight type "
+                    "(float32, bfloat16, int8) at the model's shapes instead of the sampler comparison")
     args = ap.parse_args(argv)
 
     lm, path = _models(args)
+    if args.narrow:
+        return narrow_types(lm, args.batch, args.repeats)
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     V = lm.config.vocab_size
     prompts = np.random.RandomState(0).randint(3, V, (args.batch, args.prompt_len)).astype(np.int32)
@@ -67,6 +79,56 @@ def main(argv=None):
     print(f"ntkdyn       {n_tokens / t_ours:10.0f} tokens/s  ({t_ours * 1e3:.1f} ms)")
     print(f"transformers {n_tokens / t_hf:10.0f} tokens/s  ({t_hf * 1e3:.1f} ms)")
     print(f"ratio ntkdyn / transformers: {t_hf / t_ours:.2f}x")
+
+
+def narrow_types(lm, batch, repeats):
+    """Print ms per pass of x @ W over every weight matrix of `lm` (see the module docstring) per weight type."""
+    import jax.numpy as jnp
+
+    mats = [np.asarray(w, np.float32) for w in jax.tree.leaves(lm.params) if np.ndim(w) == 2]
+    nbytes = sum(m.size for m in mats) * 4
+    rng = np.random.default_rng(0)
+    x = {n: jnp.asarray(rng.standard_normal((batch, n)), jnp.float32) for n in {m.shape[0] for m in mats}}
+
+    def f32(ws, xs):
+        return sum(jnp.sum(xs[w.shape[0]] @ w) for w in ws)
+
+    def bf16(ws, xs):
+        return sum(jnp.sum(xs[w.shape[0]].astype(jnp.bfloat16) @ w, dtype=jnp.float32) for w in ws)
+
+    def bf16_to_f32(ws, xs):
+        return sum(jnp.sum(xs[w.shape[0]] @ w.astype(jnp.float32)) for w in ws)
+
+    def int8(ws, xs):
+        return sum(jnp.sum((xs[q.shape[0]] @ q.astype(jnp.float32)) * s) for q, s in ws)
+
+    def read(ws, xs):
+        return sum(jnp.sum(w) for w in ws)
+
+    def quantized(m):
+        s = np.abs(m).max(0) / 127 + 1e-12
+        return jnp.asarray(np.round(m / s), jnp.int8), jnp.asarray(s, jnp.float32)
+
+    cases = [("float32 weights", f32, [jnp.asarray(m) for m in mats], 4),
+             ("bfloat16 weights and x", bf16, [jnp.asarray(m, jnp.bfloat16) for m in mats], 2),
+             ("bfloat16 weights -> float32", bf16_to_f32, [jnp.asarray(m, jnp.bfloat16) for m in mats], 2),
+             ("int8 weights + scales", int8, [quantized(m) for m in mats], 1),
+             ("read float32 weights (sum)", read, [jnp.asarray(m) for m in mats], 4)]
+    print(f"{len(mats)} weight matrices, {nbytes / 1e6:.0f} MB in float32; {batch} rows; jax {jax.__version__} on "
+          f"{jax.devices()[0].platform}")
+    base = None
+    for name, fn, ws, width in cases:
+        g = jax.jit(fn)
+        jax.block_until_ready(g(ws, x))
+        ts = []
+        for _ in range(max(repeats, 5)):
+            t = time.perf_counter()
+            jax.block_until_ready(g(ws, x))
+            ts.append(time.perf_counter() - t)
+        t = float(np.median(ts))
+        base = base or t
+        print(f"{name:30s} {t * 1e3:9.2f} ms/step  {nbytes * width / 4 / t / 1e9:6.1f} GB/s of weights  "
+              f"{t / base:6.2f}x float32")
 
 
 def _models(args):
