@@ -105,8 +105,8 @@ SHARDED = textwrap.dedent("""
     mesh = jax.make_mesh((4,), ("ctx",))
     worst = 0.0
     for out in ("full", "trace"):
-        one = ntk.decompose(lm, ids, ctx, params=params, output=out)
-        many = ntk.decompose(lm, ids, ctx, params=params, output=out, mesh=mesh)
+        one = ntk.decompose(lm, ids, ctx, params=params, output=out, method="jacobian")
+        many = ntk.decompose(lm, ids, ctx, params=params, output=out, mesh=mesh, method="jacobian")
         for x, y in zip(jax.tree.leaves((one.representation, one.gradient, one.cross)),
                         jax.tree.leaves((many.representation, many.gradient, many.cross))):
             x, y = np.asarray(x), np.asarray(y)
