@@ -350,6 +350,13 @@ MESH = textwrap.dedent("""
             worst = max(worst, float(np.abs(x - y).max() / np.abs(x).max()))
         print(output, dict(zip(mesh.axis_names, mesh.devices.shape)), "worst so far", worst,
               f"{time.time() - t0:.1f} s", flush=True)
+    from ntkdyn.rl.trackers import Probes
+    from ntkdyn.rl.trackers.drift import Drift, trace_kernels
+    drift = Drift(lm, Probes(ids, np.ones(ids.shape, np.float32), ctx), "unused", every=1, n_contexts=6,
+                  method="exact", num_probes=2, mesh=fsdp)  # the drift tracker of a run on this mesh
+    K1, Km = trace_kernels(lm, ids, drift.contexts, params), drift._kernels(params)
+    assert drift.mesh is fsdp and K1.keys() == Km.keys()
+    worst = max([worst] + [float(np.abs(Km[z] - K1[z]).max() / np.abs(K1[z]).max()) for z in K1])
     kernel = next(l for l in jax.tree.leaves(lm.params["backbone"]) if l.ndim == 2)
     placed = ntk.shared.place_params(fsdp, kernel)
     assert placed.sharding.spec[int(np.argmax(kernel.shape))] == "fsdp", placed.sharding
@@ -361,8 +368,9 @@ MESH = textwrap.dedent("""
 
 def test_structured_on_a_mesh_of_four_devices_equals_one_device():
     """The structured method on 4 forced CPU devices (a subprocess): tr G and tr X on a data×fsdp mesh (parameters
-    sharded over fsdp), full G and X in two cotangent chunks on a 1-axis mesh, the Hutchinson estimates, each equal
-    to one device's (float64); the plans report 4 devices and the bytes per device."""
+    sharded over fsdp), full G and X in two cotangent chunks on a 1-axis mesh, the Hutchinson estimates, and the
+    drift tracker's kernels on the run's mesh, each equal to one device's (float64); the plans report 4 devices and
+    the bytes per device."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
