@@ -14,7 +14,7 @@ from flax import traverse_util
 
 __all__ = ["Side", "tokens_kept", "side", "q", "gram_factor", "rademacher", "g_estimates", "tied_x_estimates",
            "finish_rep", "finish_probes", "cat", "assemble", "swap_pairs", "schedule", "walk", "sharded",
-           "auto_mesh", "devices", "place_params", "replicate", "dense_sizes", "seconds"]
+           "auto_mesh", "devices", "place_params", "dense_sizes", "seconds"]
 
 
 # ----------------------------------------------------------------------------------------------- sides
@@ -198,14 +198,6 @@ def place_params(mesh, tree):
         return NamedSharding(mesh, PartitionSpec(*[("fsdp" if i == axes[0] else None) for i in range(len(shape))]))
 
     return jax.device_put(tree, jax.tree.map(spec, tree))
-
-
-def replicate(mesh, tree):
-    """A pytree copied onto every device of the mesh (unchanged without a mesh)."""
-    if mesh is None or tree is None:
-        return tree
-    from jax.sharding import NamedSharding, PartitionSpec
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 # ----------------------------------------------------------------------------------------------- seconds (diagnostic)

@@ -9,9 +9,9 @@ A tracker has
     after_update(u: Update) -> dict       after every update: the tracker decides whether this step is its own
 
 `from_config(config, lm, probes, out, mesh)` makes the run's trackers from its RLConfig, in the order their keys appear
-in a record (the trackers that compute kernels, claim 6's and the drift, compute them on the run's mesh `mesh`, i.e.
-ctx.sh.mesh; None: one device): the dz share (dz_share.py, RLConfig.probe_every), claim 6's measures (claim6.py, RLConfig.claim6), the eNTK
-drift (drift.py, RLConfig.ntk_every). A new tracker: a module here with a class of that interface, and one line in
+in a record: the dz share (dz_share.py, RLConfig.probe_every), claim 6's measures (claim6.py, RLConfig.claim6), the
+eNTK drift (drift.py, RLConfig.ntk_every). The two that compute kernels (claim 6's G_S, the drift's traces) compute
+them on `mesh`, the run's (ctx.sh.mesh; None: one device). A new tracker: a module here with a class of that interface, and one line in
 `from_config` that adds it when its config field asks for it.
 """
 from __future__ import annotations
