@@ -9,7 +9,7 @@ from . import methods
 from .contexts import kernel_contexts
 from .kernel import Kernel, KernelPlan
 from .request import make_request, params_of
-from .shared import devices, finish_rep
+from .shared import finish_rep
 
 __all__ = ["decompose", "plan", "representation", "hidden_kernel"]
 
@@ -37,9 +37,7 @@ def _plan(req, method) -> KernelPlan:
     for other in ("jacobian", "structured"):  # the other method's seconds estimate too: a diagnostic only
         if other not in secs:
             secs.update(methods.module(other, req.kind).plan(req).predicted_seconds)
-    n_dev = devices(req.mesh)
-    return kp._replace(reason=reason, predicted_seconds={m: secs[m] for m in sorted(secs)}, devices=n_dev,
-                       predicted_bytes_per_device=-(-kp.predicted_bytes // n_dev))
+    return kp._replace(reason=reason, predicted_seconds={m: secs[m] for m in sorted(secs)})
 
 
 def plan(lm, ids_a, pos_a, ids_b=None, pos_b=None, *, output: str = "full", tokens=None, params=None,

@@ -320,8 +320,10 @@ def plan(req) -> KernelPlan:
     S_max = max(sum(sz.leaf_sizes[i] for i in g) for g, _, _ in groups)
     held = 2 * max(k for _, _, k in groups) * compute * d * (S_max + max(sz.Ta, sz.Tb) * d) * sz.itemsize
     sweeps = len(groups) * (1 if sym else 2) * pad(n_ctx) // compute
+    # per device: 1/n_dev of the a block, the b block gathered whole for the contraction (as the structured sweeps)
+    per_device = held / 2 / sz.n_dev + held / 2
     return KernelPlan(NAME, "", sweeps * compute * d, sweeps, compute, len(groups), int(held), sz.budget,
-                      {NAME: _cost(req, jp)}, jp)
+                      {NAME: _cost(req, jp)}, jp, sz.n_dev, int(per_device))
 
 
 def _cost(req, jp: Plan) -> float:

@@ -130,7 +130,7 @@ def plan(req) -> KernelPlan:
                    2 * vjps * T * sum_m * item, cfg.n_layers)
     held = item * cb * pc * T * (sum_m + cfg.d_model + 3 * (sum_m + sum_n))
     return KernelPlan(NAME, "", vjps + jvps, -(-req.nb // cb) * -(-n // pc), pc, 1, int(held), req.memory_budget,
-                      {NAME: secs}, (cb, pc))
+                      {NAME: secs}, (cb, pc), n_dev, -(-int(held) // n_dev))  # the b contexts split, none gathered
 
 
 def run(req, kp: KernelPlan) -> Kernel:
