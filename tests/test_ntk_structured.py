@@ -369,16 +369,32 @@ MESH = textwrap.dedent("""
 """)
 
 
-def test_structured_on_a_mesh_of_four_devices_equals_one_device():
+MESH_TEST = "test_structured_on_a_mesh_of_four_devices_equals_one_device"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mesh_run(request):
+    """The mesh subprocess, started when the module starts (only if its test is selected) so that it runs beside the
+    module's other tests; its test waits for it."""
+    if not any(item.name == MESH_TEST for item in request.session.items):
+        yield None
+        return
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-c", MESH], env=env, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_structured_on_a_mesh_of_four_devices_equals_one_device(mesh_run):
     """The structured method on 4 forced CPU devices (a subprocess): tr G and tr X on a data×fsdp mesh (parameters
     sharded over fsdp), full G and X in two cotangent chunks on a 1-axis mesh, the Hutchinson estimates, and the
     drift tracker's kernels on the run's mesh, each equal to one device's (float64); the plans report 4 devices and
     the bytes per device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", MESH], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=600)
-    out = proc.stdout + proc.stderr
+    out = mesh_run.communicate(timeout=600)[0]
     print(out)
-    assert proc.returncode == 0 and "OK" in out, out
+    assert mesh_run.returncode == 0 and "OK" in out, out
