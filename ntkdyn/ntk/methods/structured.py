@@ -304,8 +304,8 @@ def _choose(sz, mode, na, nb, sym, n_cot, Ta, Tb, item, budget, chunk, block, n_
 def plan(req) -> KernelPlan:
     """Choose (block, chunk), count the sweeps and the bytes held: the plan `run` follows (abstract parameters
     work). req.batch_size forces the contexts per sweep (block; rounded up to a multiple of the mesh's devices),
-    req.chunk the cotangent rows per sweep. predicted_bytes is the total held; on a mesh each device holds about
-    1/devices of it (the contexts are split evenly)."""
+    req.chunk the cotangent rows per sweep. predicted_bytes is the total held (what one device holds without a
+    mesh); on a mesh KernelPlan.predicted_bytes_per_device is one device's share (module docstring)."""
     cfg, params, output, sym = req.cfg, req.params, req.output, req.sym
     V, d = params["head"]["W"].shape
     mode = "trace" if output == "trace" else "matrix"
