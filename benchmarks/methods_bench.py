@@ -8,6 +8,11 @@ compared with an earlier release's automatic choice (benchmarks/RESULTS.md, "met
 
     python benchmarks/methods_bench.py --cases default-trace-2,default-trace-8 --methods default,jacobian
     python benchmarks/methods_bench.py --predict-only          # the plans only (ntk.plan), nothing run
+    python benchmarks/methods_bench.py --cases default-trace-16 --methods structured --devices 1,2,4
+
+--devices D1,D2,...: each method also on a mesh of D forced CPU devices (XLA_FLAGS
+--xla_force_host_platform_device_count=D in the child process, jax.make_mesh((D,), ("ctx",)) passed as mesh=; 1: no
+mesh), a column per (method, D).
 
 Cases: the embedded default base model (gpt_neox, 0.8M parameters), SmolLM2-135M-Instruct (cached known model) and
 random Llama models of a few sizes; N contexts of T random tokens analysed at their last position.
@@ -61,6 +66,7 @@ CASES = {
     "tiny-hutch-4": (lambda: _llama(16, 2, 97), 4, 8, "hutchinson", {"num_probes": 16}),
     "default-trace-2": (_default, 2, 16, "trace", {}),
     "default-trace-8": (_default, 8, 16, "trace", {}),
+    "default-trace-16": (_default, 16, 16, "trace", {}),
     "default-subset-2": (_default, 2, 16, "subset", {}),
     "default-subset-8": (_default, 8, 16, "subset", {}),
     "default-full-4": (_default, 4, 16, "full", {}),
@@ -84,8 +90,8 @@ def _inputs(name):
     return lm, ids, np.full(N, T - 1), output, kw
 
 
-def one_process(name, method):
-    """First and warm call of one case and method in this (fresh) process."""
+def one_process(name, method, devices="1"):
+    """First and warm call of one case and method in this (fresh) process, on a mesh of `devices` devices (> 1)."""
     import jax
 
     from ntkdyn import ntk
@@ -93,6 +99,9 @@ def one_process(name, method):
     lm, ids, pos, output, kw = _inputs(name)
     if method != "default":
         kw = dict(kw, method=method)
+    if int(devices) > 1:
+        assert len(jax.devices()) == int(devices), jax.devices()
+        kw = dict(kw, mesh=jax.make_mesh((int(devices),), ("ctx",)))
 
     def call():
         t = time.perf_counter()
@@ -102,7 +111,7 @@ def one_process(name, method):
 
     first, k = call()
     warm, _ = call()
-    return {"first_s": round(first, 3), "warm_s": round(warm, 3), "method": k.plan.method,
+    return {"first_s": round(first, 3), "warm_s": round(warm, 3), "method": k.plan.method, "devices": k.plan.devices,
             "predicted_s": dict(k.plan.predicted_seconds), "load_average": round(os.getloadavg()[0], 1)}
 
 
@@ -116,9 +125,12 @@ def predict(name):
             "predicted_s": kp.predicted_seconds, "predicted_bytes": kp.predicted_bytes}
 
 
-def _child(name, method):
-    out = subprocess.run([sys.executable, __file__, "--child", name, method], capture_output=True, text=True,
-                         env=dict(os.environ), timeout=3600)
+def _child(name, method, devices=1):
+    env = dict(os.environ)
+    if devices > 1:
+        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, __file__, "--child", name, method, str(devices)], capture_output=True,
+                         text=True, env=env, timeout=3600)
     if out.returncode:
         raise RuntimeError(f"{name} {method} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -129,9 +141,11 @@ def main(argv=None):
     ap.add_argument("--cases", default=",".join(c for c in CASES if not c.startswith("smollm2")),
                     help="comma-separated case names (default: all but the SmolLM2 ones)")
     ap.add_argument("--methods", default="jacobian,structured", help="comma-separated: jacobian, structured, default")
+    ap.add_argument("--devices", default="1", help="comma-separated device counts: 1 (no mesh) or a mesh of D "
+                    "forced CPU devices")
     ap.add_argument("--rounds", type=int, default=1, help="rounds per case and method (order alternates)")
     ap.add_argument("--predict-only", action="store_true", help="print the default method's plans, run nothing")
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(one_process(*args.child)), flush=True)
@@ -142,25 +156,27 @@ def main(argv=None):
         return
     import ntkdyn
 
-    methods = args.methods.split(",")
+    devices = [int(d) for d in args.devices.split(",")]
+    columns = [f"{m}@{d}" if len(devices) > 1 else m for m in args.methods.split(",") for d in devices]
     rows = []
     for name in args.cases.split(","):
-        runs = {m: [] for m in methods}
+        runs = {m: [] for m in columns}
         for r in range(args.rounds):
-            for m in (methods if r % 2 == 0 else methods[::-1]):
-                runs[m].append(_child(name, m))
+            for m in (columns if r % 2 == 0 else columns[::-1]):
+                method, _, d = m.partition("@")
+                runs[m].append(_child(name, method, int(d or 1)))
         row = {"case": name, "ntkdyn": os.path.dirname(ntkdyn.__file__), "rounds": args.rounds}
         for m, rs in runs.items():
-            row[m] = {"method": rs[0]["method"], "first_s": statistics.median(x["first_s"] for x in rs),
-                      "warm_s": statistics.median(x["warm_s"] for x in rs), "predicted_s": rs[0]["predicted_s"],
+            med = {k: round(statistics.median(x[k] for x in rs), 3) for k in ("first_s", "warm_s")}
+            row[m] = {"method": rs[0]["method"], **med, "predicted_s": rs[0]["predicted_s"],
                       "load_average": [x["load_average"] for x in rs]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| case | " + " | ".join(f"{m}: ran / first / warm (s)" for m in methods) + " | load |")
-    print("|---|" + "---|" * (len(methods) + 1))
+    print("\n| case | " + " | ".join(f"{m}: ran / first / warm (s)" for m in columns) + " | load |")
+    print("|---|" + "---|" * (len(columns) + 1))
     for r in rows:
-        cells = [f"{r[m]['method']} / {r[m]['first_s']} / {r[m]['warm_s']}" for m in methods]
-        loads = sorted(x for m in methods for x in r[m]["load_average"])
+        cells = [f"{r[m]['method']} / {r[m]['first_s']} / {r[m]['warm_s']}" for m in columns]
+        loads = sorted(x for m in columns for x in r[m]["load_average"])
         print(f"| {r['case']} | " + " | ".join(cells) + f" | {loads[0]}-{loads[-1]} |")
 
 

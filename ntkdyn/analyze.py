@@ -477,7 +477,7 @@ def _analyze(c: AnalyzeConfig, progress: bool, reward_funcs) -> dict:
                 K0 = {k: saved[k] for k in ("R", "G", "K")}
             else:
                 K0 = trace_kernels(ctx.lm, ctx.probe_ids, contexts, ctx.base_params, rlc.ntk_method,
-                                   rlc.ntk_probes)
+                                   rlc.ntk_probes, ctx.sh.mesh)
                 rundir.write_arrays(out, rundir.NTK0_FILE, method=np.asarray(rlc.ntk_method), contexts=contexts,
                                     **K0)
 
@@ -506,7 +506,7 @@ def _analyze(c: AnalyzeConfig, progress: bool, reward_funcs) -> dict:
             rec["feature_cosine"] = float(_feature_cosine(h, ctx.h0, ctx.probe_mask_dev))
             if c.ntk:
                 rec.update(drift_metrics(K0, trace_kernels(ctx.lm, ctx.probe_ids, contexts, params,
-                                                           rlc.ntk_method, rlc.ntk_probes)))
+                                                           rlc.ntk_method, rlc.ntk_probes, ctx.sh.mesh)))
             rec.update(evaluate([ctx], lanes, params, p.step)[0])
             rec["analyze_time"] = time.perf_counter() - t0
             rundir.log(out, rec)

@@ -102,11 +102,11 @@ SHARDED = textwrap.dedent("""
     lm = nd.LM(cfg, params)
     ids = np.array([[5, 9, 5, 11, 9, 4], [3, 9, 7, 3, 12, 5]], np.int32)
     ctx = ntk.contexts_from_mask(np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 0, 0, 1]]))   # 8 contexts
-    mesh = jax.make_mesh((4,), ("ctx",))
+    meshes = {"full": jax.make_mesh((4,), ("ctx",)), "trace": jax.make_mesh((2, 2), ("data", "fsdp"))}
     worst = 0.0
-    for out in ("full", "trace"):
-        one = ntk.decompose(lm, ids, ctx, params=params, output=out)
-        many = ntk.decompose(lm, ids, ctx, params=params, output=out, mesh=mesh)
+    for out, mesh in meshes.items():  # trace: the parameters sharded over fsdp (shared.place_params)
+        one = ntk.decompose(lm, ids, ctx, params=params, output=out, method="jacobian")
+        many = ntk.decompose(lm, ids, ctx, params=params, output=out, mesh=mesh, method="jacobian")
         for x, y in zip(jax.tree.leaves((one.representation, one.gradient, one.cross)),
                         jax.tree.leaves((many.representation, many.gradient, many.cross))):
             x, y = np.asarray(x), np.asarray(y)

@@ -42,12 +42,18 @@ def test_real_model_takes_the_structured_method():
     assert forced.method == "jacobian" and forced.parameter_groups > 100 and forced.reason.startswith("forced")
 
 
-def test_a_mesh_takes_the_jacobian_method():
+def test_a_mesh_keeps_the_structured_method():
+    """With a mesh the default stays structured and the plan is the one-device plan, with the mesh's devices and the
+    bytes per device reported (4 devices: tests/test_ntk_structured.py, in a subprocess)."""
     import jax
 
     mesh = jax.make_mesh((1,), ("ctx",))
-    kp = _plan(SMOLLM2, mesh=mesh)
-    assert kp.method == "jacobian" and "mesh" in kp.reason and set(kp.predicted_seconds) == {"jacobian"}
+    for output in ("trace", "hutchinson"):
+        kp, one = _plan(SMOLLM2, output, mesh=mesh), _plan(SMOLLM2, output)
+        assert kp.method == "structured" and kp.reason == "default" and set(kp.predicted_seconds) == {"jacobian",
+                                                                                                     "structured"}
+        assert kp.devices == 1 and kp.predicted_bytes_per_device == kp.predicted_bytes == one.predicted_bytes
+        assert kp.sweeps == one.sweeps and kp.chunk == one.chunk
 
 
 def test_tiny_model_plans():

@@ -7,11 +7,15 @@ Tiny random models of every family: GPT-2 (tied, learned positions, biases), GPT
 (partial rotary, biases), Llama with GQA (untied and tied), Qwen2 (qkv bias), Qwen3 (q/k norms, a sliding layer),
 Gemma 3 (tied, √d embedding scale, (1 + w) norms, four norms per block, q/k norms, sliding and global layers). Chunks of 5 cotangents (d = 16: four
 chunks, the last one padded) and blocks of 4 contexts (6 contexts: two blocks, padded) make every loop run several
-times.
+times. The mesh test runs the method on 4 forced CPU devices in a subprocess, against one device.
 """
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -305,3 +309,92 @@ def test_plan_for_smollm2_shape_without_parameters():
     assert many.blocks_a > 1 and many.chunk >= MIN_CHUNK and many.predicted_bytes <= 1 << 30
     sub = ntk.plan(lm, ids, np.array([5, 5]), output="subset", tokens=np.arange(5)).detail
     assert sub.basis == "subset" and sub.n_cotangents == 5 and sub.cross_rows == 0
+
+
+# ----------------------------------------------------------------------------------------------- mesh
+MESH = textwrap.dedent("""
+    import time, jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    import ntkdyn as nd
+    from ntkdyn import ntk
+    from ntkdyn.models.transformer import abstract_params
+    assert len(jax.devices()) == 4, jax.devices()
+    cfg = nd.ModelConfig(family="gpt2", vocab_size=41, d_model=16, n_layers=2, n_heads=2, n_kv_heads=2, d_ff=32,
+                         max_positions=32, tie_word_embeddings=True, qkv_bias=True, out_bias=True,
+                         activation="gelu_new")
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda a: rng.normal(0.0, 0.2, a.shape) + (a.ndim == 1), abstract_params(cfg))
+    lm = nd.LM(cfg, params)
+    ids = np.array([[5, 9, 5, 11, 9, 4], [3, 9, 7, 3, 12, 5]], np.int32)
+    ctx = np.array([[0, 0], [0, 1], [0, 2], [0, 3], [0, 5], [1, 3]], np.int32)  # 6 contexts: blocks padded to 8
+    ctx4 = jax.make_mesh((4,), ("ctx",))
+    fsdp = jax.make_mesh((2, 2), ("data", "fsdp"))
+    cases = [("trace", fsdp, {}), ("full", ctx4, dict(chunk=8)),  # full: two cotangent chunks, the cross arrays
+             ("hutchinson", fsdp, dict(num_probes=2))]
+    worst, t0 = 0.0, time.time()
+    for output, mesh, kw in cases:
+        one = ntk.decompose(lm, ids, ctx, output=output, **kw)
+        many = ntk.decompose(lm, ids, ctx, output=output, mesh=mesh, **kw)
+        p = many.plan
+        assert p.method == "structured" and p.devices == 4 and one.plan.devices == 1, p
+        if output == "hutchinson":  # the b contexts split, nothing gathered
+            assert p.predicted_bytes_per_device == -(-p.predicted_bytes // 4), p
+        else:  # a quarter of everything, plus the rest of the b sweep gathered for the Gram matrices
+            assert p.predicted_bytes // 4 < p.predicted_bytes_per_device <= p.predicted_bytes, p
+        if output != "hutchinson":
+            assert p.detail.block % 4 == 0 and p.detail.devices == 4, p.detail
+        for x, y in zip(jax.tree.leaves((one.representation, one.gradient, one.cross)),
+                        jax.tree.leaves((many.representation, many.gradient, many.cross))):
+            if np.ndim(x) == 0:  # num_probes
+                assert x == y, (x, y)
+                continue
+            x, y = np.asarray(x), np.asarray(y)
+            assert x.shape == y.shape and x.dtype == y.dtype == np.float64, (x.shape, y.shape, y.dtype)
+            worst = max(worst, float(np.abs(x - y).max() / np.abs(x).max()))
+        print(output, dict(zip(mesh.axis_names, mesh.devices.shape)), "worst so far", worst,
+              f"{time.time() - t0:.1f} s", flush=True)
+    from ntkdyn.rl.trackers import Probes
+    from ntkdyn.rl.trackers.drift import Drift, trace_kernels
+    drift = Drift(lm, Probes(ids, np.ones(ids.shape, np.float32), ctx), "unused", every=1, n_contexts=6,
+                  method="exact", num_probes=2, mesh=fsdp)  # the drift tracker of a run on this mesh
+    K1, Km = trace_kernels(lm, ids, drift.contexts, params), drift._kernels(params)
+    assert drift.mesh is fsdp and K1.keys() == Km.keys()
+    worst = max([worst] + [float(np.abs(Km[z] - K1[z]).max() / np.abs(K1[z]).max()) for z in K1])
+    kernel = next(l for l in jax.tree.leaves(lm.params["backbone"]) if l.ndim == 2)
+    placed = ntk.shared.place_params(fsdp, kernel)
+    assert placed.sharding.spec[int(np.argmax(kernel.shape))] == "fsdp", placed.sharding
+    print("max rel diff mesh vs one device", worst)
+    assert worst < 1e-10, worst
+    print("OK")
+""")
+
+
+MESH_TEST = "test_structured_on_a_mesh_of_four_devices_equals_one_device"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mesh_run(request):
+    """The mesh subprocess, started when the module starts (only if its test is selected) so that it runs beside the
+    module's other tests; its test waits for it."""
+    if not any(item.name == MESH_TEST for item in request.session.items):
+        yield None
+        return
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-c", MESH], env=env, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_structured_on_a_mesh_of_four_devices_equals_one_device(mesh_run):
+    """The structured method on 4 forced CPU devices (a subprocess): tr G and tr X on a data×fsdp mesh (parameters
+    sharded over fsdp), full G and X in two cotangent chunks on a 1-axis mesh, the Hutchinson estimates, and the
+    drift tracker's kernels on the run's mesh, each equal to one device's (float64); the plans report 4 devices and
+    the bytes per device."""
+    out = mesh_run.communicate(timeout=600)[0]
+    print(out)
+    assert mesh_run.returncode == 0 and "OK" in out, out

@@ -15,7 +15,8 @@ z(c) = lm.logits(ids)[row, pos] are analysed.
 R needs only h (one forward pass). G never needs V×P Jacobians. The methods (ntk/methods: a table of modules with
 one interface, plan(request) and run(request, plan)) compute G exactly or by Hutchinson probes:
 structured derivatives (the default: per-layer Gram matrices from one backward through the activations per
-cotangent, no weight gradient) or Jacobian blocks (J_h by reverse passes; the method that takes a Mesh).
+cotangent, no weight gradient) or Jacobian blocks (J_h by reverse passes). Both take a Mesh: the contexts of every
+sweep or chunk are spread over its devices, the parameters replicated or sharded over an "fsdp" axis.
 
 Modules: api.py (decompose, plan, representation, hidden_kernel), request.py (the validated Request), kernel.py
 (Kernel, HutchinsonEstimate, KernelPlan), contexts.py (validated (row, position) contexts), shared.py (sides, token

@@ -35,7 +35,7 @@ def _plan(req, method) -> KernelPlan:
     kp = methods.module(name, req.kind).plan(req)
     secs = dict(kp.predicted_seconds)
     for other in ("jacobian", "structured"):  # the other method's seconds estimate too: a diagnostic only
-        if other not in secs and (req.mesh is None or other == "jacobian"):
+        if other not in secs:
             secs.update(methods.module(other, req.kind).plan(req).predicted_seconds)
     return kp._replace(reason=reason, predicted_seconds={m: secs[m] for m in sorted(secs)})
 
@@ -45,7 +45,7 @@ def plan(lm, ids_a, pos_a, ids_b=None, pos_b=None, *, output: str = "full", toke
          memory_budget: int | None = None, method: str = "auto", chunk: int | None = None) -> KernelPlan:
     """The KernelPlan `decompose` would follow for these arguments, without computing anything (`params` may be
     jax.ShapeDtypeStructs, e.g. transformer.abstract_params(cfg)): the method and why, passes, sweeps, chunk,
-    predicted bytes. Same arguments as `decompose`."""
+    predicted bytes (in all and per device of the mesh). Same arguments as `decompose`."""
     req = make_request(lm, ids_a, pos_a, ids_b, pos_b, output=output, tokens=tokens, params=params,
                        batch_size=batch_size, mesh=mesh, num_probes=num_probes, seed=seed, untied=untied,
                        memory_budget=memory_budget, method=method, chunk=chunk)
@@ -66,12 +66,13 @@ def decompose(lm, ids_a, pos_a, ids_b=None, pos_b=None, *, output: str = "full",
     untied: report the view where the tied table is cloned into a separate output head (Θ = R + G, cross None).
     method: "structured" (structured derivatives: one backward through the activations per cotangent, per-layer
     Gram matrices, never a weight gradient), "jacobian" (J_h from d reverse passes per context that write weight
-    gradients; parameter groups when one context's J_h exceeds the budget) or "auto": structured, or jacobian when
-    a mesh is given (ntk/methods). k.plan (a KernelPlan) tells which ran, why, and its passes, chunks and bytes.
+    gradients; parameter groups when one context's J_h exceeds the budget) or "auto": structured (ntk/methods).
+    k.plan (a KernelPlan) tells which ran, why, and its passes, chunks and bytes.
     batch_size: contexts per vmapped chunk (jacobian) or per sweep (structured); default from `memory_budget`, the
     bytes held at once (1 GiB by default). chunk: cotangents (or probes) per structured sweep. mesh: a
-    jax.sharding.Mesh; every chunk's contexts are spread over all its devices (jacobian method). Float64 parameters
-    (with jax x64 enabled) give a float64 kernel.
+    jax.sharding.Mesh (every method, every output); every chunk's or sweep's contexts are spread over all its
+    devices, the parameters replicated or, on a mesh with an "fsdp" axis, sharded over it; the result equals one
+    device's up to float rounding. Float64 parameters (with jax x64 enabled) give a float64 kernel.
     """
     req = make_request(lm, ids_a, pos_a, ids_b, pos_b, output=output, tokens=tokens, params=params,
                        batch_size=batch_size, mesh=mesh, num_probes=num_probes, seed=seed, untied=untied,

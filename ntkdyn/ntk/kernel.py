@@ -32,7 +32,10 @@ class KernelPlan(NamedTuple):
     (structured); predicted_bytes: held at once by the method (model parameters not counted), within memory_budget
     unless a forced option exceeds it. predicted_seconds: {method: seconds} of every method that can compute the
     request, from a rough cost model (flops / FLOPS + bytes / BANDWIDTH + compilation, constants of one 2-core CPU):
-    a diagnostic only, never used to choose. detail: the method's own plan."""
+    a diagnostic only, never used to choose. detail: the method's own plan. devices: of the mesh the contexts are
+    spread over (1 without one); predicted_bytes_per_device: what one device holds of the method's arrays at the
+    peak (its share of the split contexts' arrays, plus what the compiler gathers whole: the b side of a Gram
+    matrix; the parameters, replicated or sharded over "fsdp", not counted); predicted_bytes without a mesh."""
 
     method: str
     reason: str
@@ -44,6 +47,8 @@ class KernelPlan(NamedTuple):
     memory_budget: int
     predicted_seconds: dict
     detail: Any = None
+    devices: int = 1
+    predicted_bytes_per_device: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

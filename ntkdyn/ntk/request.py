@@ -95,9 +95,6 @@ def _check_options(output, method, batch_size, chunk, memory_budget, num_probes,
     if chunk is not None and method == "jacobian":
         raise ValueError("chunk= is an option of method='structured' (cotangents per sweep); the Jacobian method "
                          "takes batch_size= and memory_budget=")
-    if mesh is not None and (method == "structured" or chunk is not None):
-        raise ValueError("method='structured' (and its chunk= option) runs on one device and does not take mesh=; "
-                         "use method='jacobian' or 'auto' to spread the contexts over the mesh's devices")
     if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
         raise ValueError(f"mesh must be a jax.sharding.Mesh or None; got {type(mesh).__name__}")
     if memory_budget is not None and (not _is_int(memory_budget) or memory_budget < 1):

@@ -14,7 +14,7 @@ from flax import traverse_util
 
 __all__ = ["Side", "tokens_kept", "side", "q", "gram_factor", "rademacher", "g_estimates", "tied_x_estimates",
            "finish_rep", "finish_probes", "cat", "assemble", "swap_pairs", "schedule", "walk", "sharded",
-           "auto_mesh", "replicate", "dense_sizes", "seconds"]
+           "auto_mesh", "devices", "place_params", "dense_sizes", "seconds"]
 
 
 # ----------------------------------------------------------------------------------------------- sides
@@ -175,12 +175,29 @@ def auto_mesh(mesh):
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
 
-def replicate(mesh, tree):
-    """A pytree copied onto every device of the mesh (unchanged without a mesh)."""
+def devices(mesh) -> int:
+    """The number of devices of a mesh (1 without one)."""
+    return 1 if mesh is None else int(mesh.devices.size)
+
+
+def place_params(mesh, tree):
+    """Parameters on a mesh (unchanged without one): a mesh with an "fsdp" axis of F > 1 devices shards every leaf of
+    two or more axes along its largest axis divisible by F (the others, and 1-D leaves, replicated); any other mesh
+    replicates them. Contexts are spread over all devices (`sharded`), so the compiler gathers a sharded leaf where a
+    computation needs it whole."""
     if mesh is None or tree is None:
         return tree
     from jax.sharding import NamedSharding, PartitionSpec
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    F = int(dict(zip(mesh.axis_names, mesh.devices.shape)).get("fsdp", 1))
+
+    def spec(x):
+        shape = np.shape(x)
+        axes = [i for i in sorted(range(len(shape)), key=lambda i: -shape[i]) if shape[i] % F == 0]
+        if F == 1 or len(shape) < 2 or not axes:
+            return NamedSharding(mesh, PartitionSpec())
+        return NamedSharding(mesh, PartitionSpec(*[("fsdp" if i == axes[0] else None) for i in range(len(shape))]))
+
+    return jax.device_put(tree, jax.tree.map(spec, tree))
 
 
 # ----------------------------------------------------------------------------------------------- seconds (diagnostic)

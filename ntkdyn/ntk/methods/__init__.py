@@ -8,13 +8,15 @@
 
 Two ways to compute, each exact or by Hutchinson probes:
 - "jacobian" (jacobian.py, jacobian_probes.py): reverse passes that write weight gradients; J_h held per chunk of
-  contexts. The only method that takes a Mesh (contexts spread over the devices).
+  contexts.
 - "structured" (structured.py, structured_probes.py): one backward through the activations per cotangent, per-layer
   Gram matrices, never a weight gradient. The default: on every model measured (benchmarks/RESULTS.md, "kernel
   methods") it is at least as fast as the Jacobian method warm and cold, and its memory does not grow with P.
 
-`choose(request, method)`: "auto" takes "structured", except that a request with a mesh takes "jacobian" (the
-structured method runs on one device); a forced method is taken as given.
+Both take a Mesh (request.mesh): the contexts of every chunk or sweep are spread over all its devices, the
+parameters are placed by shared.place_params, and JAX (GSPMD) does the communication.
+
+`choose(request, method)`: "auto" takes "structured" (with or without a mesh); a forced method is taken as given.
 """
 from __future__ import annotations
 
@@ -34,8 +36,6 @@ def choose(req, method: str) -> tuple[str, str]:
     """(method name, reason) for a request and the `method=` argument ("auto", "jacobian", "structured")."""
     if method != "auto":
         return method, "forced (method=...)"
-    if req.mesh is not None:
-        return "jacobian", "a mesh is given (the structured method runs on one device)"
     return "structured", "default"
 
 

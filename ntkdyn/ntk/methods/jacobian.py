@@ -4,7 +4,7 @@ over the parameters (spec §1): M = J_h J_hᵀ, G = W M Wᵀ, G_S = W_S M W_Sᵀ
 tr G = ⟨WᵀW, M⟩_F = ⟨L J_h(c), L J_h(c')⟩ with LᵀL = WᵀW (the rows of L as the cotangents: N² d P instead of
 N² d² P). Every reverse pass writes a weight gradient, so a context's J_h costs d·P floats: work is chunked over
 contexts and, if one context's J_h exceeds the memory budget, over parameter leaves (groups: one backward sweep each).
-It is the method that runs on a Mesh (each chunk's contexts spread over the devices).
+On a Mesh each chunk's contexts are spread over the devices.
 
 The input-embedding tables are never differentiated as V×d leaves: h is differentiated w.r.t. the looked-up input
 vectors x_t = E[ids_t] (+ P[t] for GPT-2), J_x(c) ∈ R^{d×T×d}, and the table rows are recovered from the lookup:
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from ...models.transformer import features
 from ..kernel import Kernel, KernelPlan
-from ..shared import (assemble, auto_mesh, cat, dense_sizes, finish_rep, gram_factor, q, replicate, schedule,
+from ..shared import (assemble, auto_mesh, cat, dense_sizes, finish_rep, gram_factor, place_params, q, schedule,
                       seconds as _seconds, sharded, side, tokens_kept, walk)
 
 __all__ = ["NAME", "OUTPUTS", "plan", "run", "Split", "split_params", "h_at", "Placed", "Sizing", "sizing",
@@ -105,14 +105,14 @@ def jac_chunk(graphdef, cfg, group, with_x, psi, E, ptab, rows, pos, U):
 
 
 class Placed:
-    """The split parameters of one model, replicated over the mesh's devices (if any), and context arrays placed
-    with their leading axis spread over them."""
+    """The split parameters of one model placed on the mesh (if any: shared.place_params, replicated or sharded over
+    an "fsdp" axis), and context arrays placed with their leading axis spread over its devices."""
 
     def __init__(self, req):
         self.graphdef, self.cfg = req.graphdef, req.cfg
         self.mesh = None if req.mesh is None else auto_mesh(req.mesh)
         self.sp = split_params(req.cfg, req.params)
-        self.psi, self.E, self.P = (replicate(self.mesh, x) for x in (self.sp.psi, self.sp.E, self.sp.P))
+        self.psi, self.E, self.P = (place_params(self.mesh, x) for x in (self.sp.psi, self.sp.E, self.sp.P))
         self.positions = self.sp.P is not None  # a learned position table: Q adds [t = s]
 
     def put(self, a):
@@ -320,8 +320,10 @@ def plan(req) -> KernelPlan:
     S_max = max(sum(sz.leaf_sizes[i] for i in g) for g, _, _ in groups)
     held = 2 * max(k for _, _, k in groups) * compute * d * (S_max + max(sz.Ta, sz.Tb) * d) * sz.itemsize
     sweeps = len(groups) * (1 if sym else 2) * pad(n_ctx) // compute
+    # per device: 1/n_dev of the a block, the b block gathered whole for the contraction (as the structured sweeps)
+    per_device = held / 2 / sz.n_dev + held / 2
     return KernelPlan(NAME, "", sweeps * compute * d, sweeps, compute, len(groups), int(held), sz.budget,
-                      {NAME: _cost(req, jp)}, jp)
+                      {NAME: _cost(req, jp)}, jp, sz.n_dev, int(per_device))
 
 
 def _cost(req, jp: Plan) -> float:

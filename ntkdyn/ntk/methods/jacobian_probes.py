@@ -78,7 +78,7 @@ def plan(req) -> KernelPlan:
     secs = seconds("jacobian_probes", vjps * 6 * T * P_D + jvps * 4 * T * P_D, 3 * vjps * P * sz.itemsize
                    + jvps * P * sz.itemsize, req.cfg.n_layers)
     return KernelPlan(NAME, "", vjps + jvps, -(-na // ca) * -(-nb // cb), cb, 1, int(cb * per_b), sz.budget,
-                      {NAME: secs}, (ca, cb, sz))
+                      {NAME: secs}, (ca, cb, sz), sz.n_dev, int(cb * per_b))  # the held b VJPs are not split
 
 
 def run(req, kp: KernelPlan) -> Kernel:

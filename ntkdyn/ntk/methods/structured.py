@@ -25,6 +25,15 @@ Schedule. A unit is one sweep: a block of contexts × a chunk of cotangent rows.
 visits the pairs ub >= ua only (shared.schedule, shared.walk). The chunk is the largest that fits the memory budget
 with all contexts in one block; below MIN_CHUNK cotangents the contexts are blocked instead. Cost per cotangent: one
 backward through the activations.
+
+Mesh (request.mesh). Every sweep's contexts (its leading context axis: token rows, positions, cotangent rows) are
+spread over all the mesh's devices (shared.sharded), the block rounded up to a multiple of the device count (padded
+by repeating the last context, as on one device); the parameters are replicated, or sharded over an "fsdp" axis
+(shared.place_params). The same jitted programs then run under GSPMD, which inserts the gathers the Gram matrices
+of two sweeps need: the schedule, the sums and the results are those of one device. Per device a sweep takes 1/D
+of its one-device bytes, and a Gram matrix of two sweeps gathers the b sweep whole (XLA's memory_analysis, default
+model, 16 contexts, trace, D = 4: sweep 61 MB per device against 243 MB on one, Gram 290 MB against 556 MB), so
+k.plan.predicted_bytes_per_device is predicted_bytes / D plus the gathered rest of one b sweep (250 MB there).
 """
 from __future__ import annotations
 
@@ -38,7 +47,8 @@ from flax import traverse_util
 
 from ...models.transformer import EMBED, Taps, features
 from ..kernel import Kernel, KernelPlan
-from ..shared import dense_sizes, finish_rep, gram_factor, q, schedule, seconds, side, tokens_kept, walk
+from ..shared import (auto_mesh, dense_sizes, devices, finish_rep, gram_factor, place_params, q, schedule,
+                      seconds, sharded, side, tokens_kept, walk)
 
 __all__ = ["NAME", "OUTPUTS", "MIN_CHUNK", "Plan", "Sweep", "plan", "run", "split_backbone", "dense_kinds",
            "model_params", "sweep"]
@@ -226,6 +236,7 @@ class Plan(NamedTuple):
     sweeps: int  # backward sweeps (each: `block` contexts × `chunk` cotangent rows)
     predicted_bytes: int  # peak of held sweeps and Gram temporaries (model parameters not counted)
     memory_budget: int
+    devices: int  # of the mesh the contexts are spread over (1: one device); block is a multiple of it
 
 
 class _Sizes(NamedTuple):
@@ -254,25 +265,32 @@ def _unit_bytes(sz, n, r, T, item):
     return item * n * (4 * r * per_cot + 2 * T * (sz.sum_n + sz.sum_m) + sz.n_layers * sz.n_heads * T * T)
 
 
+def _sweep_bytes(sz, n, r, T, item):
+    """The arrays a sweep returns (Sweep: u, δ, δx, small gradients) for n contexts × r cotangents."""
+    return item * n * (r * (T * (sz.sum_m + sz.d) + sz.small) + T * sz.sum_n)
+
+
 def _gram_bytes(sz, mode, na, nb, r, Ta, Tb, item):
     if mode == "trace":  # U and P for one kind with all its layers
         return item * 2 * sz.n_layers * na * nb * Ta * Tb
     return item * 2 * (na * nb * r * Ta * max(sz.m_max, sz.d) + na * nb * r * r)
 
 
-def _choose(sz, mode, na, nb, sym, n_cot, Ta, Tb, item, budget, chunk, block):
+def _choose(sz, mode, na, nb, sym, n_cot, Ta, Tb, item, budget, chunk, block, n_dev=1):
     """(block, chunk, held bytes): the largest cotangent chunk that fits with all contexts in one block; below
-    MIN_CHUNK cotangents, smaller context blocks first. A forced chunk or block is taken as given."""
+    MIN_CHUNK cotangents, smaller context blocks first. A forced chunk or block is taken as given. Blocks are
+    rounded up to a multiple of n_dev (the devices a sweep's contexts are spread over)."""
     N = max(na, nb)
+    up = lambda n: -(-n // n_dev) * n_dev  # noqa: E731
 
     def held(blk, r):
-        a, b = min(blk, na), min(blk, nb)
+        a, b = min(blk, up(na)), min(blk, up(nb))
         single = sym and blk >= na and (mode == "trace" or r >= n_cot)  # one sweep serves both sides
         T = max(Ta, Tb)
         return (_unit_bytes(sz, a, r, T, item) + (0 if single else _unit_bytes(sz, b, r, T, item))
                 + _gram_bytes(sz, mode, a, b, r, Ta, Tb, item))
 
-    blocks = [block] if block else sorted({-(-N // k) for k in range(1, N + 1)}, reverse=True)
+    blocks = [up(block)] if block else sorted({up(-(-N // k)) for k in range(1, N + 1)}, reverse=True)
     chunks = [chunk] if chunk else sorted({-(-n_cot // k) for k in range(1, n_cot + 1)}, reverse=True)
     for blk in blocks:
         for r in chunks:
@@ -285,7 +303,9 @@ def _choose(sz, mode, na, nb, sym, n_cot, Ta, Tb, item, budget, chunk, block):
 
 def plan(req) -> KernelPlan:
     """Choose (block, chunk), count the sweeps and the bytes held: the plan `run` follows (abstract parameters
-    work). req.batch_size forces the contexts per sweep (block), req.chunk the cotangent rows per sweep."""
+    work). req.batch_size forces the contexts per sweep (block; rounded up to a multiple of the mesh's devices),
+    req.chunk the cotangent rows per sweep. predicted_bytes is the total held (what one device holds without a
+    mesh); on a mesh KernelPlan.predicted_bytes_per_device is one device's share (module docstring)."""
     cfg, params, output, sym = req.cfg, req.params, req.output, req.sym
     V, d = params["head"]["W"].shape
     mode = "trace" if output == "trace" else "matrix"
@@ -298,7 +318,9 @@ def plan(req) -> KernelPlan:
     want_x = req.tied and output != "hidden"
     x_rows = max(Ta, Tb) if want_x and mode == "trace" else 0
     sz, item, budget = _sizes(cfg, params), req.itemsize, req.memory_budget
-    blk, r, held = _choose(sz, mode, na, nb, sym, n_cot + x_rows, Ta, Tb, item, budget, req.chunk, req.batch_size)
+    n_dev = devices(req.mesh)
+    blk, r, held = _choose(sz, mode, na, nb, sym, n_cot + x_rows, Ta, Tb, item, budget, req.chunk, req.batch_size,
+                           n_dev)
     n_chunks, blocks_a, blocks_b = -(-(n_cot + x_rows) // r), -(-na // blk), -(-nb // blk)
     pairs = schedule(blocks_a, blocks_b, n_chunks, sym, mode)
     n_b_units = (blocks_a if sym else blocks_b) * n_chunks
@@ -307,9 +329,13 @@ def plan(req) -> KernelPlan:
     cache_b = reused and held + kept <= budget
     sweeps = walk(pairs, sym, cache_b, lambda u: None, lambda u: None, lambda *a: None)
     p = Plan(mode, basis, n_cot, x_rows, r, n_chunks, blk, blocks_a, blocks_b, Ta, Tb, cache_b, sweeps,
-             int(held + (kept if cache_b else 0)), int(budget))
+             int(held + (kept if cache_b else 0)), int(budget), n_dev)
+    # per device: 1/n_dev of every held sweep and Gram temporary, plus the rest of the b sweep of a pair, which the
+    # compiler gathers for the Gram matrices (measured with memory_analysis on the default model: module docstring)
+    b_sweep = _sweep_bytes(sz, min(blk, -(-nb // n_dev) * n_dev), r, max(Ta, Tb), item)
+    per_device = p.predicted_bytes / n_dev + b_sweep * (1 - 1 / n_dev)
     return KernelPlan(NAME, "", sweeps * blk * r, sweeps, r, 1, p.predicted_bytes, p.memory_budget,
-                      {NAME: _cost(req, p)}, p)
+                      {NAME: _cost(req, p)}, p, n_dev, int(per_device))
 
 
 def _cost(req, p: Plan) -> float:
@@ -331,22 +357,27 @@ def _cost(req, p: Plan) -> float:
 # ----------------------------------------------------------------------------------------------- run
 def run(req, kp: KernelPlan) -> Kernel:
     """The exact kernel of the request ("trace" tr G (Na, Nb), "hidden" M (Na, Nb, d, d), "full" G (Na, Nb, V, V),
-    "subset" G_S (Na, Nb, |S|, |S|)), with s and, for a tied head, X in the same form."""
+    "subset" G_S (Na, Nb, |S|, |S|)), with s and, for a tied head, X in the same form. On a mesh every sweep's
+    contexts are spread over its devices (module docstring)."""
     p: Plan = kp.detail
-    cfg, params, sym, output = req.cfg, req.params, req.sym, req.output
+    cfg, sym, output = req.cfg, req.sym, req.output
+    mesh = None if req.mesh is None else auto_mesh(req.mesh)
+    put = jnp.asarray if mesh is None else partial(sharded, mesh)
+    params = place_params(mesh, req.params)
     A = side(req.a, p.blocks_a * p.block, p.tokens_a)
     B = A if sym else side(req.b, p.blocks_b * p.block, p.tokens_b)
     W, S = params["head"]["W"], req.tokens
     big, small = split_backbone(params["backbone"])
     table = W if cfg.tie_word_embeddings else None
-    h_a = _h(req.graphdef, cfg, params, A.ids, A.pos)
-    h_b = h_a if sym else _h(req.graphdef, cfg, params, B.ids, B.pos)
+    h_a = _h(req.graphdef, cfg, params, put(A.ids), put(A.pos))
+    h_b = h_a if sym else _h(req.graphdef, cfg, params, put(B.ids), put(B.pos))
     na, nb = A.n, B.n
     s = finish_rep(h_a, h_b, na, nb, req.has_bias)
     C = _basis(W, S, p.basis)
     C = jnp.concatenate([C, jnp.zeros((p.n_chunks * p.chunk - C.shape[0], C.shape[1]), C.dtype)])
-    K, Z, Y = _run_pairs(req, p, A, B, partial(sweep, req.graphdef, cfg, big, small, table), C, W, h_a, h_b,
-                         "pos" in params["backbone"])
+    run_sweep = partial(sweep, req.graphdef, cfg, big, small, table)
+    K, Z, Y = _run_pairs(req, p, A, B, lambda ids, pos, rows: run_sweep(put(ids), put(pos), put(rows)), C, W, h_a,
+                         h_b, "pos" in params["backbone"])
     n = p.n_cotangents
     G = _finish_g(jnp.asarray(K[:na, :nb] if p.mode == "trace" else K[:na, :nb, :n, :n]), W, S, output, p.basis)
     X = None

@@ -9,6 +9,10 @@ c's rows as Σ_s Q[t, s] δx'_s (shared.q); the small parameters take g directly
 and one JVP per (a, b) pair, as the Jacobian method's probes, without P floats per probe. The estimates from y and
 the tied X are shared.g_estimates and shared.tied_x_estimates; the probes are shared.rademacher (same seed, same
 probes as the Jacobian method).
+
+Mesh (request.mesh): the b contexts of every block (the VJP sweep's and the vmapped JVPs' context axis) are spread
+over all the mesh's devices, the block rounded up to a multiple of the device count; the parameters are placed by
+shared.place_params; GSPMD runs the same programs.
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ import numpy as np
 
 from ...models.transformer import EMBED, Taps, features
 from ..kernel import HutchinsonEstimate, Kernel, KernelPlan
-from ..shared import (cat, dense_sizes, finish_probes, finish_rep, g_estimates, q, rademacher, seconds,
-                      tied_x_estimates, tokens_kept)
+from ..shared import (auto_mesh, cat, dense_sizes, devices, finish_probes, finish_rep, g_estimates, place_params, q,
+                      rademacher, seconds, sharded, tied_x_estimates, tokens_kept)
 from .structured import dense_kinds, model_params, split_backbone, sweep, zero_taps
 
 __all__ = ["NAME", "OUTPUTS", "plan", "run"]
@@ -109,7 +113,7 @@ def _tokens(req):
 def plan(req) -> KernelPlan:
     """(cb, pc): b contexts and probes per VJP sweep so that the held δ (T (Σm + d) floats per context and probe)
     and the JVP's tangent activations (about 3 T (Σm + Σn) per b context and probe) stay within the budget;
-    req.batch_size / req.chunk force them."""
+    req.batch_size / req.chunk force them. On a mesh cb is rounded up to a multiple of its devices."""
     cfg, n = req.cfg, req.num_probes
     T = max(_tokens(req))
     P_D, sum_m, sum_n = dense_sizes(req.params)
@@ -119,18 +123,23 @@ def plan(req) -> KernelPlan:
     pc = min(n, fit)
     cb = max(1, min(req.nb, fit // pc))
     cb, pc = req.batch_size or cb, req.chunk or pc
+    n_dev = devices(req.mesh)
+    cb = -(-cb // n_dev) * n_dev
     vjps, jvps = req.nb * n, req.na * req.nb * n
     secs = seconds("structured_probes", vjps * 4 * T * P_D + jvps * (2 * T * P_D + 2 * T * T * (sum_m + sum_n)),
                    2 * vjps * T * sum_m * item, cfg.n_layers)
     held = item * cb * pc * T * (sum_m + cfg.d_model + 3 * (sum_m + sum_n))
     return KernelPlan(NAME, "", vjps + jvps, -(-req.nb // cb) * -(-n // pc), pc, 1, int(held), req.memory_budget,
-                      {NAME: secs}, (cb, pc))
+                      {NAME: secs}, (cb, pc), n_dev, -(-int(held) // n_dev))  # the b contexts split, none gathered
 
 
 def run(req, kp: KernelPlan) -> Kernel:
     """The "hutchinson" Kernel, with s = h(a)·h(b) (+1 with a head bias) from the same programs."""
     cb, pc = kp.detail
-    cfg, params, n = req.cfg, req.params, req.num_probes
+    cfg, n = req.cfg, req.num_probes
+    mesh = None if req.mesh is None else auto_mesh(req.mesh)
+    put = jnp.asarray if mesh is None else partial(sharded, mesh)
+    params = place_params(mesh, req.params)
     W = params["head"]["W"]
     probes, U = rademacher(W, req.seed, n)
     big, small = split_backbone(params["backbone"])
@@ -142,7 +151,7 @@ def run(req, kp: KernelPlan) -> Kernel:
     cols, hbs = [], []
     for sb in range(0, nb, cb):
         idx = np.minimum(np.arange(sb, sb + cb), nb - 1)  # padded by repeating the last context
-        rows_b, pos_b = jnp.asarray(idb[idx]), jnp.asarray(req.b.pos[idx])
+        rows_b, pos_b = put(idb[idx]), put(req.b.pos[idx])
         probe_cols = []
         for sp in range(0, n, pc):
             k = np.minimum(np.arange(sp, sp + pc), n - 1)

@@ -8,9 +8,10 @@ A tracker has
                                           resumed one restores what the tracker keeps, e.g. the drift's K0)
     after_update(u: Update) -> dict       after every update: the tracker decides whether this step is its own
 
-`from_config(config, lm, probes, out)` makes the run's trackers from its RLConfig, in the order their keys appear in a
-record: the dz share (dz_share.py, RLConfig.probe_every), claim 6's measures (claim6.py, RLConfig.claim6), the eNTK
-drift (drift.py, RLConfig.ntk_every). A new tracker: a module here with a class of that interface, and one line in
+`from_config(config, lm, probes, out, mesh)` makes the run's trackers from its RLConfig, in the order their keys appear
+in a record: the dz share (dz_share.py, RLConfig.probe_every), claim 6's measures (claim6.py, RLConfig.claim6), the
+eNTK drift (drift.py, RLConfig.ntk_every). The two that compute kernels (claim 6's G_S, the drift's traces) compute
+them on `mesh`, the run's (ctx.sh.mesh; None: one device). A new tracker: a module here with a class of that interface, and one line in
 `from_config` that adds it when its config field asks for it.
 """
 from __future__ import annotations
@@ -65,8 +66,8 @@ class Update:
         return self._take("batch")
 
 
-def from_config(c, lm, probes: Probes, out: str) -> list:
-    """The trackers RLConfig `c` asks for, in record order."""
+def from_config(c, lm, probes: Probes, out: str, mesh=None) -> list:
+    """The trackers RLConfig `c` asks for, in record order; their kernels on `mesh` (the run's, ctx.sh.mesh)."""
     from .claim6 import Claim6
     from .drift import Drift
     from .dz_share import DzShare
@@ -76,8 +77,8 @@ def from_config(c, lm, probes: Probes, out: str) -> list:
         trackers.append(DzShare(lm, probes, c.probe_every))
     if c.claim6:
         trackers.append(Claim6(lm, probes, c.ntk_contexts, temperature=float(c.temperature),
-                               rollouts=int(c.claim6_rollouts), seed=int(c.seed)))
+                               rollouts=int(c.claim6_rollouts), seed=int(c.seed), mesh=mesh))
     if c.ntk_every:
         trackers.append(Drift(lm, probes, out, every=c.ntk_every, n_contexts=c.ntk_contexts, method=c.ntk_method,
-                              num_probes=c.ntk_probes))
+                              num_probes=c.ntk_probes, mesh=mesh))
     return trackers

@@ -46,12 +46,13 @@ def answer_tokens(probe_ids, probe_pos) -> np.ndarray:
     return np.unique(ids[pp[:, 0], pp[:, 1] + 1]).astype(np.int32)
 
 
-def answer_trace(lm, probe_ids, probe_pos, params, contexts) -> dict:
-    """(a): {"claim6/trG_answer": mean_c tr G_S(c, c)} of `params` at `contexts` of `probe_ids`."""
+def answer_trace(lm, probe_ids, probe_pos, params, contexts, mesh=None) -> dict:
+    """(a): {"claim6/trG_answer": mean_c tr G_S(c, c)} of `params` at `contexts` of `probe_ids` (on the run's
+    jax.sharding.Mesh `mesh`, None: one device)."""
     from ...ntk.api import decompose
 
     S = answer_tokens(probe_ids, probe_pos)
-    k = decompose(lm, probe_ids, contexts, output="subset", tokens=S, params=params)
+    k = decompose(lm, probe_ids, contexts, output="subset", tokens=S, params=params, mesh=mesh)
     G = np.asarray(k.gradient, np.float64)  # (N, N, |S|, |S|)
     return {"claim6/trG_answer": float(np.mean(np.einsum("nnkk->n", G)))}
 
@@ -135,8 +136,8 @@ class Claim6:
 
     name = "claim6"
 
-    def __init__(self, lm, probes, n_contexts: int, *, temperature: float, rollouts: int, seed: int):
-        self.lm, self.ids, self.pos = lm, probes.ids, probes.pos
+    def __init__(self, lm, probes, n_contexts: int, *, temperature: float, rollouts: int, seed: int, mesh=None):
+        self.lm, self.ids, self.pos, self.mesh = lm, probes.ids, probes.pos, mesh
         self.contexts = drift_contexts(probes.pos, n_contexts)
         self.temperature, self.rollouts, self.seed = temperature, rollouts, seed
 
@@ -146,7 +147,7 @@ class Claim6:
     def after_update(self, u) -> dict:
         if not (u.stage.name == "rl" and u.stage.kind == "rl" and u.stage_step == 1):
             return {}
-        out = answer_trace(self.lm, self.ids, self.pos, u.before, self.contexts)
+        out = answer_trace(self.lm, self.ids, self.pos, u.before, self.contexts, self.mesh)
         rows = measured_rows(self.rollouts, self.seed, int(np.shape(u.batch["adv"])[0]))
         out.update(update_measures(self.lm, u.before, u.first_after, u.batch, temperature=self.temperature, rows=rows))
         return out

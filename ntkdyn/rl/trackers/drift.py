@@ -44,19 +44,20 @@ def drift_contexts(probe_pos, n: int) -> np.ndarray:
     return pp[round_robin[:n]]
 
 
-def trace_kernels(lm, probe_ids, contexts, params, method: str = "exact", num_probes: int = 64) -> dict:
+def trace_kernels(lm, probe_ids, contexts, params, method: str = "exact", num_probes: int = 64, mesh=None) -> dict:
     """The (N, N) trace kernels {"R": V s, "G": tr_V G, "K": their sum (+ tr_V X, tied)} of `params` at `contexts`
     of `probe_ids`, float64: method "exact" (decompose output="trace") or "hutchinson" (`num_probes` probes of
-    HUTCHINSON_SEED; R stays exact)."""
+    HUTCHINSON_SEED; R stays exact). mesh: the run's jax.sharding.Mesh (None: one device); the contexts are spread
+    over its devices (ntk.decompose mesh=)."""
     from ...ntk.api import decompose
 
     V = lm.config.vocab_size
     if method == "hutchinson":
         k = decompose(lm, probe_ids, contexts, output="hutchinson", params=params, num_probes=int(num_probes),
-                      seed=HUTCHINSON_SEED)
+                      seed=HUTCHINSON_SEED, mesh=mesh)
         G, X = k.gradient.trace, None if k.cross is None else k.cross.trace
     else:
-        k = decompose(lm, probe_ids, contexts, output="trace", params=params)
+        k = decompose(lm, probe_ids, contexts, output="trace", params=params, mesh=mesh)
         G, X = k.gradient, k.cross
     R = V * np.asarray(k.representation, np.float64)
     G = np.asarray(G, np.float64)
@@ -78,18 +79,20 @@ def drift_metrics(K0: dict, K: dict) -> dict:
 class Drift:
     """The tracker: K0 of the starting params at `drift_contexts` of the probe set (OUT/ntk0.npz, written
     atomically by a fresh run, read back on resume, recomputed when missing or made on other contexts / another
-    method), then drift_metrics at every `every`-th global step and at the last one."""
+    method), then drift_metrics at every `every`-th global step and at the last one; the kernels on the run's mesh
+    (None: one device)."""
 
     name = "ntk_drift"
 
-    def __init__(self, lm, probes, out: str, *, every: int, n_contexts: int, method: str, num_probes: int):
-        self.lm, self.ids, self.out = lm, probes.ids, out
+    def __init__(self, lm, probes, out: str, *, every: int, n_contexts: int, method: str, num_probes: int,
+                 mesh=None):
+        self.lm, self.ids, self.out, self.mesh = lm, probes.ids, out, mesh
         self.every, self.method, self.num_probes = int(every), method, int(num_probes)
         self.contexts = drift_contexts(probes.pos, n_contexts)
         self.K0 = None
 
     def _kernels(self, params) -> dict:
-        return trace_kernels(self.lm, self.ids, self.contexts, params, self.method, self.num_probes)
+        return trace_kernels(self.lm, self.ids, self.contexts, params, self.method, self.num_probes, self.mesh)
 
     def start(self, params, resumed: bool) -> dict:
         saved = read_arrays(self.out, NTK0_FILE) if resumed else None  # None: missing or unreadable
