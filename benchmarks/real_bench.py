@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -49,7 +50,7 @@ NAME = "smollm2-135m-instruct"
 SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
-SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat")
+SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat", "profile")
 # (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
 RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
            "--warmup", "2", "--rounds", "1", "--lr", "1e-5", "--score-truncated"]
@@ -269,9 +270,221 @@ def section_remat(path):
     return out
 
 
+
+# ----------------------------------------------------------------------------- the machine, the compute bound
+
+# the issue's reference matmuls: the update's token count of (d) (32 rows x ~72 tokens) through d x d_ff and d x V
+MATMUL_SHAPES = ((2304, 576, 1536), (2304, 576, 49152))
+SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine():
+    """The CPU model, its SIMD flags (of SIMD_FLAGS, from /proc/cpuinfo), the core count and the 1/5/15-min load
+    average, for every benchmark record."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [x for x in SIMD_FLAGS if x in have]
+                    break
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_flags": flags, "cores": os.cpu_count(), "load_average": os.getloadavg()}
+
+
+def matmul_rates(shapes=MATMUL_SHAPES, reps=3) -> list[dict]:
+    """GFLOP/s of a float32 (m, k) @ (k, n) by a jitted XLA dot and by NumPy (its BLAS), the best of `reps` timed
+    calls after one warm-up call, for each (m, k, n)."""
+    rng = np.random.default_rng(0)
+    f = jax.jit(jnp.matmul)
+    out = []
+    for m, k, n in shapes:
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+        A, B = jnp.asarray(a), jnp.asarray(b)
+        rates = {}
+        for name, call in (("xla", lambda: jax.block_until_ready(f(A, B))), ("numpy", lambda: np.matmul(a, b))):
+            call()
+            best = float("inf")
+            for _ in range(reps):
+                t = time.perf_counter()
+                call()
+                best = min(best, time.perf_counter() - t)
+            rates[name] = 2.0 * m * k * n / best / 1e9
+        out.append({"shape": [m, k, n], "xla_gflops": round(rates["xla"], 1), "numpy_gflops": round(rates["numpy"], 1)})
+    return out
+
+
+def peak_rate(rates) -> float:
+    """The machine's float32 matmul rate in GFLOP/s: the best of matmul_rates (XLA or NumPy, any shape)."""
+    return max(max(r["xla_gflops"], r["numpy_gflops"]) for r in rates)
+
+
+def _gated(cfg) -> bool:
+    return cfg.activation in ("silu", "gelu_pytorch_tanh") or cfg.family in ("llama", "gemma3")
+
+
+def op_flops(cfg, tokens: int, key_slots: int, head_tokens: int) -> dict:
+    """Matmul FLOPs of one forward pass, per class of op: `tokens` tokens through every layer's projections
+    (q, k, v, o), MLP and attention (QKᵀ and AV over `key_slots` key slots each: the compiled program scores every
+    slot, masked or not), and the head on `head_tokens` tokens."""
+    d, L, hd = cfg.d_model, cfg.n_layers, cfg.head_dim
+    q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    return {"projections": 2 * L * tokens * (d * (q + 2 * kv) + q * d),
+            "mlp": 2 * L * tokens * (3 if _gated(cfg) else 2) * d * cfg.d_ff,
+            "attention": 4 * L * tokens * q * key_slots,
+            "head": 2 * head_tokens * d * cfg.vocab_size}
+
+
+def bound_flops(n_params: int, B: int, Tp: int, N: int) -> float:
+    """The issue's FLOP count of an RL step, the work any implementation does at the same batch: the update's
+    forward and backward over B rows of Tp + N tokens (6 · params per token) plus the decode of B × N tokens
+    (2 · params per token)."""
+    return 6.0 * n_params * B * (Tp + N) + 2.0 * n_params * B * N
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def _profile_config(path, steps):
+    import tempfile
+
+    from ntkdyn.rl import RLConfig
+
+    kv = dict(zip(RL_ARGS[::2], RL_ARGS[1::2]))
+    return RLConfig(recipe="rl", task=kv["--task"], model=path, steps=steps, group_size=int(kv["--group"]),
+                    prompts_per_step=int(kv["--prompts"]), max_new_tokens=int(kv["--new"]), lr=float(kv["--lr"]),
+                    optimizer="adam", advantage="grpo", loss_agg="seq_mean_token_mean", beta=0.0, num_iterations=1,
+                    eval_every=0, eval_prompts=2, eval_samples=2, probe_every=0, checkpoint_every=0, seed=0,
+                    out=tempfile.mkdtemp(prefix="ntkdyn_profile_"), score_truncated=True)
+
+
+def _phase_ops(cfg, P, G, Tp, N, n_up, longest, chunk):
+    """FLOPs per op class of the sampler and of the update (rl_step's work at this batch): the sampler prefills
+    P prompts once (shared prompts) and runs `longest` decode steps of B rows over Tp + N cache slots, the head
+    at every row of every step; the update runs the P prompts once and B completions of n_up tokens forward and
+    backward (3x), the head (chunked, rematerialised: 4x) at B·n_up tokens padded to the chunk."""
+    B = P * G
+    pre = op_flops(cfg, P * Tp, Tp + N, B)
+    dec = op_flops(cfg, B * longest, Tp + N, B * longest)
+    sample = {k: pre[k] + dec[k] for k in pre}
+    fwd = op_flops(cfg, P * Tp + B * (n_up - 1), Tp + n_up - 1, 0)
+    n_head = B * n_up if chunk == 0 or chunk >= B * n_up else -(-B * n_up // chunk) * chunk
+    update = {k: 3 * v for k, v in fwd.items()}
+    update["head"] = 4 * op_flops(cfg, 0, 0, n_head)["head"]
+    return {"sample": sample, "update": update}
+
+
+def _op_rates(cfg, B, update_tokens, chunk):
+    """Standalone GFLOP/s (jitted XLA dot, best of 3) of each op class's dominant matmul shape: in the decode
+    (B rows) and in the update (`update_tokens` rows; the head in chunks of `chunk`)."""
+    d, hd = cfg.d_model, cfg.head_dim
+    q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    shapes = {"sample": {"projections": (B, d, q + 2 * kv), "mlp": (B, d, cfg.d_ff), "head": (B, d, cfg.vocab_size)},
+              "update": {"projections": (update_tokens, d, q + 2 * kv), "mlp": (update_tokens, d, cfg.d_ff),
+                         "head": (min(chunk or update_tokens, update_tokens), d, cfg.vocab_size)}}
+    out = {}
+    for phase, ops in shapes.items():
+        rates = matmul_rates(tuple(ops.values()))
+        out[phase] = {op: (list(shape), r["xla_gflops"]) for (op, shape), r in zip(ops.items(), rates)}
+    return out
+
+
+def _profile_run(ctx, bucket, steps):
+    """rl_step `steps` times from the starting model with the update's completion bucket `bucket` (the padded
+    update: bucket = max_new_tokens); per step its phases' seconds, the update length and the longest completion."""
+    import functools
+
+    from ntkdyn.rl import rollout
+    from ntkdyn.rl.lanes import Lanes
+    from ntkdyn.rl.step import opt_init, rl_update, stage_optimizer
+
+    L, stage = Lanes(1), ctx.stages[0]
+    tx = stage_optimizer(ctx.c, stage)
+    update = functools.partial(rl_update, tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd)
+    params, opt_state, baselines = ctx.base_params, opt_init(ctx.base_params, tx=tx), [np.float32(np.nan)]
+    saved, rollout.UPDATE_BUCKET = rollout.UPDATE_BUCKET, int(bucket)
+    recs = []
+    try:
+        for s in range(1, steps + 1):
+            ph = {}
+            t = time.perf_counter()
+            params, opt_state, baselines, outs, (_, batch) = rollout.rl_step(
+                [ctx], L, stage, s, s, update, params, opt_state, baselines, phases=ph)
+            total = time.perf_counter() - t
+            m = np.asarray(batch["mask"])
+            recs.append({"step_s": total, "phases": ph, "n_update": int(m.shape[-1]),
+                         "longest": int(m.sum(-1).max()), "mean_length": float(outs[0]["completions/mean_length"]),
+                         "reward": float(outs[0]["reward"]), "loss": float(outs[0]["loss"])})
+    finally:
+        rollout.UPDATE_BUCKET = saved
+    return recs
+
+
+def section_profile(path, steps=4):
+    """One RL step of (d)'s settings on SmolLM2, phase by phase (rl_step's own phases, each synchronised):
+    seconds, FLOPs and achieved GFLOP/s, and per op class of the sampler and the update (FLOPs, the standalone
+    rate of its matmul shape, the time at that rate), before (update over all max_new_tokens columns) and after
+    (update over the completions cut to rollout.update_length); against the compute bound measured here."""
+    from ntkdyn.rl.context import on_devices, resolve
+    from ntkdyn.rl.rollout import UPDATE_BUCKET
+    from ntkdyn.rl.trainer import enable_compile_cache
+
+    if not os.path.isdir(path):
+        raise SystemExit(f"section profile needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
+    c = _profile_config(path, steps)
+    enable_compile_cache()
+    ctx = on_devices(resolve(c))
+    cfg, P, G, N, chunk = ctx.cfg, c.prompts_per_step, c.group_size, c.max_new_tokens, ctx.loss_spec.logit_chunk
+    rates = matmul_rates()
+    peak = peak_rate(rates)
+    n_params = ctx.lm.num_params
+    out = {"machine": machine(), "matmul_rates": rates, "peak_gflops": peak, "batch": [P, G], "Tp": ctx.Tp,
+           "max_new_tokens": N, "params": n_params, "steps": steps, "warm_steps": steps - 1}
+    for label, bucket in (("padded", N), ("bucketed", UPDATE_BUCKET)):
+        recs = _profile_run(ctx, bucket, steps)
+        warm = recs[1:]
+        step_s = statistics.median(r["step_s"] for r in warm)
+        phases = {k: statistics.median(r["phases"].get(k, 0.0) for r in warm) for k in warm[0]["phases"]}
+        n_up = max(r["n_update"] for r in warm)
+        longest = max(r["longest"] for r in warm)
+        ops = _phase_ops(cfg, P, G, ctx.Tp, N, n_up, longest, chunk)
+        op_rates = _op_rates(cfg, P * G, P * ctx.Tp + P * G * n_up, chunk)
+        table = []
+        for ph, secs in phases.items():
+            fl = sum(ops[ph].values()) if ph in ops else 0.0
+            row = {"phase": ph, "seconds": round(secs, 3), "share": round(secs / step_s, 3)}
+            if fl:
+                row.update(gflop=round(fl / 1e9, 1), gflops_achieved=round(fl / secs / 1e9, 1))
+                row["ops"] = [{"op": op, "gflop": round(f / 1e9, 1), "shape": op_rates[ph].get(op, (None,))[0],
+                               "standalone_gflops": op_rates[ph].get(op, (None, None))[1],
+                               "seconds_at_that_rate": (round(f / 1e9 / op_rates[ph][op][1], 3)
+                                                        if op in op_rates[ph] else None)}
+                              for op, f in sorted(ops[ph].items(), key=lambda x: -x[1])]
+            table.append(row)
+        work = sum(sum(v.values()) for v in ops.values())
+        bound = bound_flops(n_params, P * G, ctx.Tp, N)
+        out[label] = {"update_bucket": bucket, "step_s_median": round(step_s, 3),
+                      "first_step_s": round(recs[0]["step_s"], 2), "n_update": [r["n_update"] for r in recs],
+                      "longest": [r["longest"] for r in recs], "mean_length": [r["mean_length"] for r in recs],
+                      "loss": [r["loss"] for r in recs], "reward": [r["reward"] for r in recs],
+                      "phases": table, "work_gflop": round(work / 1e9, 1),
+                      "work_gflops_achieved": round(work / step_s / 1e9, 1),
+                      "bound_gflop": round(bound / 1e9, 1), "bound_s": round(bound / 1e9 / peak, 3),
+                      "step_over_bound": round(step_s / (bound / 1e9 / peak), 3)}
+    out["bound"] = ("the issue's step FLOPs (6·params·B·(Tp+N) for the update + 2·params·B·N for the decode) at "
+                    "peak_gflops, the best float32 matmul rate measured in this run (XLA or NumPy)")
+    out["speedup"] = round(out["padded"]["step_s_median"] / out["bucketed"]["step_s_median"], 3)
+    return out
+
+
 def run_section(name):
     t0 = time.perf_counter()
-    if name in ("rl", "remat"):  # the trainer and TRL load the model themselves
+    if name in ("rl", "remat", "profile"):  # the trainer and TRL load the model themselves
         root = os.environ.get("NTKDYN_CACHE", os.path.expanduser("~/.cache/ntkdyn"))
         out = {"section": name, **globals()[f"section_{name}"](os.path.join(root, "models", NAME))}
         out.update(vmhwm_mb=mem_mb()[0], total_seconds=round(time.perf_counter() - t0, 1),
