@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,14 +45,17 @@ import ntkdyn as nd  # noqa: E402
 from ntkdyn import dynamics, ntk  # noqa: E402
 from ntkdyn.models.transformer import features  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rl_bench import machine  # noqa: E402
+
 NAME = "smollm2-135m-instruct"
 SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
-SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat", "profile")
+SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat", "profile", "xlaflags")
 # (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
 RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
-           "--warmup", "2", "--rounds", "1", "--lr", "1e-5", "--score-truncated"]
+           "--warmup", "2", "--rounds", "2", "--lr", "1e-5", "--score-truncated"]
 
 
 def mem_mb():
@@ -245,8 +247,30 @@ def section_rl(path):
         raise SystemExit(f"section rl needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
     a = rl_bench.parser().parse_args(RL_ARGS + ["--model", path])
     m = rl_bench.measure(a)
-    m.pop("raw")
-    return {"args": " ".join(RL_ARGS), **m, "ratio": round(m["ratio_steps"], 3)}
+    raw = m.pop("raw")
+    out = {"args": " ".join(RL_ARGS), **m, "ratio": round(m["ratio_steps"], 3),
+           "ntkdyn_step_s_per_round": [round(statistics.median(r["step_times"][a.warmup:]), 3) for r in raw["ntkdyn"]],
+           "trl_step_s_per_round": [round(statistics.median(r["step_times"][a.warmup:]), 3) for r in raw["trl"]]}
+    out.update(compute_bound(path))
+    out["ntkdyn_step_over_bound"] = round(m["ntkdyn"]["step_s"] / out["bound_s"], 3)
+    out["trl_step_over_bound"] = round(m["trl"]["step_s"] / out["bound_s"], 3)
+    return out
+
+
+def compute_bound(path) -> dict:
+    """The compute bound of an RL step of (d)'s settings on this machine, measured now: bound_flops at the run's
+    shapes (Tp from the run's own context) over the best float32 matmul rate (matmul_rates), with the machine."""
+    from ntkdyn.rl.context import resolve
+
+    c = _profile_config(path, 1)
+    ctx = resolve(c)
+    rates = matmul_rates()
+    peak = peak_rate(rates)
+    fl = bound_flops(ctx.lm.num_params, c.prompts_per_step * c.group_size, ctx.Tp, c.max_new_tokens)
+    return {"machine": machine(), "matmul_rates": rates, "peak_gflops": peak, "Tp": ctx.Tp,
+            "bound_gflop": round(fl / 1e9, 1), "bound_s": round(fl / 1e9 / peak, 3),
+            "bound": "6·params·B·(Tp+N) + 2·params·B·N FLOPs (update forward+backward over the padded batch, "
+                     "decode of B·N tokens) at the best float32 matmul rate measured in this run"}
 
 
 def section_remat(path):
@@ -270,33 +294,10 @@ def section_remat(path):
     return out
 
 
-
 # ----------------------------------------------------------------------------- the machine, the compute bound
 
 # the issue's reference matmuls: the update's token count of (d) (32 rows x ~72 tokens) through d x d_ff and d x V
 MATMUL_SHAPES = ((2304, 576, 1536), (2304, 576, 49152))
-SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-              "amx_tile", "amx_bf16", "amx_int8")
-
-
-def machine():
-    """The CPU model, its SIMD flags (of SIMD_FLAGS, from /proc/cpuinfo), the core count and the 1/5/15-min load
-    average, for every benchmark record."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    flags = [x for x in SIMD_FLAGS if x in have]
-                    break
-    except OSError:
-        pass
-    return {"cpu": model, "cpu_flags": flags, "cores": os.cpu_count(), "load_average": os.getloadavg()}
-
-
 def matmul_rates(shapes=MATMUL_SHAPES, reps=3) -> list[dict]:
     """GFLOP/s of a float32 (m, k) @ (k, n) by a jitted XLA dot and by NumPy (its BLAS), the best of `reps` timed
     calls after one warm-up call, for each (m, k, n)."""
@@ -360,7 +361,7 @@ def _profile_config(path, steps):
                     prompts_per_step=int(kv["--prompts"]), max_new_tokens=int(kv["--new"]), lr=float(kv["--lr"]),
                     optimizer="adam", advantage="grpo", loss_agg="seq_mean_token_mean", beta=0.0, num_iterations=1,
                     eval_every=0, eval_prompts=2, eval_samples=2, probe_every=0, checkpoint_every=0, seed=0,
-                    out=tempfile.mkdtemp(prefix="ntkdyn_profile_"), score_truncated=True)
+                    out=os.path.join(tempfile.gettempdir(), "ntkdyn_profile"), score_truncated=True)
 
 
 def _phase_ops(cfg, P, G, Tp, N, n_up, longest, chunk):
@@ -482,9 +483,62 @@ def section_profile(path, steps=4):
     return out
 
 
+
+# ----------------------------------------------------------------------------- XLA CPU settings
+
+# candidate XLA_FLAGS for the CPU's float32 dots (jaxlib 0.10: dots go to YNNPACK by default; the others are what its
+# flags offer). Each is measured in its own process (XLA reads XLA_FLAGS once).
+XLA_CANDIDATES = {
+    "default (YNNPACK dots)": "",
+    "Eigen dots": "--xla_cpu_experimental_ynn_fusion_type=",
+    "XNNPACK dots": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_experimental_xnn_fusion_type=dot",
+    "oneDNN": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_onednn=true",
+}
+# the dominant matmuls of (d)'s step on SmolLM2: the update's MLP forward and its two backward products at ~1300
+# tokens, the head chunk (512 tokens), and the decode's MLP and head at 32 rows
+XLA_SHAPES = ((1344, 576, 1536), (576, 1344, 1536), (1344, 1536, 576), (512, 576, 49152), (32, 576, 1536),
+              (32, 576, 49152))
+
+
+def matmul_probe() -> dict:
+    """In this process (its XLA_FLAGS): matmul_rates at XLA_SHAPES, the dot kinds of the compiled program and each
+    product's largest error relative to a float64 product (max |err| / max |exact|)."""
+    rates = matmul_rates(XLA_SHAPES)
+    rng = np.random.default_rng(1)
+    errs = []
+    for m, k, n in XLA_SHAPES:
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+        exact = a.astype(np.float64) @ b.astype(np.float64)
+        got = np.asarray(jax.jit(jnp.matmul)(a, b), np.float64)
+        errs.append(float(np.abs(got - exact).max() / np.abs(exact).max()))
+    hlo = jax.jit(jnp.matmul).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
+    kinds = sorted({w for w in ("ynn_fusion", "xnn_fusion", "onednn", "__onednn") if w in hlo}) or ["xla dot"]
+    return {"rates": rates, "rel_errors": errs, "dot_kinds": kinds}
+
+
+def section_xlaflags(path=None):
+    """Each XLA_CANDIDATES setting in its own process (matmul_probe): GFLOP/s at the step's dominant matmul shapes,
+    relative errors against float64, and the sum over the shapes of the time of one product at each setting."""
+    out = {"machine": machine(), "shapes": [list(x) for x in XLA_SHAPES], "candidates": {}}
+    for name, flags in XLA_CANDIDATES.items():
+        env = dict(os.environ, XLA_FLAGS=flags)
+        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--matmul-probe"], capture_output=True,
+                             text=True, env=env)
+        lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
+        if not lines:
+            out["candidates"][name] = {"flags": flags, "error": res.stderr[-500:]}
+            continue
+        r = json.loads(lines[-1])
+        secs = sum(2.0 * m * k * n / (x["xla_gflops"] * 1e9) for (m, k, n), x in zip(XLA_SHAPES, r["rates"]))
+        out["candidates"][name] = {"flags": flags, "xla_gflops": [x["xla_gflops"] for x in r["rates"]],
+                                   "seconds_all_shapes": round(secs, 4), "max_rel_error": max(r["rel_errors"]),
+                                   "dot_kinds": r["dot_kinds"]}
+    return out
+
+
 def run_section(name):
     t0 = time.perf_counter()
-    if name in ("rl", "remat", "profile"):  # the trainer and TRL load the model themselves
+    if name in ("rl", "remat", "profile", "xlaflags"):  # these load the model themselves (or need none)
         root = os.environ.get("NTKDYN_CACHE", os.path.expanduser("~/.cache/ntkdyn"))
         out = {"section": name, **globals()[f"section_{name}"](os.path.join(root, "models", NAME))}
         out.update(vmhwm_mb=mem_mb()[0], total_seconds=round(time.perf_counter() - t0, 1),
@@ -502,7 +556,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=SECTIONS, default=None, help="run one section in this process")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated sections (subprocesses)")
+    ap.add_argument("--matmul-probe", action="store_true", help=argparse.SUPPRESS)  # section_xlaflags' worker
     args = ap.parse_args(argv)
+    if args.matmul_probe:
+        print(json.dumps(matmul_probe()), flush=True)
+        return
     if args.only:
         print(json.dumps(run_section(args.only)), flush=True)
         return

@@ -27,7 +27,8 @@ from .config import TrainingError
 from .context import reference_answer
 from .step import group_advantages, ref_logp, step_key
 
-__all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "dry_run", "rl_step", "lp_step", "update_length", "UPDATE_BUCKET"]
+__all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "dry_run", "rl_step", "lp_step",
+           "update_length", "UPDATE_BUCKET"]
 
 
 @functools.lru_cache(maxsize=64)
