@@ -89,3 +89,20 @@ def test_update_over_cut_completions_equals_the_padded_update(base_dir, tmp_path
     pa, pb = (nd.load(f"{outs[k]}/final").params for k in (N, 2))
     for u, v in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-5, atol=1e-6)
+
+
+def test_ref_logp_and_confidence_run_each_prompt_once_equal_to_the_plain_pass(base_dir):
+    """rl_step's reference log-probs and the evaluation's confidence with shared_prompts = G (each group's prompt
+    run once) equal the pass over every row's own prompt to float rounding."""
+    from ntkdyn.rl.step import confidence, ref_logp
+
+    lm = nd.load(base_dir)
+    gd = dict(graphdef=lm.graphdef, cfg=lm.config)
+    ids, mask = nd.models.pad_left([encode_prompt(lm.tokenizer, p) for p in ["sum 47:", "sum 3:"] for _ in range(4)])
+    g = lm.generate(ids, 8, prompt_mask=mask, seed=0)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    plain, shared = (ref_logp(lm.params, ids, mask, g.tokens, temperature=0.7, shared_prompts=s, **gd) for s in (1, 4))
+    np.testing.assert_allclose(np.asarray(shared), np.asarray(plain), rtol=1e-5, atol=1e-5)
+    a, b = (confidence(lm.params, ids, mask, g.tokens, g.mask, shared_prompts=s, **gd) for s in (1, 4))
+    for k in a:
+        np.testing.assert_allclose(float(b[k]), float(a[k]), rtol=1e-5, atol=1e-6, err_msg=k)
