@@ -18,13 +18,24 @@ peak resident memory (VmHWM) is its own):
            optimizer step per batch (RL_ARGS). Target >= 2x.
   remat    ntkdyn's RL steps with the settings of (d), without and with `RLConfig.remat` (each layer rematerialised
            in the update's backward pass), each in its own process: peak resident memory and s/step of both.
-Every section reports VmHWM (peak resident memory, /proc/self/status) and VmRSS after loading the model.
+  profile  one RL step of (d)'s settings phase by phase (rl_step's phases: sampling, transfer, rewards, reference
+           log-probs, update = forward/backward + optimizer, metrics), each with its FLOPs (op_flops: projections,
+           MLP, attention, head) and achieved GFLOP/s, every op class beside the standalone rate of its matmul shape;
+           before (update over all max_new_tokens columns) and after (rollout.update_length), each step against the
+           compute bound measured in the same run (bound_flops over the best float32 matmul rate). Also prints a
+           markdown table.
+  xlaflags the XLA CPU dot settings of jaxlib 0.10 (XLA_CANDIDATES), each in its own process: GFLOP/s at the
+           step's matmul shapes and the error against float64.
+Every section reports VmHWM (peak resident memory, /proc/self/status) and VmRSS after loading the model; the rl,
+profile and xlaflags sections also the CPU model, its SIMD flags and the load average (rl_bench.machine), and rl the
+compute bound beside the ratio.
 
 The model is read from `<cache>/models/smollm2-135m-instruct` when it exists (NTKDYN_CACHE or ~/.cache/ntkdyn),
 else a random Llama of SmolLM2's shape is built (the timings depend on the shape only). Heavy: run it once.
 
     python benchmarks/real_bench.py                  # all sections, one JSON line each
     python benchmarks/real_bench.py --only trace     # one section in this process
+    python benchmarks/real_bench.py --only profile   # the RL step's profile (SmolLM2; heavy: ~8 min on 2 cores)
 """
 from __future__ import annotations
 
@@ -536,6 +547,33 @@ def section_xlaflags(path=None):
     return out
 
 
+
+def profile_table(res) -> str:
+    """A markdown table of section_profile's result: per phase and op class, before (padded) and after (bucketed),
+    and each step's time against the compute bound."""
+    lines = [f"CPU {res['machine']['cpu']} ({res['machine']['cores']} cores; {' '.join(res['machine']['cpu_flags'])}), "
+             f"load average {res['machine']['load_average'][0]:.1f} at the start; best float32 matmul "
+             f"{res['peak_gflops']} GFLOP/s; Tp {res['Tp']}, N {res['max_new_tokens']}, batch {res['batch'][0]} x "
+             f"{res['batch'][1]}", "",
+             "| run | phase / op | seconds | share | GFLOP | GFLOP/s achieved | op shape (m, k, n) "
+             "| standalone GFLOP/s | s at that rate |", "|---|---|---|---|---|---|---|---|---|"]
+    for label in ("padded", "bucketed"):
+        r = res[label]
+        for ph in r["phases"]:
+            if ph["seconds"] < 0.0005 and "gflop" not in ph:
+                continue
+            lines.append(f"| {label} | {ph['phase']} | {ph['seconds']:.3f} | {ph['share']:.2f} | {ph.get('gflop', '')} "
+                         f"| {ph.get('gflops_achieved', '')} | | | |")
+            for o in ph.get("ops", []):
+                lines.append(f"| {label} | {ph['phase']}: {o['op']} | | | {o['gflop']} | | {o['shape'] or ''} | "
+                             f"{o['standalone_gflops'] or ''} | {o['seconds_at_that_rate'] or ''} |")
+        lines.append(f"| {label} | **step** (median of {res['warm_steps']}) | **{r['step_s_median']:.2f}** | | "
+                     f"{r['work_gflop']} | {r['work_gflops_achieved']} | update length {r['n_update']}, longest "
+                     f"{r['longest']} | bound {r['bound_gflop']} GFLOP = {r['bound_s']:.2f} s | "
+                     f"**step / bound {r['step_over_bound']:.2f}** |")
+    return "\n".join(lines)
+
+
 def run_section(name):
     t0 = time.perf_counter()
     if name in ("rl", "remat", "profile", "xlaflags"):  # these load the model themselves (or need none)
@@ -562,7 +600,10 @@ def main(argv=None):
         print(json.dumps(matmul_probe()), flush=True)
         return
     if args.only:
-        print(json.dumps(run_section(args.only)), flush=True)
+        res = run_section(args.only)
+        print(json.dumps(res), flush=True)
+        if args.only == "profile":
+            print(profile_table(res), flush=True)
         return
     for name in args.sections.split(","):
         res = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", name], capture_output=True,
