@@ -70,7 +70,8 @@ def test_update_over_cut_completions_equals_the_padded_update(base_dir, tmp_path
 
     monkeypatch.setattr(rollout, "update_length", spy)
     N = SMALL["max_new_tokens"]
-    cfg = RLConfig(recipe="rl", model=base_dir, steps=3, seed=1, **dict(SMALL, eval_every=0, probe_every=0))
+    cfg = RLConfig(recipe="rl", model=base_dir, out=str(tmp_path / "run"), steps=3, seed=1,
+                   **dict(SMALL, eval_every=0, probe_every=0))
     outs = {}
     for bucket in (N, 2):
         monkeypatch.setattr(rollout, "UPDATE_BUCKET", bucket)
@@ -86,9 +87,15 @@ def test_update_over_cut_completions_equals_the_padded_update(base_dir, tmp_path
                 np.testing.assert_allclose(y[k], v, rtol=1e-5, atol=1e-6, err_msg=f"step {x['step']} {k}")
             else:
                 assert y[k] == v, (x["step"], k)
-    pa, pb = (nd.load(f"{outs[k]}/final").params for k in (N, 2))
-    for u, v in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
-        np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-5, atol=1e-6)
+    # the final models: in function space to rounding, and every weight within 0.2 lr (Adam turns rounding-level
+    # differences of gradients that are ~0 into lr-sized steps, as in test_rl_trainer's lane test)
+    a, b = (nd.load(f"{outs[k]}/final") for k in (N, 2))
+    ids = np.array([[1] + a.tokenizer.encode("sum 47:12+35"), [1] + a.tokenizer.encode("sum 81:40+41")])
+    za, zb = np.asarray(a.logits(ids)), np.asarray(b.logits(ids))
+    assert np.abs(za - zb).max() <= 1e-3 * np.abs(za).max()
+    worst = max(float(np.abs(np.asarray(u) - np.asarray(v)).max())
+                for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+    assert worst <= 0.2 * SMALL["lr"], worst
 
 
 def test_ref_logp_and_confidence_run_each_prompt_once_equal_to_the_plain_pass(base_dir):
