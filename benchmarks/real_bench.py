@@ -408,7 +408,8 @@ def _op_rates(cfg, B, update_tokens, chunk):
 
 def _profile_run(ctx, bucket, steps):
     """rl_step `steps` times from the starting model with the update's completion bucket `bucket` (the padded
-    update: bucket = max_new_tokens); per step its phases' seconds, the update length and the longest completion."""
+    update: bucket = max_new_tokens): per step its phases' seconds, the update length and the longest completion;
+    and the last step's rollout batch."""
     import functools
 
     from ntkdyn.rl import rollout
@@ -434,14 +435,73 @@ def _profile_run(ctx, bucket, steps):
                          "reward": float(outs[0]["reward"]), "loss": float(outs[0]["loss"])})
     finally:
         rollout.UPDATE_BUCKET = saved
-    return recs
+    return recs, batch
+
+
+
+def _update_parts(ctx, batch, reps=3) -> dict:
+    """The update of rl_step taken apart on one rollout batch (warm seconds, best of `reps`): the forward through
+    the layers (the shared-prompt pass of objectives.completion_logp, without the head), the forward with the
+    chunked head and the loss, value_and_grad of that loss, one optimizer (Adam) step, and the whole jitted
+    rl_update; the difference of the last two is the backward pass."""
+    import functools
+
+    import optax
+
+    from ntkdyn.rl import objectives as O
+    from ntkdyn.rl.step import opt_init, rl_update, stage_optimizer
+
+    gd, ls, stage = ctx.gd, ctx.loss_spec, ctx.stages[0]
+    tx = stage_optimizer(ctx.c, stage)
+
+    def best(f, *args):
+        jax.block_until_ready(f(*args))
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            ts.append(time.perf_counter() - t)
+        return round(min(ts), 3)
+
+    def body(p, b):
+        B, Tp = b["prompt_ids"].shape
+        N = b["completion"].shape[1]
+        valid = jnp.concatenate([b["prompt_mask"].astype(bool), jnp.ones((B, N - 1), bool)], axis=1)
+        pos = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+        return O._shared_prompt_features(gd["graphdef"], gd["cfg"], p, b["prompt_ids"], b["completion"], pos, valid,
+                                         ls.shared_prompts)
+
+    def loss(p, b):
+        st = O.completion_logp(gd["graphdef"], gd["cfg"], p, b["prompt_ids"], b["prompt_mask"], b["completion"],
+                               temperature=ls.temperature, shared_prompts=ls.shared_prompts, chunk=ls.logit_chunk)
+        return O.pg_loss(st["logp"], None, b["adv"], b["mask"], loss_agg=ls.loss_agg)[0]
+
+    params = ctx.base_params
+    state = opt_init(params, tx=tx)
+    g = jax.jit(jax.grad(loss))(params, batch)
+
+    @jax.jit
+    def adam(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    update = jax.jit(functools.partial(rl_update, tx=tx, ls=ls, group=stage.group, **gd))
+    zeros = jnp.zeros(batch["completion"].shape, jnp.float32)
+    out = {"forward_layers": best(jax.jit(body), params, batch), "forward_loss": best(jax.jit(loss), params, batch),
+           "value_and_grad": best(jax.jit(jax.value_and_grad(loss)), params, batch),
+           "optimizer": best(adam, params, state, g),
+           "rl_update": best(lambda: update(params, jax.tree.map(jnp.copy, state), batch, zeros, jnp.asarray(True),
+                                            None))}
+    out["backward"] = round(out["value_and_grad"] - out["forward_loss"], 3)
+    return out
 
 
 def section_profile(path, steps=4):
     """One RL step of (d)'s settings on SmolLM2, phase by phase (rl_step's own phases, each synchronised):
     seconds, FLOPs and achieved GFLOP/s, and per op class of the sampler and the update (FLOPs, the standalone
     rate of its matmul shape, the time at that rate), before (update over all max_new_tokens columns) and after
-    (update over the completions cut to rollout.update_length); against the compute bound measured here."""
+    (update over the completions cut to rollout.update_length); against the compute bound measured here; and the
+    update taken apart on the last batch (_update_parts: forward, backward, optimizer)."""
     from ntkdyn.rl.context import on_devices, resolve
     from ntkdyn.rl.rollout import UPDATE_BUCKET
     from ntkdyn.rl.trainer import enable_compile_cache
@@ -458,7 +518,7 @@ def section_profile(path, steps=4):
     out = {"machine": machine(), "matmul_rates": rates, "peak_gflops": peak, "batch": [P, G], "Tp": ctx.Tp,
            "max_new_tokens": N, "params": n_params, "steps": steps, "warm_steps": steps - 1}
     for label, bucket in (("padded", N), ("bucketed", UPDATE_BUCKET)):
-        recs = _profile_run(ctx, bucket, steps)
+        recs, last_batch = _profile_run(ctx, bucket, steps)
         warm = recs[1:]
         step_s = statistics.median(r["step_s"] for r in warm)
         phases = {k: statistics.median(r["phases"].get(k, 0.0) for r in warm) for k in warm[0]["phases"]}
@@ -488,6 +548,7 @@ def section_profile(path, steps=4):
                       "work_gflops_achieved": round(work / step_s / 1e9, 1),
                       "bound_gflop": round(bound / 1e9, 1), "bound_s": round(bound / 1e9 / peak, 3),
                       "step_over_bound": round(step_s / (bound / 1e9 / peak), 3)}
+    out["update_parts"] = _update_parts(ctx, last_batch)
     out["bound"] = ("the issue's step FLOPs (6·params·B·(Tp+N) for the update + 2·params·B·N for the decode) at "
                     "peak_gflops, the best float32 matmul rate measured in this run (XLA or NumPy)")
     out["speedup"] = round(out["padded"]["step_s_median"] / out["bucketed"]["step_s_median"], 3)
@@ -571,6 +632,10 @@ def profile_table(res) -> str:
                      f"{r['work_gflop']} | {r['work_gflops_achieved']} | update length {r['n_update']}, longest "
                      f"{r['longest']} | bound {r['bound_gflop']} GFLOP = {r['bound_s']:.2f} s | "
                      f"**step / bound {r['step_over_bound']:.2f}** |")
+    u = res.get("update_parts")
+    if u:
+        lines += ["", "update taken apart (warm seconds, last bucketed batch): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in u.items())]
     return "\n".join(lines)
 
 
