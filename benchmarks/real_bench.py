@@ -18,13 +18,24 @@ peak resident memory (VmHWM) is its own):
            optimizer step per batch (RL_ARGS). Target >= 2x.
   remat    ntkdyn's RL steps with the settings of (d), without and with `RLConfig.remat` (each layer rematerialised
            in the update's backward pass), each in its own process: peak resident memory and s/step of both.
-Every section reports VmHWM (peak resident memory, /proc/self/status) and VmRSS after loading the model.
+  profile  one RL step of (d)'s settings phase by phase (rl_step's phases: sampling, transfer, rewards, reference
+           log-probs, update = forward/backward + optimizer, metrics), each with its FLOPs (op_flops: projections,
+           MLP, attention, head) and achieved GFLOP/s, every op class beside the standalone rate of its matmul shape;
+           before (update over all max_new_tokens columns) and after (rollout.update_length), each step against the
+           compute bound measured in the same run (bound_flops over the best float32 matmul rate). Also prints a
+           markdown table.
+  xlaflags the XLA CPU dot settings of jaxlib 0.10 (XLA_CANDIDATES), each in its own process: GFLOP/s at the
+           step's matmul shapes and the error against float64.
+Every section reports VmHWM (peak resident memory, /proc/self/status) and VmRSS after loading the model; the rl,
+profile and xlaflags sections also the CPU model, its SIMD flags and the load average (rl_bench.machine), and rl the
+compute bound beside the ratio.
 
 The model is read from `<cache>/models/smollm2-135m-instruct` when it exists (NTKDYN_CACHE or ~/.cache/ntkdyn),
 else a random Llama of SmolLM2's shape is built (the timings depend on the shape only). Heavy: run it once.
 
     python benchmarks/real_bench.py                  # all sections, one JSON line each
     python benchmarks/real_bench.py --only trace     # one section in this process
+    python benchmarks/real_bench.py --only profile   # the RL step's profile (SmolLM2; heavy: ~8 min on 2 cores)
 """
 from __future__ import annotations
 
@@ -45,14 +56,17 @@ import ntkdyn as nd  # noqa: E402
 from ntkdyn import dynamics, ntk  # noqa: E402
 from ntkdyn.models.transformer import features  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rl_bench import machine  # noqa: E402
+
 NAME = "smollm2-135m-instruct"
 SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
-SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat")
+SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat", "profile", "xlaflags")
 # (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
 RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
-           "--warmup", "2", "--rounds", "1", "--lr", "1e-5", "--score-truncated"]
+           "--warmup", "2", "--rounds", "2", "--lr", "1e-5", "--score-truncated"]
 
 
 def mem_mb():
@@ -244,8 +258,30 @@ def section_rl(path):
         raise SystemExit(f"section rl needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
     a = rl_bench.parser().parse_args(RL_ARGS + ["--model", path])
     m = rl_bench.measure(a)
-    m.pop("raw")
-    return {"args": " ".join(RL_ARGS), **m, "ratio": round(m["ratio_steps"], 3)}
+    raw = m.pop("raw")
+    out = {"args": " ".join(RL_ARGS), **m, "ratio": round(m["ratio_steps"], 3),
+           "ntkdyn_step_s_per_round": [round(statistics.median(r["step_times"][a.warmup:]), 3) for r in raw["ntkdyn"]],
+           "trl_step_s_per_round": [round(statistics.median(r["step_times"][a.warmup:]), 3) for r in raw["trl"]]}
+    out.update(compute_bound(path))
+    out["ntkdyn_step_over_bound"] = round(m["ntkdyn"]["step_s"] / out["bound_s"], 3)
+    out["trl_step_over_bound"] = round(m["trl"]["step_s"] / out["bound_s"], 3)
+    return out
+
+
+def compute_bound(path) -> dict:
+    """The compute bound of an RL step of (d)'s settings on this machine, measured now: bound_flops at the run's
+    shapes (Tp from the run's own context) over the best float32 matmul rate (matmul_rates), with the machine."""
+    from ntkdyn.rl.context import resolve
+
+    c = _profile_config(path, 1)
+    ctx = resolve(c)
+    rates = matmul_rates()
+    peak = peak_rate(rates)
+    fl = bound_flops(ctx.lm.num_params, c.prompts_per_step * c.group_size, ctx.Tp, c.max_new_tokens)
+    return {"machine": machine(), "matmul_rates": rates, "peak_gflops": peak, "Tp": ctx.Tp,
+            "bound_gflop": round(fl / 1e9, 1), "bound_s": round(fl / 1e9 / peak, 3),
+            "bound": "6·params·B·(Tp+N) + 2·params·B·N FLOPs (update forward+backward over the padded batch, "
+                     "decode of B·N tokens) at the best float32 matmul rate measured in this run"}
 
 
 def section_remat(path):
@@ -269,9 +305,343 @@ def section_remat(path):
     return out
 
 
+# ----------------------------------------------------------------------------- the machine, the compute bound
+
+# the issue's reference matmuls: the update's token count of (d) (32 rows x ~72 tokens) through d x d_ff and d x V
+MATMUL_SHAPES = ((2304, 576, 1536), (2304, 576, 49152))
+def matmul_rates(shapes=MATMUL_SHAPES, reps=3) -> list[dict]:
+    """GFLOP/s of a float32 (m, k) @ (k, n) by a jitted XLA dot and by NumPy (its BLAS), the best of `reps` timed
+    calls after one warm-up call, for each (m, k, n)."""
+    rng = np.random.default_rng(0)
+    f = jax.jit(jnp.matmul)
+    out = []
+    for m, k, n in shapes:
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+        A, B = jnp.asarray(a), jnp.asarray(b)
+        rates = {}
+        for name, call in (("xla", lambda: jax.block_until_ready(f(A, B))), ("numpy", lambda: np.matmul(a, b))):
+            call()
+            best = float("inf")
+            for _ in range(reps):
+                t = time.perf_counter()
+                call()
+                best = min(best, time.perf_counter() - t)
+            rates[name] = 2.0 * m * k * n / best / 1e9
+        out.append({"shape": [m, k, n], "xla_gflops": round(rates["xla"], 1), "numpy_gflops": round(rates["numpy"], 1)})
+    return out
+
+
+def peak_rate(rates) -> float:
+    """The machine's float32 matmul rate in GFLOP/s: the best of matmul_rates (XLA or NumPy, any shape)."""
+    return max(max(r["xla_gflops"], r["numpy_gflops"]) for r in rates)
+
+
+def _gated(cfg) -> bool:
+    return cfg.activation in ("silu", "gelu_pytorch_tanh") or cfg.family in ("llama", "gemma3")
+
+
+def op_flops(cfg, tokens: int, key_slots: int, head_tokens: int) -> dict:
+    """Matmul FLOPs of one forward pass, per class of op: `tokens` tokens through every layer's projections
+    (q, k, v, o), MLP and attention (QKᵀ and AV over `key_slots` key slots each: the compiled program scores every
+    slot, masked or not), and the head on `head_tokens` tokens."""
+    d, L, hd = cfg.d_model, cfg.n_layers, cfg.head_dim
+    q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    return {"projections": 2 * L * tokens * (d * (q + 2 * kv) + q * d),
+            "mlp": 2 * L * tokens * (3 if _gated(cfg) else 2) * d * cfg.d_ff,
+            "attention": 4 * L * tokens * q * key_slots,
+            "head": 2 * head_tokens * d * cfg.vocab_size}
+
+
+def bound_flops(n_params: int, B: int, Tp: int, N: int) -> float:
+    """The issue's FLOP count of an RL step, the work any implementation does at the same batch: the update's
+    forward and backward over B rows of Tp + N tokens (6 · params per token) plus the decode of B × N tokens
+    (2 · params per token)."""
+    return 6.0 * n_params * B * (Tp + N) + 2.0 * n_params * B * N
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def _profile_config(path, steps):
+    import tempfile
+
+    from ntkdyn.rl import RLConfig
+
+    kv = dict(zip(RL_ARGS[::2], RL_ARGS[1::2]))
+    return RLConfig(recipe="rl", task=kv["--task"], model=path, steps=steps, group_size=int(kv["--group"]),
+                    prompts_per_step=int(kv["--prompts"]), max_new_tokens=int(kv["--new"]), lr=float(kv["--lr"]),
+                    optimizer="adam", advantage="grpo", loss_agg="seq_mean_token_mean", beta=0.0, num_iterations=1,
+                    eval_every=0, eval_prompts=2, eval_samples=2, probe_every=0, checkpoint_every=0, seed=0,
+                    out=os.path.join(tempfile.gettempdir(), "ntkdyn_profile"), score_truncated=True)
+
+
+def _phase_ops(cfg, P, G, Tp, N, n_up, longest, chunk):
+    """FLOPs per op class of the sampler and of the update (rl_step's work at this batch): the sampler prefills
+    P prompts once (shared prompts) and runs `longest` decode steps of B rows over Tp + N cache slots, the head
+    at every row of every step; the update runs the P prompts once and B completions of n_up tokens forward and
+    backward (3x), the head (chunked, rematerialised: 4x) at B·n_up tokens padded to the chunk."""
+    B = P * G
+    pre = op_flops(cfg, P * Tp, Tp + N, B)
+    dec = op_flops(cfg, B * longest, Tp + N, B * longest)
+    sample = {k: pre[k] + dec[k] for k in pre}
+    fwd = op_flops(cfg, P * Tp + B * (n_up - 1), Tp + n_up - 1, 0)
+    n_head = B * n_up if chunk == 0 or chunk >= B * n_up else -(-B * n_up // chunk) * chunk
+    update = {k: 3 * v for k, v in fwd.items()}
+    update["head"] = 4 * op_flops(cfg, 0, 0, n_head)["head"]
+    return {"sample": sample, "update": update}
+
+
+def _op_rates(cfg, B, update_tokens, chunk):
+    """Standalone GFLOP/s (jitted XLA dot, best of 3) of each op class's dominant matmul shape: in the decode
+    (B rows) and in the update (`update_tokens` rows; the head in chunks of `chunk`)."""
+    d, hd = cfg.d_model, cfg.head_dim
+    q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    shapes = {"sample": {"projections": (B, d, q + 2 * kv), "mlp": (B, d, cfg.d_ff), "head": (B, d, cfg.vocab_size)},
+              "update": {"projections": (update_tokens, d, q + 2 * kv), "mlp": (update_tokens, d, cfg.d_ff),
+                         "head": (min(chunk or update_tokens, update_tokens), d, cfg.vocab_size)}}
+    out = {}
+    for phase, ops in shapes.items():
+        rates = matmul_rates(tuple(ops.values()))
+        out[phase] = {op: (list(shape), r["xla_gflops"]) for (op, shape), r in zip(ops.items(), rates)}
+    return out
+
+
+def _profile_run(ctx, bucket, steps):
+    """rl_step `steps` times from the starting model with the update's completion bucket `bucket` (the padded
+    update: bucket = max_new_tokens): per step its phases' seconds, the update length and the longest completion;
+    and the last step's rollout batch."""
+    import functools
+
+    from ntkdyn.rl import rollout
+    from ntkdyn.rl.lanes import Lanes
+    from ntkdyn.rl.step import opt_init, rl_update, stage_optimizer
+
+    L, stage = Lanes(1), ctx.stages[0]
+    tx = stage_optimizer(ctx.c, stage)
+    update = functools.partial(rl_update, tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd)
+    params, opt_state, baselines = ctx.base_params, opt_init(ctx.base_params, tx=tx), [np.float32(np.nan)]
+    saved, rollout.UPDATE_BUCKET = rollout.UPDATE_BUCKET, int(bucket)
+    recs = []
+    try:
+        for s in range(1, steps + 1):
+            ph = {}
+            t = time.perf_counter()
+            params, opt_state, baselines, outs, (_, batch) = rollout.rl_step(
+                [ctx], L, stage, s, s, update, params, opt_state, baselines, phases=ph)
+            total = time.perf_counter() - t
+            m = np.asarray(batch["mask"])
+            recs.append({"step_s": total, "phases": ph, "n_update": int(m.shape[-1]),
+                         "longest": int(m.sum(-1).max()), "mean_length": float(outs[0]["completions/mean_length"]),
+                         "reward": float(outs[0]["reward"]), "loss": float(outs[0]["loss"])})
+    finally:
+        rollout.UPDATE_BUCKET = saved
+    return recs, batch
+
+
+
+def _update_parts(ctx, batch, reps=3) -> dict:
+    """The update of rl_step taken apart on one rollout batch (warm seconds, best of `reps`): the forward through
+    the layers (the shared-prompt pass of objectives.completion_logp, without the head), the forward with the
+    chunked head and the loss, value_and_grad of that loss, one optimizer (Adam) step, and the whole jitted
+    rl_update; the difference of the last two is the backward pass."""
+    import functools
+
+    import optax
+
+    from ntkdyn.rl import objectives as O
+    from ntkdyn.rl.step import opt_init, rl_update, stage_optimizer
+
+    gd, ls, stage = ctx.gd, ctx.loss_spec, ctx.stages[0]
+    tx = stage_optimizer(ctx.c, stage)
+
+    def best(f, *args):
+        jax.block_until_ready(f(*args))
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            ts.append(time.perf_counter() - t)
+        return round(min(ts), 3)
+
+    def body(p, b):
+        B, Tp = b["prompt_ids"].shape
+        N = b["completion"].shape[1]
+        valid = jnp.concatenate([b["prompt_mask"].astype(bool), jnp.ones((B, N - 1), bool)], axis=1)
+        pos = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
+        return O._shared_prompt_features(gd["graphdef"], gd["cfg"], p, b["prompt_ids"], b["completion"], pos, valid,
+                                         ls.shared_prompts)
+
+    def loss(p, b):
+        st = O.completion_logp(gd["graphdef"], gd["cfg"], p, b["prompt_ids"], b["prompt_mask"], b["completion"],
+                               temperature=ls.temperature, shared_prompts=ls.shared_prompts, chunk=ls.logit_chunk)
+        return O.pg_loss(st["logp"], None, b["adv"], b["mask"], loss_agg=ls.loss_agg)[0]
+
+    params = ctx.base_params
+    state = opt_init(params, tx=tx)
+    g = jax.jit(jax.grad(loss))(params, batch)
+
+    @jax.jit
+    def adam(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    update = jax.jit(functools.partial(rl_update, tx=tx, ls=ls, group=stage.group, **gd))
+    zeros = jnp.zeros(batch["completion"].shape, jnp.float32)
+    out = {"forward_layers": best(jax.jit(body), params, batch), "forward_loss": best(jax.jit(loss), params, batch),
+           "value_and_grad": best(jax.jit(jax.value_and_grad(loss)), params, batch),
+           "optimizer": best(adam, params, state, g),
+           "rl_update": best(lambda: update(params, jax.tree.map(jnp.copy, state), batch, zeros, jnp.asarray(True),
+                                            None))}
+    out["backward"] = round(out["value_and_grad"] - out["forward_loss"], 3)
+    return out
+
+
+def section_profile(path, steps=4):
+    """One RL step of (d)'s settings on SmolLM2, phase by phase (rl_step's own phases, each synchronised):
+    seconds, FLOPs and achieved GFLOP/s, and per op class of the sampler and the update (FLOPs, the standalone
+    rate of its matmul shape, the time at that rate), before (update over all max_new_tokens columns) and after
+    (update over the completions cut to rollout.update_length); against the compute bound measured here; and the
+    update taken apart on the last batch (_update_parts: forward, backward, optimizer)."""
+    from ntkdyn.rl.context import on_devices, resolve
+    from ntkdyn.rl.rollout import UPDATE_BUCKET
+    from ntkdyn.rl.trainer import enable_compile_cache
+
+    if not os.path.isdir(path):
+        raise SystemExit(f"section profile needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
+    c = _profile_config(path, steps)
+    enable_compile_cache()
+    ctx = on_devices(resolve(c))
+    cfg, P, G, N, chunk = ctx.cfg, c.prompts_per_step, c.group_size, c.max_new_tokens, ctx.loss_spec.logit_chunk
+    rates = matmul_rates()
+    peak = peak_rate(rates)
+    n_params = ctx.lm.num_params
+    out = {"machine": machine(), "matmul_rates": rates, "peak_gflops": peak, "batch": [P, G], "Tp": ctx.Tp,
+           "max_new_tokens": N, "params": n_params, "steps": steps, "warm_steps": steps - 1}
+    for label, bucket in (("padded", N), ("bucketed", UPDATE_BUCKET)):
+        recs, last_batch = _profile_run(ctx, bucket, steps)
+        warm = recs[1:]
+        step_s = statistics.median(r["step_s"] for r in warm)
+        phases = {k: statistics.median(r["phases"].get(k, 0.0) for r in warm) for k in warm[0]["phases"]}
+        n_up = max(r["n_update"] for r in warm)
+        longest = max(r["longest"] for r in warm)
+        ops = _phase_ops(cfg, P, G, ctx.Tp, N, n_up, longest, chunk)
+        op_rates = _op_rates(cfg, P * G, P * ctx.Tp + P * G * n_up, chunk)
+        table = []
+        for ph, secs in phases.items():
+            fl = sum(ops[ph].values()) if ph in ops else 0.0
+            row = {"phase": ph, "seconds": round(secs, 3), "share": round(secs / step_s, 3)}
+            if fl:
+                row.update(gflop=round(fl / 1e9, 1), gflops_achieved=round(fl / secs / 1e9, 1))
+                row["ops"] = [{"op": op, "gflop": round(f / 1e9, 1), "shape": op_rates[ph].get(op, (None,))[0],
+                               "standalone_gflops": op_rates[ph].get(op, (None, None))[1],
+                               "seconds_at_that_rate": (round(f / 1e9 / op_rates[ph][op][1], 3)
+                                                        if op in op_rates[ph] else None)}
+                              for op, f in sorted(ops[ph].items(), key=lambda x: -x[1])]
+            table.append(row)
+        work = sum(sum(v.values()) for v in ops.values())
+        bound = bound_flops(n_params, P * G, ctx.Tp, N)
+        out[label] = {"update_bucket": bucket, "step_s_median": round(step_s, 3),
+                      "first_step_s": round(recs[0]["step_s"], 2), "n_update": [r["n_update"] for r in recs],
+                      "longest": [r["longest"] for r in recs], "mean_length": [r["mean_length"] for r in recs],
+                      "loss": [r["loss"] for r in recs], "reward": [r["reward"] for r in recs],
+                      "phases": table, "work_gflop": round(work / 1e9, 1),
+                      "work_gflops_achieved": round(work / step_s / 1e9, 1),
+                      "bound_gflop": round(bound / 1e9, 1), "bound_s": round(bound / 1e9 / peak, 3),
+                      "step_over_bound": round(step_s / (bound / 1e9 / peak), 3)}
+    out["update_parts"] = _update_parts(ctx, last_batch)
+    out["bound"] = ("the issue's step FLOPs (6·params·B·(Tp+N) for the update + 2·params·B·N for the decode) at "
+                    "peak_gflops, the best float32 matmul rate measured in this run (XLA or NumPy)")
+    out["speedup"] = round(out["padded"]["step_s_median"] / out["bucketed"]["step_s_median"], 3)
+    return out
+
+
+
+# ----------------------------------------------------------------------------- XLA CPU settings
+
+# candidate XLA_FLAGS for the CPU's float32 dots (jaxlib 0.10: dots go to YNNPACK by default; the others are what its
+# flags offer). Each is measured in its own process (XLA reads XLA_FLAGS once).
+XLA_CANDIDATES = {
+    "default (YNNPACK dots)": "",
+    "Eigen dots": "--xla_cpu_experimental_ynn_fusion_type=",
+    "XNNPACK dots": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_experimental_xnn_fusion_type=dot",
+    "oneDNN": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_onednn=true",
+}
+# the dominant matmuls of (d)'s step on SmolLM2: the update's MLP forward and its two backward products at ~1300
+# tokens, the head chunk (512 tokens), and the decode's MLP and head at 32 rows
+XLA_SHAPES = ((1344, 576, 1536), (576, 1344, 1536), (1344, 1536, 576), (512, 576, 49152), (32, 576, 1536),
+              (32, 576, 49152))
+
+
+def matmul_probe() -> dict:
+    """In this process (its XLA_FLAGS): matmul_rates at XLA_SHAPES, the dot kinds of the compiled program and each
+    product's largest error relative to a float64 product (max |err| / max |exact|)."""
+    rates = matmul_rates(XLA_SHAPES)
+    rng = np.random.default_rng(1)
+    errs = []
+    for m, k, n in XLA_SHAPES:
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+        exact = a.astype(np.float64) @ b.astype(np.float64)
+        got = np.asarray(jax.jit(jnp.matmul)(a, b), np.float64)
+        errs.append(float(np.abs(got - exact).max() / np.abs(exact).max()))
+    hlo = jax.jit(jnp.matmul).lower(jnp.ones((64, 64)), jnp.ones((64, 64))).compile().as_text()
+    kinds = sorted({w for w in ("ynn_fusion", "xnn_fusion", "onednn", "__onednn") if w in hlo}) or ["xla dot"]
+    return {"rates": rates, "rel_errors": errs, "dot_kinds": kinds}
+
+
+def section_xlaflags(path=None):
+    """Each XLA_CANDIDATES setting in its own process (matmul_probe): GFLOP/s at the step's dominant matmul shapes,
+    relative errors against float64, and the sum over the shapes of the time of one product at each setting."""
+    out = {"machine": machine(), "shapes": [list(x) for x in XLA_SHAPES], "candidates": {}}
+    for name, flags in XLA_CANDIDATES.items():
+        env = dict(os.environ, XLA_FLAGS=flags)
+        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--matmul-probe"], capture_output=True,
+                             text=True, env=env)
+        lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
+        if not lines:
+            out["candidates"][name] = {"flags": flags, "error": res.stderr[-500:]}
+            continue
+        r = json.loads(lines[-1])
+        secs = sum(2.0 * m * k * n / (x["xla_gflops"] * 1e9) for (m, k, n), x in zip(XLA_SHAPES, r["rates"]))
+        out["candidates"][name] = {"flags": flags, "xla_gflops": [x["xla_gflops"] for x in r["rates"]],
+                                   "seconds_all_shapes": round(secs, 4), "max_rel_error": max(r["rel_errors"]),
+                                   "dot_kinds": r["dot_kinds"]}
+    return out
+
+
+
+def profile_table(res) -> str:
+    """A markdown table of section_profile's result: per phase and op class, before (padded) and after (bucketed),
+    and each step's time against the compute bound."""
+    lines = [f"CPU {res['machine']['cpu']} ({res['machine']['cores']} cores; {' '.join(res['machine']['cpu_flags'])}), "
+             f"load average {res['machine']['load_average'][0]:.1f} at the start; best float32 matmul "
+             f"{res['peak_gflops']} GFLOP/s; Tp {res['Tp']}, N {res['max_new_tokens']}, batch {res['batch'][0]} x "
+             f"{res['batch'][1]}", "",
+             "| run | phase / op | seconds | share | GFLOP | GFLOP/s achieved | op shape (m, k, n) "
+             "| standalone GFLOP/s | s at that rate |", "|---|---|---|---|---|---|---|---|---|"]
+    for label in ("padded", "bucketed"):
+        r = res[label]
+        for ph in r["phases"]:
+            if ph["seconds"] < 0.0005 and "gflop" not in ph:
+                continue
+            lines.append(f"| {label} | {ph['phase']} | {ph['seconds']:.3f} | {ph['share']:.2f} | {ph.get('gflop', '')} "
+                         f"| {ph.get('gflops_achieved', '')} | | | |")
+            for o in ph.get("ops", []):
+                lines.append(f"| {label} | {ph['phase']}: {o['op']} | | | {o['gflop']} | | {o['shape'] or ''} | "
+                             f"{o['standalone_gflops'] or ''} | {o['seconds_at_that_rate'] or ''} |")
+        lines.append(f"| {label} | **step** (median of {res['warm_steps']}) | **{r['step_s_median']:.2f}** | | "
+                     f"{r['work_gflop']} | {r['work_gflops_achieved']} | update length {r['n_update']}, longest "
+                     f"{r['longest']} | bound {r['bound_gflop']} GFLOP = {r['bound_s']:.2f} s | "
+                     f"**step / bound {r['step_over_bound']:.2f}** |")
+    u = res.get("update_parts")
+    if u:
+        lines += ["", "update taken apart (warm seconds, last bucketed batch): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in u.items())]
+    return "\n".join(lines)
+
+
 def run_section(name):
     t0 = time.perf_counter()
-    if name in ("rl", "remat"):  # the trainer and TRL load the model themselves
+    if name in ("rl", "remat", "profile", "xlaflags"):  # these load the model themselves (or need none)
         root = os.environ.get("NTKDYN_CACHE", os.path.expanduser("~/.cache/ntkdyn"))
         out = {"section": name, **globals()[f"section_{name}"](os.path.join(root, "models", NAME))}
         out.update(vmhwm_mb=mem_mb()[0], total_seconds=round(time.perf_counter() - t0, 1),
@@ -289,9 +659,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=SECTIONS, default=None, help="run one section in this process")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated sections (subprocesses)")
+    ap.add_argument("--matmul-probe", action="store_true", help=argparse.SUPPRESS)  # section_xlaflags' worker
     args = ap.parse_args(argv)
+    if args.matmul_probe:
+        print(json.dumps(matmul_probe()), flush=True)
+        return
     if args.only:
-        print(json.dumps(run_section(args.only)), flush=True)
+        res = run_section(args.only)
+        print(json.dumps(res), flush=True)
+        if args.only == "profile":
+            print(profile_table(res), flush=True)
         return
     for name in args.sections.split(","):
         res = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", name], capture_output=True,

@@ -35,6 +35,27 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_PY = os.path.join(ROOT, ".benchvenv", "bin", "python")
+SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+              "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine():
+    """The CPU model, its SIMD flags (of SIMD_FLAGS, from /proc/cpuinfo), the core count and the 1/5/15-min load
+    average, for every benchmark record."""
+    model, flags = "", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [x for x in SIMD_FLAGS if x in have]
+                    break
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor() or platform.machine(), "cpu_flags": flags, "cores": os.cpu_count(), "load_average": os.getloadavg()}
+
 
 TRL_SCRIPT = r'''
 import importlib, json, os, resource, sys, time, types
@@ -235,7 +256,7 @@ def measure(a) -> dict:
     batch = a.prompts * a.group
     print(f"model {a.model}; batch {a.prompts} prompts x {a.group} = {batch}, max_new_tokens {a.new}; task {a.task}; "
           f"cpu {os.cpu_count()} cores", flush=True)
-    load0 = os.getloadavg()[0]
+    load0, host = os.getloadavg()[0], machine()
     ours_raw, trl_raws = [], []
     for r in range(a.rounds):  # interleaved, so that both see the same machine load on average
         ours_raw.append(run_ntkdyn(a))
@@ -244,8 +265,9 @@ def measure(a) -> dict:
         print(f"round {r + 1}: ntkdyn {np.median(ours_raw[-1]['step_times'][a.warmup:]):.3f} s/step, "
               f"TRL {np.median(trl_raws[-1]['step_times'][a.warmup:]):.3f} s/step", flush=True)
     ours, theirs = summarize(ours_raw, batch, a.warmup), summarize(trl_raws, batch, a.warmup)
-    return dict(model=a.model, params=n_params, chat=chat, eos_ids=eos, trl_eos_ids=trl_raws[0]["eos_ids"],
-                prompt_ids_match=True, ntkdyn=ours, trl=theirs, versions=trl_raws[0]["versions"],
+    return dict(machine=host, model=a.model, params=n_params, chat=chat, eos_ids=eos,
+                trl_eos_ids=trl_raws[0]["eos_ids"], prompt_ids_match=True, ntkdyn=ours, trl=theirs,
+                versions=trl_raws[0]["versions"],
                 ratio_steps=ours["steps_per_s"] / theirs["steps_per_s"],
                 ratio_tokens=ours["tokens_per_s"] / theirs["tokens_per_s"], load=(load0, os.getloadavg()[0]),
                 peak_rss_mb_ntkdyn=max(r["peak_rss_mb"] for r in ours_raw),
@@ -291,7 +313,7 @@ ids ntkdyn {m['eos_ids']}, TRL {m['trl_eos_ids']}; {'completions without EOS sco
 {a.prompts * a.group} completions per step, the same prompts in the same order on both sides (checked in TRL's reward
 calls), max_new_tokens {a.new}, temperature 1, GRPO advantages,
 seq-mean-token-mean loss, beta 0, one optimizer step per batch (Adam / AdamW, lr {a.lr}, constant, grad clip 1),
-{platform.processor() or platform.machine()} CPU with {os.cpu_count()} cores, float32, {a.rounds} interleaved round(s) of
+{m['machine']['cpu']} CPU ({' '.join(m['machine']['cpu_flags'])}) with {os.cpu_count()} cores, float32, {a.rounds} interleaved round(s) of
 each in one run (1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; the benchmark alone makes
 about 1-2 on this machine, more means other processes shared the cores). Steady state: median over the steps after
 the first {a.warmup} of each round.

@@ -25,7 +25,7 @@ def evaluate(ctxs, lanes, params, step: int) -> list[dict]:
     ids, pmask = prompt_batch(ctx, lanes, flats)
     gen = rollout(ctx, lanes, params, ids, pmask, lane_keys(ctxs, lanes, EVAL_ID, step), ctx.c.eval_temperature,
                   group=k)
-    conf_of = lanes.map(confidence, dict(chunk=ctx.loss_spec.logit_chunk, **ctx.gd))
+    conf_of = lanes.map(confidence, dict(chunk=ctx.loss_spec.logit_chunk, shared_prompts=k, **ctx.gd))
     conf = jax.device_get(conf_of(params, ids, pmask, gen.tokens, gen.mask))
     tokens, mask = jax.device_get((gen.tokens, gen.mask))
     return [_eval_record(x, flats[i], lanes.take(tokens, i), lanes.take(mask, i), lanes.take(conf, i), step, k)

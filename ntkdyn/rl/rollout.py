@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,8 @@ from .config import TrainingError
 from .context import reference_answer
 from .step import group_advantages, ref_logp, step_key
 
-__all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "dry_run", "rl_step", "lp_step"]
+__all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "dry_run", "rl_step", "lp_step",
+           "update_length", "UPDATE_BUCKET"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -155,17 +157,59 @@ def _check_finite(ctx, ms: list[dict], where: str) -> dict:
     return rec
 
 
-def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, baselines):
+UPDATE_BUCKET = 8  # the update's completion axis is cut to a multiple of this many tokens (update_length)
+
+
+def update_length(mask, max_new_tokens: int, bucket: int = UPDATE_BUCKET) -> int:
+    """The completion length the update runs at: the longest completion of the batch (`mask` (..., N), 1 on the
+    generated tokens, every lane) rounded up to a multiple of `bucket`, at least `bucket`, at most
+    max_new_tokens. The columns cut off are padding of every row (mask 0), which no loss, metric or gradient
+    sees, so the update equals the full-length one up to float rounding; there are at most
+    ceil(max_new_tokens / bucket) shapes, each compiled once."""
+    longest = int(np.max(np.sum(np.asarray(mask) != 0, axis=-1), initial=0))
+    return int(min(max_new_tokens, max(bucket, -(-longest // bucket) * bucket)))
+
+
+class _Phases:
+    """Wall-clock seconds of the phases of rl_step into `out` (a dict, summed per phase), each phase's device
+    work finished (block_until_ready) before its clock stops; None: no timing and no extra synchronisation."""
+
+    def __init__(self, out):
+        self.out, self.t = out, None
+
+    def start(self):
+        if self.out is not None:
+            self.t = time.perf_counter()
+
+    def done(self, name, *arrays):
+        if self.out is not None:
+            jax.block_until_ready(arrays)
+            now = time.perf_counter()
+            self.out[name] = self.out.get(name, 0.0) + now - self.t
+            self.t = now
+
+
+def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, baselines, phases: dict | None = None):
     """One RL step of every lane: rollouts of P prompts × G samples, rewards r, advantages A, `num_iterations`
-    updates (the first on-policy, later ones PPO-clipped against it). Returns (params, opt_state, baselines,
-    [metrics per lane], (params after the first iteration, the rollout batch)): the last two for the trackers."""
+    updates (the first on-policy, later ones PPO-clipped against it) over the completions cut to
+    `update_length` (the padding columns no completion reaches dropped). Returns (params, opt_state, baselines,
+    [metrics per lane], (params after the first iteration, the rollout batch)): the last two for the trackers.
+    phases: a dict that receives the seconds of "prompts", "sample", "transfer", "reward", "ref_logp", "update"
+    and "metrics" (benchmarks/real_bench.py --only profile); None (the trainer) times nothing."""
     ctx = ctxs[0]
     c, G, P = ctx.c, ctx.c.group_size, ctx.c.prompts_per_step
+    clock = _Phases(phases)
+    clock.start()
     rows = [stage_rows(x, stage, stage_step) for x in ctxs]
     ids, pmask = prompt_batch(ctx, lanes, [[r["prompt"] for r in rw for _ in range(G)] for rw in rows])
+    clock.done("prompts", ids, pmask)
     gen = rollout(ctx, lanes, params, ids, pmask, lane_keys(ctxs, lanes, stage.stage_id, stage_step), c.temperature,
                   group=G)
+    clock.done("sample", gen)
     tokens, mask = jax.device_get((gen.tokens, gen.mask))
+    n_up = update_length(mask, int(c.max_new_tokens), UPDATE_BUCKET)
+    completion, cmask = gen.tokens[..., :n_up], gen.mask[..., :n_up]
+    clock.done("transfer", completion, cmask)
     where = f"step {step} ({stage.name} step {stage_step})"
     scored, advs, new_baselines = [], [], []
     for i, x in enumerate(ctxs):
@@ -175,25 +219,29 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
         scored.append((finished, r, reward_metrics))
         advs.append(adv.reshape(-1))
         new_baselines.append(np.float32(b))
-    batch = {"prompt_ids": ids, "prompt_mask": pmask, "completion": gen.tokens, "mask": gen.mask,
+    batch = {"prompt_ids": ids, "prompt_mask": pmask, "completion": completion, "mask": cmask,
              "adv": lanes.stack(advs)}
+    clock.done("reward", batch["adv"])
     logp_ref = None
     if c.beta > 0:  # π_ref: the starting model, the same for every lane
-        kw = dict(temperature=float(c.temperature), chunk=ctx.loss_spec.logit_chunk, **ctx.gd)
+        kw = dict(temperature=float(c.temperature), chunk=ctx.loss_spec.logit_chunk, shared_prompts=G, **ctx.gd)
         logp_ref = lanes.map(ref_logp, kw, in_axes=(None, 0, 0, 0))(
-            ctx.base_params, ids, pmask, gen.tokens)
-    logp_old, ms = jnp.zeros(gen.tokens.shape, jnp.float32), []
+            ctx.base_params, ids, pmask, completion)
+        clock.done("ref_logp", logp_ref)
+    logp_old, ms = jnp.zeros(completion.shape, jnp.float32), []
     for it in range(c.num_iterations):  # iteration 0 is on-policy; later ones reuse the batch (PPO ratio)
         params, opt_state, m, logp = update(params, opt_state, batch, logp_old, jnp.asarray(it == 0), logp_ref)
         if it == 0:
             logp_old, first_after = logp, params
         ms.append(m)
+    clock.done("update", params, opt_state, ms)
     ms = jax.device_get(ms)
     outs = []
     for i, (x, (finished, r, reward_metrics)) in enumerate(zip(ctxs, scored)):
         m_i = [lanes.take(m, i) for m in ms]
         outs.append(_rl_metrics(x, r.reshape(P, G), finished, lanes.take(mask, i), reward_metrics, m_i, where,
                                 new_baselines[i]))
+    clock.done("metrics")
     return params, opt_state, new_baselines, outs, (first_after, batch)
 
 

@@ -113,19 +113,21 @@ def lp_update(params, opt_state, ids, mask, *, graphdef, cfg, tx):
     return new, opt_state, {"loss": loss, "grad_norm/head": O.global_norm(g_head)}
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature", "chunk"))
-def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature, chunk=DEFAULT_CHUNK):
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature", "chunk", "shared_prompts"))
+def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature, chunk=DEFAULT_CHUNK, shared_prompts=1):
     """log π_ref of the completion tokens (π_ref: the starting model) at the rollout temperature (the head in
-    chunks of `chunk` tokens)."""
+    chunks of `chunk` tokens; rows in consecutive groups of `shared_prompts` share a prompt, which runs once:
+    objectives.completion_logp)."""
     return O.completion_logp(graphdef, cfg, params, ids, pmask, completion, temperature=temperature,
-                             with_model_stats=False, chunk=chunk)["logp"]
+                             with_model_stats=False, chunk=chunk, shared_prompts=shared_prompts)["logp"]
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "chunk"))
-def confidence(params, ids, pmask, completion, mask, *, graphdef, cfg, chunk=DEFAULT_CHUNK):
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "chunk", "shared_prompts"))
+def confidence(params, ids, pmask, completion, mask, *, graphdef, cfg, chunk=DEFAULT_CHUNK, shared_prompts=1):
     """Mean entropy, max-probability and sampled-token log-prob of the model at the completion tokens (the head
-    in chunks of `chunk` tokens)."""
-    st = O.completion_logp(graphdef, cfg, params, ids, pmask, completion, chunk=chunk)
+    in chunks of `chunk` tokens; rows in consecutive groups of `shared_prompts` share a prompt, which runs once)."""
+    st = O.completion_logp(graphdef, cfg, params, ids, pmask, completion, chunk=chunk,
+                           shared_prompts=shared_prompts)
     return {"entropy": M.masked_mean(st["entropy"], mask), "max_prob": M.masked_mean(st["max_prob"], mask),
             "logp": M.masked_mean(st["logp_model"], mask)}
 
