@@ -25,6 +25,7 @@ from . import checkpoint
 from .config import TrainingError
 from .context import reference_answer
 from .step import group_advantages, ref_logp, step_key
+from .sharding import to_host
 
 __all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "dry_run", "rl_step", "lp_step"]
 
@@ -119,7 +120,7 @@ def dry_run(ctxs, lanes) -> None:
     ids, pmask = prompt_batch(ctx, lanes, [[r["prompt"] for r in rw for _ in range(G)] for rw in rows])
     gen = rollout(ctx, lanes, lanes.stack([ctx.base_params] * lanes.n), ids, pmask,
                   lane_keys(ctxs, lanes, stage.stage_id, 1), ctx.c.temperature, group=G)
-    tokens, mask = jax.device_get((gen.tokens, gen.mask))
+    tokens, mask = to_host((gen.tokens, gen.mask))
     for i, x in enumerate(ctxs):
         rewards(x, rows[i], lanes.take(tokens, i), lanes.take(mask, i),
                 "dry run of the reward functions on a sample batch of the starting model", group_size=G,
@@ -165,7 +166,7 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
     ids, pmask = prompt_batch(ctx, lanes, [[r["prompt"] for r in rw for _ in range(G)] for rw in rows])
     gen = rollout(ctx, lanes, params, ids, pmask, lane_keys(ctxs, lanes, stage.stage_id, stage_step), c.temperature,
                   group=G)
-    tokens, mask = jax.device_get((gen.tokens, gen.mask))
+    tokens, mask = to_host((gen.tokens, gen.mask))
     where = f"step {step} ({stage.name} step {stage_step})"
     scored, advs, new_baselines = [], [], []
     for i, x in enumerate(ctxs):
@@ -188,7 +189,7 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
         if it == 0:
             logp_old, first_after = logp, params
         ms.append(m)
-    ms = jax.device_get(ms)
+    ms = to_host(ms)
     outs = []
     for i, (x, (finished, r, reward_metrics)) in enumerate(zip(ctxs, scored)):
         m_i = [lanes.take(m, i) for m in ms]
@@ -237,7 +238,7 @@ def lp_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state):
     ids, mask = (data[0][k] if lanes.n == 1 else np.stack([d[k] for d in data]) for k in (0, 1))
     params, opt_state, m = update(params, opt_state, ctx.sh.batch(ids, lanes=lanes.n > 1),
                                   ctx.sh.batch(mask, lanes=lanes.n > 1))
-    m = jax.device_get(m)
+    m = to_host(m)
     outs = []
     for i, x in enumerate(ctxs):
         m_i = {k: float(v) for k, v in lanes.take(m, i).items()}
