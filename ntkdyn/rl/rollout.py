@@ -70,7 +70,7 @@ def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1):
     rows in consecutive groups of `group` share a prompt, prefilled once."""
     fn = lanes.map(_sample_lane, dict(graphdef=ctx.lm.graphdef, cfg=ctx.cfg, max_new_tokens=int(ctx.c.max_new_tokens),
                                  pad_id=ctx.pad, group=int(group)), in_axes=(0, 0, 0, 0, None, None))
-    return fn(params, ids, mask, keys, float(temperature), jnp.asarray(ctx.eos or (-1,), jnp.int32))
+    return fn(params, ids, mask, keys, float(temperature), np.asarray(ctx.eos or (-1,), np.int32))
 
 
 def lane_keys(ctxs, lanes, stage_id: int, step: int):
@@ -177,15 +177,16 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
         advs.append(adv.reshape(-1))
         new_baselines.append(np.float32(b))
     batch = {"prompt_ids": ids, "prompt_mask": pmask, "completion": gen.tokens, "mask": gen.mask,
-             "adv": lanes.stack(advs)}
+             "adv": ctx.sh.batch(np.stack([np.asarray(a) for a in advs]) if lanes.n > 1 else np.asarray(advs[0]),
+                                 lanes=lanes.n > 1)}
     logp_ref = None
     if c.beta > 0:  # π_ref: the starting model, the same for every lane
         kw = dict(temperature=float(c.temperature), chunk=ctx.loss_spec.logit_chunk, **ctx.gd)
         logp_ref = lanes.map(ref_logp, kw, in_axes=(None, 0, 0, 0))(
             ctx.base_params, ids, pmask, gen.tokens)
-    logp_old, ms = jnp.zeros(gen.tokens.shape, jnp.float32), []
+    logp_old, ms = ctx.sh.batch(np.zeros(gen.tokens.shape, np.float32), lanes=lanes.n > 1), []
     for it in range(c.num_iterations):  # iteration 0 is on-policy; later ones reuse the batch (PPO ratio)
-        params, opt_state, m, logp = update(params, opt_state, batch, logp_old, jnp.asarray(it == 0), logp_ref)
+        params, opt_state, m, logp = update(params, opt_state, batch, logp_old, np.asarray(it == 0), logp_ref)
         if it == 0:
             logp_old, first_after = logp, params
         ms.append(m)

@@ -123,6 +123,8 @@ class Sharding:
             return x
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return jax.jit(lambda a: a, out_shardings=sharding)(x)  # re-placed on the devices
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # a typed PRNG key
+            return jax.random.wrap_key_data(self._put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
