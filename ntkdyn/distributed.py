@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["add_arguments", "initialize_from_args", "initialize", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID"]
+__all__ = ["add_arguments", "initialize_from_args", "initialize", "shutdown", "describe_failure", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID"]
 
 ENV_NUM_PROCESSES, ENV_PROCESS_ID = "NTKDYN_NUM_PROCESSES", "NTKDYN_PROCESS_ID"
 
@@ -90,3 +90,21 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     except RuntimeError as e:
         raise RuntimeError(f"jax.distributed.initialize (coordinator {coordinator}, process {process_id} of "
                            f"{num_processes}) failed: {e}") from None
+
+
+def shutdown() -> None:
+    """Leave the run (every process at its end): jax.distributed.shutdown, so that no process waits at exit for a
+    peer that has already gone."""
+    import jax
+
+    jax.distributed.shutdown()
+
+
+def describe_failure(e: BaseException) -> str:
+    """The one line a process of a multi-process run prints when its run stops on an exception."""
+    import jax
+
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return (f"process {jax.process_index()} of {jax.process_count()}: the run stopped ({type(e).__name__}: {first}); "
+            "when another process of the run has died this process follows it within --heartbeat-timeout seconds "
+            "(the other processes' logs say why); the run directory keeps its last checkpoint (--resume)")

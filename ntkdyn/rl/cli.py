@@ -67,6 +67,18 @@ def run_cli(args) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"ntkdyn rl: error: {e}", file=sys.stderr)
         return 2
+    if not several:
+        return _run(args, several)
+    try:
+        rc = _run(args, several)
+    except BaseException as e:  # a peer died (a collective failed) or this process was interrupted
+        print(f"ntkdyn rl: error: {distributed.describe_failure(e)}", file=sys.stderr, flush=True)
+        raise  # jax.distributed then ends this process once its coordination service reports the lost peer
+    distributed.shutdown()
+    return rc
+
+
+def _run(args, several: bool) -> int:
     from .trainer import train
 
     try:
