@@ -53,6 +53,7 @@ a prediction from the placement, not checked against a compiled multi-device pro
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -103,6 +104,7 @@ def n_params(cfg: ModelConfig) -> int:
     return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(cfg))))
 
 
+@functools.lru_cache(maxsize=64)
 def params_per_device(cfg: ModelConfig, fsdp: int = 1) -> int:
     """Parameters held by one device when they are split over `fsdp` devices by rl/sharding.py's rule (each matrix
     along one axis / F, 1-D leaves and matrices with no divisible axis whole)."""
@@ -112,6 +114,7 @@ def params_per_device(cfg: ModelConfig, fsdp: int = 1) -> int:
                    for x in jax.tree.leaves(abstract_params(cfg))))
 
 
+@functools.lru_cache(maxsize=64)
 def _gathered(cfg: ModelConfig, fsdp: int) -> int:
     """Parameters an FSDP device gathers whole to use them at once: the largest layer's and the largest top-level
     matrix (the head or the embedding), less the shards it holds anyway."""
