@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["add_arguments", "initialize_from_args", "initialize", "shutdown", "describe_failure", "ENV_NUM_PROCESSES", "ENV_PROCESS_ID"]
+__all__ = ["add_arguments", "initialize_from_args", "initialize", "shutdown", "describe_failure", "ENV_NUM_PROCESSES",
+           "ENV_PROCESS_ID"]
 
 ENV_NUM_PROCESSES, ENV_PROCESS_ID = "NTKDYN_NUM_PROCESSES", "NTKDYN_PROCESS_ID"
 

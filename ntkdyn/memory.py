@@ -62,7 +62,8 @@ from .models.config import ModelConfig
 from .models.logprobs import DEFAULT_CHUNK
 from .models.transformer import abstract_params
 
-__all__ = ["MemoryPlan", "n_params", "params_per_device", "rl_step", "update_bytes", "scoring_bytes", "kernel", "PYTHIA",
+__all__ = ["MemoryPlan", "n_params", "params_per_device", "rl_step", "update_bytes", "scoring_bytes", "kernel",
+           "PYTHIA",
            "CPU_RUNTIME_BYTES", "add_arguments", "run_cli"]
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}

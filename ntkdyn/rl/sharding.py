@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Sharding", "parse_mesh", "make_mesh", "MESH_AXES", "param_axis", "to_host", "is_writer", "sync", "device_bytes"]
+__all__ = ["Sharding", "parse_mesh", "make_mesh", "MESH_AXES", "param_axis", "to_host", "is_writer", "sync",
+           "device_bytes"]
 
 MESH_AXES = ("data", "fsdp")  # the axis names a mesh string may use, in mesh order
 

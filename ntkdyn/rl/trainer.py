@@ -111,11 +111,13 @@ def _start(ctxs: list[RunContext], found: list) -> RunState:
             for t in ts:
                 t.start(ctx.base_params, resumed=True)
         st = found[0][2]
-        return RunState(lanes, ctx.sh.place(lanes.stack([f[0] for f in found]), lanes=lanes.n > 1), [f[1] for f in found],
+        params = ctx.sh.place(lanes.stack([f[0] for f in found]), lanes=lanes.n > 1)
+        return RunState(lanes, params, [f[1] for f in found],
                         [np.float32(np.nan if f[2]["baseline"] is None else f[2]["baseline"]) for f in found],
                         st["step"], st["stage_index"], st["stage_step"], costs,
                         [f[2].get("first_eval") for f in found], last, tracked)
-    state = RunState(lanes, ctx.sh.place(lanes.stack([ctx.base_params] * len(ctxs)), lanes=lanes.n > 1), None, [np.float32(np.nan)] * len(ctxs),
+    params = ctx.sh.place(lanes.stack([ctx.base_params] * len(ctxs)), lanes=lanes.n > 1)
+    state = RunState(lanes, params, None, [np.float32(np.nan)] * len(ctxs),
                      costs=costs, first_eval=[None] * len(ctxs), last=[None] * len(ctxs), trackers=tracked)
     recs = [{"step": 0, "stage": ctx.stages[0].name, "stage_step": 0} for _ in ctxs]
     for rec, pm in zip(recs, probe_metrics(ctx, lanes, state.params)):
