@@ -63,8 +63,7 @@ from .models.logprobs import DEFAULT_CHUNK
 from .models.transformer import abstract_params
 
 __all__ = ["MemoryPlan", "n_params", "params_per_device", "rl_step", "update_bytes", "scoring_bytes", "kernel",
-           "PYTHIA",
-           "CPU_RUNTIME_BYTES", "add_arguments", "run_cli"]
+           "PYTHIA", "CPU_RUNTIME_BYTES", "add_arguments", "run_cli"]
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 _OPT_SLOTS = {"adam": 2, "adamw": 2, "sgd": 0}  # optimizer-state arrays per parameter
