@@ -26,6 +26,13 @@ peak resident memory (VmHWM) is its own):
            markdown table.
   xlaflags the XLA CPU dot settings of jaxlib 0.10 (XLA_CANDIDATES), each in its own process: GFLOP/s at the
            step's matmul shapes and the error against float64.
+  scaling  RL steps/s of `ntkdyn rl` on meshes (issue 24): the embedded default model (a tiny one: a real model's
+           compilations on 4 forced devices would take most of the time; SCALING_ARGS) on 1 device without a mesh
+           and with `--mesh data=1` (the cost of a mesh over one device), on 2 and 4 forced CPU devices
+           (XLA_FLAGS=--xla_force_host_platform_device_count) with data, fsdp and both, and on 2 processes of one
+           CPU device each (jax.distributed on 127.0.0.1); each run its own `ntkdyn rl` process, steps/s the
+           median over the steps after the first two (compilation), and its ratio to the one-device run. The CPU
+           devices of one host share its cores: this measures the cost of the collectives, not a speed-up.
 Every section reports VmHWM (peak resident memory, /proc/self/status) and VmRSS after loading the model; the rl,
 profile and xlaflags sections also the CPU model, its SIMD flags and the load average (rl_bench.machine), and rl the
 compute bound beside the ratio.
@@ -63,7 +70,7 @@ NAME = "smollm2-135m-instruct"
 SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
-SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat", "profile", "xlaflags")
+SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat", "profile", "xlaflags", "scaling")
 # (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
 RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
            "--warmup", "2", "--rounds", "2", "--lr", "1e-5", "--score-truncated"]
@@ -639,8 +646,67 @@ def profile_table(res) -> str:
     return "\n".join(lines)
 
 
+SCALING_ARGS = ["--recipe", "rl", "--task", "sum", "--steps", "8", "--prompts-per-step", "8", "--group-size", "4",
+                "--max-new-tokens", "8", "--eval-prompts", "4", "--eval-samples", "4", "--eval-every", "0",
+                "--probe-every", "0", "--checkpoint-every", "0", "--seed", "0", "--overwrite", "--no-progress"]
+# (label, forced CPU devices per process, processes, mesh or None)
+SCALING_RUNS = [("1 device", 1, 1, None), ("1 device, --mesh data=1", 1, 1, "data=1"),
+                ("2 devices data=2", 2, 1, "data=2"), ("2 devices fsdp=2", 2, 1, "fsdp=2"),
+                ("4 devices data=4", 4, 1, "data=4"), ("4 devices fsdp=4", 4, 1, "fsdp=4"),
+                ("4 devices data=2,fsdp=2", 4, 1, "data=2,fsdp=2"),
+                ("2 processes data=2", 1, 2, "data=2"), ("2 processes fsdp=2", 1, 2, "fsdp=2")]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scaling_run(out, devices, processes, mesh, timeout=900):
+    """One `ntkdyn rl` run of SCALING_ARGS (its processes at once); the step times of process 0's metrics."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    cmd = [sys.executable, "-m", "ntkdyn.cli", "rl", *SCALING_ARGS, "--out", out] + (["--mesh", mesh] if mesh else [])
+    if processes > 1:
+        port = _free_port()
+        cmds = [cmd + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes), "--process-id",
+                       str(i), "--heartbeat-timeout", "30"] for i in range(processes)]
+    else:
+        cmds = [cmd]
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    errs = [p.communicate(timeout=timeout)[1] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"{cmds[0]}: exit {[p.returncode for p in procs]}: {errs[0][-1500:]}")
+    from ntkdyn.rl import read_metrics
+
+    return [r["step_time"] for r in read_metrics(out) if "step_time" in r]
+
+
+def section_scaling():
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, devices, processes, mesh in SCALING_RUNS:
+            times = _scaling_run(os.path.join(tmp, str(len(rows))), devices, processes, mesh)
+            warm = statistics.median(times[2:])
+            rows.append({"run": label, "steps_per_s": round(1.0 / warm, 3), "first_step_s": round(times[0], 2)})
+    for r in rows:
+        r["ratio_to_1_device"] = round(r["steps_per_s"] / rows[0]["steps_per_s"], 3)
+    return {"model": "the embedded default model", "args": " ".join(SCALING_ARGS), "runs": rows,
+            "cpu_count": os.cpu_count()}
+
+
 def run_section(name):
     t0 = time.perf_counter()
+    if name == "scaling":  # every run its own ntkdyn rl process(es)
+        out = {"section": name, **section_scaling()}
+        out.update(total_seconds=round(time.perf_counter() - t0, 1), load_average=os.getloadavg(), jax=jax.__version__)
+        return out
     if name in ("rl", "remat", "profile", "xlaflags"):  # these load the model themselves (or need none)
         root = os.environ.get("NTKDYN_CACHE", os.path.expanduser("~/.cache/ntkdyn"))
         out = {"section": name, **globals()[f"section_{name}"](os.path.join(root, "models", NAME))}

@@ -42,10 +42,18 @@ The head holds k_head = 3 (chunk, V) blocks at once in the backward pass (the lo
 cotangent), 2 in a forward pass; with chunk = 0 a block is all B·N tokens. These constants are checked against
 XLA's own accounting (compiled.memory_analysis(): arguments + outputs − aliased + temporaries) on the default
 model and SmolLM2-135M (tests/test_memory.py, README), within 25 %.
+
+On a mesh (`mesh="data=D,fsdp=F"`, RLConfig.mesh; the placement rules of rl/sharding.py) the plan is per device:
+the parameters, the starting parameters, the optimizer state, the new parameters and the gradients are each
+device's shard (a matrix / F, a 1-D leaf whole: `params_per_device`), and the update adds the weights FSDP gathers
+to use them (the largest layer and the head / embedding matrices, each whole: "update/gathered"); the batch-sized
+parts (activations, head blocks, KV caches, scoring) are those of the device's ceil(B / (D·F)) rows. This part is
+a prediction from the placement, not checked against a compiled multi-device program.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -54,8 +62,8 @@ from .models.config import ModelConfig
 from .models.logprobs import DEFAULT_CHUNK
 from .models.transformer import abstract_params
 
-__all__ = ["MemoryPlan", "n_params", "rl_step", "update_bytes", "scoring_bytes", "kernel", "PYTHIA",
-           "CPU_RUNTIME_BYTES", "add_arguments", "run_cli"]
+__all__ = ["MemoryPlan", "n_params", "params_per_device", "rl_step", "update_bytes", "scoring_bytes", "kernel",
+           "PYTHIA", "CPU_RUNTIME_BYTES", "add_arguments", "run_cli"]
 
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 _OPT_SLOTS = {"adam": 2, "adamw": 2, "sgd": 0}  # optimizer-state arrays per parameter
@@ -94,6 +102,41 @@ def _gb(n: int) -> str:
 def n_params(cfg: ModelConfig) -> int:
     """The number of parameters of a model of config `cfg` (from the abstract parameter tree: nothing allocated)."""
     return int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params(cfg))))
+
+
+@functools.lru_cache(maxsize=64)
+def params_per_device(cfg: ModelConfig, fsdp: int = 1) -> int:
+    """Parameters held by one device when they are split over `fsdp` devices by rl/sharding.py's rule (each matrix
+    along one axis / F, 1-D leaves and matrices with no divisible axis whole)."""
+    from .placement import param_axis
+
+    return int(sum(int(np.prod(x.shape)) // (1 if param_axis(x.shape, fsdp) is None else fsdp)
+                   for x in jax.tree.leaves(abstract_params(cfg))))
+
+
+@functools.lru_cache(maxsize=64)
+def _gathered(cfg: ModelConfig, fsdp: int) -> int:
+    """Parameters an FSDP device gathers whole to use them at once: the largest layer's and the largest top-level
+    matrix (the head or the embedding), less the shards it holds anyway."""
+    if fsdp <= 1:
+        return 0
+    tree = abstract_params(cfg)
+    layers = tree["backbone"].get("layers", {})
+    per_layer = [sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for v in
+                 (layers.values() if isinstance(layers, dict) else layers)] or [0]
+    other = [int(np.prod(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(tree)
+             if len(x.shape) >= 2 and "layers" not in jax.tree_util.keystr(path)] or [0]
+    return (max(per_layer) + max(other)) * (fsdp - 1) // fsdp
+
+
+def _mesh_sizes(mesh) -> tuple[int, int]:
+    """(D, F) of a mesh string, a {"data": D, "fsdp": F} dict or None (one device)."""
+    if mesh is None:
+        return 1, 1
+    from .rl.sharding import parse_mesh
+
+    m = parse_mesh(mesh) if isinstance(mesh, str) else dict(mesh)
+    return _check("mesh data", m.get("data", 1), 1), _check("mesh fsdp", m.get("fsdp", 1), 1)
 
 
 def _check(name, v, lo=0):
@@ -152,40 +195,51 @@ def scoring_bytes(cfg: ModelConfig, *, rows: int, prompt_len: int, new_tokens: i
 
 def update_bytes(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: int, group_size: int = 1,
                  remat: bool = False, chunk: int = DEFAULT_CHUNK, optimizer: str = "adam",
-                 dtype: str = "float32", backend: str | None = None) -> dict:
+                 dtype: str = "float32", backend: str | None = None, mesh=None) -> dict:
     """The jitted update's own bytes (what compiled.memory_analysis() accounts): {"params", "optimizer",
     "new_params", "grads", "activations", "head", "total"}; total = arguments + outputs − donated + temporaries.
     dtype: the parameters' (gradients and new params alike; the optimizer state is counted in float32).
-    backend: "cpu" or an accelerator's (default: jax.default_backend()); it decides what remat saves."""
+    backend: "cpu" or an accelerator's (default: jax.default_backend()); it decides what remat saves. mesh: per
+    device of that mesh ("data=D,fsdp=F"; module docstring), with "gathered" added."""
     B, Tp, N = _check("batch", batch, 1), _check("prompt_len", prompt_len, 1), _check("new_tokens", new_tokens, 1)
     G, chunk = _check("group_size", group_size, 1), _check("chunk", chunk, 0)
     if optimizer not in _OPT_SLOTS:
         raise ValueError(f"optimizer must be one of {sorted(_OPT_SLOTS)}; got {optimizer!r}")
     if dtype not in _BYTES:
         raise ValueError(f"dtype must be one of {sorted(_BYTES)}; got {dtype!r}")
-    b, P = _BYTES[dtype], n_params(cfg)
+    D, F = _mesh_sizes(mesh)
+    b, P = _BYTES[dtype], params_per_device(cfg, F)
+    B = -(-B // (D * F))  # the device's rows
     act_b = 4  # activations are computed in at least float32 (norms and softmax promote)
     parts = {"params": P * b, "optimizer": _OPT_SLOTS[optimizer] * P * 4, "new_params": P * b, "grads": P * b,
-             "activations": _activations(cfg, B, Tp, N, G, bool(remat), backend or jax.default_backend()) * act_b,
+             "activations": _activations(cfg, B, Tp, N, min(G, B), bool(remat),
+                                         backend or jax.default_backend()) * act_b,
              "head": _head(cfg, B * N, chunk, K_HEAD_BACKWARD) * act_b}
+    if F > 1:
+        parts["gathered"] = _gathered(cfg, F) * b
     parts["total"] = sum(parts.values())
     return parts
 
 
 def rl_step(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: int, eval_rows: int = 0,
             group_size: int = 1, remat: bool = False, chunk: int = DEFAULT_CHUNK, optimizer: str = "adam",
-            dtype: str = "float32", backend: str | None = None, what: str = "RL step") -> MemoryPlan:
+            dtype: str = "float32", backend: str | None = None, what: str = "RL step", mesh=None) -> MemoryPlan:
     """The predicted peak bytes of an RL step of `batch` rollouts (prompts × group_size) of prompt_len prompt
     tokens and new_tokens sampled tokens, with an evaluation of eval_rows rows (0: none), for a model of config
-    cfg in `dtype` on `backend` (module docstring: the phases and the constants)."""
+    cfg in `dtype` on `backend` (module docstring: the phases and the constants); per device of `mesh`
+    ("data=D,fsdp=F" or {"data": D, "fsdp": F}; None: one device)."""
     u = update_bytes(cfg, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, group_size=group_size,
-                     remat=remat, chunk=chunk, optimizer=optimizer, dtype=dtype, backend=backend)
-    E = _check("eval_rows", eval_rows, 0)
+                     remat=remat, chunk=chunk, optimizer=optimizer, dtype=dtype, backend=backend, mesh=mesh)
+    D, F = _mesh_sizes(mesh)
+    E = -(-_check("eval_rows", eval_rows, 0) // (D * F))
+    batch = -(-batch // (D * F))
     b = _BYTES[dtype]
     resident = {"params": u["params"], "start_params": u["params"], "optimizer": u["optimizer"]}
     if (backend or jax.default_backend()) == "cpu":
         resident["runtime (CPU process)"] = CPU_RUNTIME_BYTES
     parts = dict(resident)
+    if "gathered" in u:
+        parts["update/gathered"] = u["gathered"]
     parts.update({"update/new_params": u["new_params"], "update/grads": u["grads"],
                   "update/activations": u["activations"], "update/head": u["head"],
                   "rollout/sampler": _sampling(cfg, batch, prompt_len, new_tokens) * b})
@@ -283,6 +337,8 @@ def add_arguments(p) -> None:
                    "contexts (one per row of --seq-len tokens), --output of ntk.decompose")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per row of the kernel request (default 64)")
     p.add_argument("--output", default="trace", help="the kernel's output (full, trace, subset, hidden, hutchinson)")
+    p.add_argument("--mesh", default=None, help="per device of the mesh 'data=D,fsdp=F' (RLConfig.mesh): params and "
+                   "optimizer state / F, the batch / (D*F) (default: one device)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -330,7 +386,9 @@ def run_cli(args) -> int:
         p = rl_step(cfg, batch=args.prompts_per_step * args.group_size, prompt_len=Tp,
                     new_tokens=args.max_new_tokens, eval_rows=E, group_size=args.group_size, remat=args.remat,
                     chunk=args.logit_chunk, optimizer=args.optimizer, dtype=args.dtype, backend=args.backend,
+                    mesh=args.mesh,
                     what=f"RL step of {args.model or 'the default model'}: {args.prompts_per_step} x "
-                         f"{args.group_size} rollouts, {Tp} + {args.max_new_tokens} tokens, eval {E} rows")
+                         f"{args.group_size} rollouts, {Tp} + {args.max_new_tokens} tokens, eval {E} rows"
+                         + (f", per device of the mesh {args.mesh}" if args.mesh else ""))
     print(json.dumps(p.to_dict(), indent=1) if args.json else p.table())
     return 0

@@ -83,6 +83,31 @@ def test_rl_step_plan_parts_and_phases():
         memory.rl_step(cfg, batch=0, prompt_len=16, new_tokens=16)
 
 
+def test_rl_step_plan_per_device_of_a_mesh():
+    """Per device of a mesh: the parameter-sized parts / F (1-D leaves whole), the batch-sized parts / (D·F), the
+    FSDP-gathered weights added; data=8 keeps the parameters whole. (The placement itself against real arrays:
+    tests/test_rl_trainer.py::test_meshes_equal_one_device_and_resume_exactly.)"""
+    cfg = memory.PYTHIA["pythia-1b"]
+    P = memory.n_params(cfg)
+    assert memory.params_per_device(cfg, 1) == P
+    P8 = memory.params_per_device(cfg, 8)
+    assert P / 8 <= P8 < 1.01 * P / 8  # 1-D leaves (norms, biases) are ~0.3 % of Pythia-1B
+    kw = dict(batch=64, prompt_len=64, new_tokens=128, eval_rows=64, group_size=8, backend="gpu")
+    one, dp, fsdp = (memory.rl_step(cfg, mesh=m, **kw) for m in (None, "data=8", "fsdp=8"))
+    both = memory.rl_step(cfg, mesh={"data": 2, "fsdp": 4}, **kw)
+    assert dp.parts["params"] == one.parts["params"] == 4 * P and "update/gathered" not in dp.parts
+    assert fsdp.parts["params"] == fsdp.parts["start_params"] == 4 * P8 and fsdp.parts["optimizer"] == 8 * P8
+    assert both.parts["params"] == 4 * memory.params_per_device(cfg, 4)
+    for part in ("update/activations", "update/head", "rollout/sampler", "eval/scoring"):
+        assert dp.parts[part] == fsdp.parts[part] == both.parts[part] == memory.rl_step(
+            cfg, **dict(kw, batch=8, eval_rows=8, group_size=8)).parts[part], part
+    Vd = cfg.vocab_size * cfg.d_model  # one layer and the head (or embedding) whole, less the 1/8 held anyway
+    assert fsdp.parts["update/gathered"] == pytest.approx(4 * ((P - 2 * Vd) / cfg.n_layers + Vd) * 7 / 8, rel=1e-3)
+    assert fsdp.peak < dp.peak < one.peak
+    with pytest.raises(ValueError, match="mesh='data=0'"):
+        memory.rl_step(cfg, mesh="data=0", **kw)
+
+
 def test_kernel_plan_is_ntk_plan_plus_params_and_result():
     cfg = read_config(default_model_dir())
     lm = LM(cfg, abstract_params(cfg))

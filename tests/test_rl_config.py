@@ -58,3 +58,30 @@ def test_chat_template_on_without_a_template_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"chat_template=True.*has none"):
         train(RLConfig(out=str(out), chat_template=True), progress=False)
     assert not out.exists()
+
+
+def test_bad_mesh_rejected_before_work(tmp_path):
+    """RLConfig.mesh / --mesh: the names, the sizes, their product against the devices, mesh= beside it."""
+    import argparse
+
+    import jax
+    from jax.sharding import Mesh
+
+    from ntkdyn.rl.cli import add_arguments, config_from_args
+
+    for bad, why in (("data=0", r"size of axis 'data' is '0'; expected a positive integer"),
+                     ("gpu=2", r"'gpu=2' is not NAME=SIZE with NAME one of \['data', 'fsdp'\]"),
+                     ("data=2,data=2", "axis 'data' given twice"), ("fsdp=x", "'x'; expected a positive"),
+                     ("", "expected a mesh string")):
+        with pytest.raises(ConfigError, match=r"RLConfig.mesh=.*" + why):
+            RLConfig(out="x", mesh=bad)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert config_from_args(p.parse_args(["--out", "x", "--mesh", "data=2,fsdp=4"])).mesh == "data=2,fsdp=4"
+    out = tmp_path / "never"
+    n = len(jax.devices())
+    with pytest.raises(ConfigError, match=rf"data=1 x fsdp={n + 1} = {n + 1} devices, but there are {n}"):
+        train(RLConfig(out=str(out), mesh=f"fsdp={n + 1}"), progress=False)
+    with pytest.raises(ConfigError, match=r"mesh= and RLConfig.mesh='data=1' both given"):
+        train(RLConfig(out=str(out), mesh="data=1"), mesh=Mesh(jax.devices()[:1], ("data",)), progress=False)
+    assert not out.exists()

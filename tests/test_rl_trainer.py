@@ -9,11 +9,13 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 from rl_helpers import SMALL, base_dir, easy_reward, leaves_equal, strip_timing  # noqa: F401 (fixture)
 
 import ntkdyn as nd
+from ntkdyn import memory
 from ntkdyn.rl import ConfigError, RLConfig, TrainingError, read_metrics, train
 
 
@@ -199,37 +201,75 @@ def test_nonfinite_reward_stops_and_keeps_checkpoint(base_dir, tmp_path):
     assert read_metrics(out)[-1]["step"] == 2
 
 
-# ============================================================================= data parallel
+# ============================================================================= meshes (data parallel, FSDP)
 
 
+# One subprocess on 4 forced CPU devices: the same small run on one device and on the meshes data=4, fsdp=4 and
+# data=2,fsdp=2, and a run on data=2,fsdp=2 stopped after its first step and resumed (on fsdp=4). SGD: Adam's first
+# steps are lr * sign(g), which turns the float rounding of a reordered reduction into a whole lr on a near-zero
+# gradient; SGD compares the arithmetic itself.
 MESH_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from jax.sharding import Mesh
     from ntkdyn.rl import RLConfig, train
     assert len(jax.devices()) == 4, jax.devices()
-    cfg = RLConfig.from_dict(json.loads(sys.argv[1]))
+    d, root = json.loads(sys.argv[1]), sys.argv[2]
     easy = lambda p, t: 1.0 if t.startswith("1") else 0.0
-    train(cfg, mesh=Mesh(np.array(jax.devices()), ("data",)), progress=False, reward_fn=easy)
+    cfg = RLConfig.from_dict(d)
+    summ = {"one": train(cfg.replace(out=root + "/one"), progress=False, reward_fn=easy)}
+    for spec in ("data=4", "fsdp=4", "data=2,fsdp=2"):
+        summ[spec] = train(cfg.replace(out=root + "/" + spec, mesh=spec), progress=False, reward_fn=easy)
+    def stop(rec):
+        if rec["step"] == 1:
+            raise KeyboardInterrupt
+    try:
+        train(cfg.replace(out=root + "/resumed", mesh="data=2,fsdp=2"), progress=False, reward_fn=easy, callback=stop)
+    except KeyboardInterrupt:
+        pass
+    summ["resumed"] = train(cfg.replace(out=root + "/resumed", mesh="fsdp=4", resume=True), progress=False,
+                            reward_fn=easy)
+    json.dump(summ, open(root + "/summaries.json", "w"))
 """)
 
 
-def test_mesh_of_four_devices_equals_one_device(run_a, tmp_path):
-    cfg, out_a, _ = run_a
-    out = str(tmp_path / "mesh")
+def test_meshes_equal_one_device_and_resume_exactly(base_dir, tmp_path):
+    """data only, fsdp only and both equal the one-device run to 1e-5 in every metric and weight; FSDP holds 1/F of
+    the parameters per device; a run on a mesh resumed (on another mesh) from its checkpoint equals the
+    uninterrupted run."""
+    cfg = RLConfig(recipe="rl", model=base_dir, out=str(tmp_path / "x"), steps=2, seed=1, optimizer="sgd",
+                   **dict(SMALL, lr=0.05, eval_every=0, probe_every=0, num_iterations=1, beta=0.0,
+                            checkpoint_every=1))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    d = cfg.replace(out=out, checkpoint_every=0, probe_every=0).to_dict()  # (no dz_share: fewer compilations)
-    p = subprocess.run([sys.executable, "-c", MESH_SCRIPT, json.dumps(d)], env=env, capture_output=True, text=True,
-                       timeout=600)
+    p = subprocess.run([sys.executable, "-c", MESH_SCRIPT, json.dumps(cfg.to_dict()), str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
-    with open(os.path.join(out, "config.json")) as f:
-        assert json.load(f)["mesh_devices"] == 4
-    ra, rb = strip_timing(read_metrics(out_a)), strip_timing(read_metrics(out))
-    assert [r["step"] for r in ra] == [r["step"] for r in rb]
-    for x, y in zip(ra, rb):
-        assert set(y) == {k for k in x if not k.startswith("dz_share/")}
-        for k in y:
-            if isinstance(x[k], float):
-                assert y[k] == pytest.approx(x[k], rel=1e-3, abs=1e-4), (x["step"], k)
-            else:
-                assert np.allclose(x[k], y[k], rtol=1e-3, atol=1e-4) if isinstance(x[k], list) else x[k] == y[k]
+    with open(tmp_path / "summaries.json") as f:
+        summ = json.load(f)
+    one = strip_timing(read_metrics(str(tmp_path / "one")))
+    w_one = nd.load(str(tmp_path / "one" / "final")).params
+    total = sum(np.asarray(x).nbytes for x in jax.tree.leaves(w_one))
+    assert summ["one"]["param_bytes_per_device"] == total and summ["one"]["mesh"] is None
+    for name in ("data=4", "fsdp=4", "data=2,fsdp=2", "resumed"):
+        with open(tmp_path / name / "config.json") as f:
+            assert json.load(f)["mesh_devices"] == 4
+        got = strip_timing(read_metrics(str(tmp_path / name)))
+        assert [r["step"] for r in got] == [r["step"] for r in one] == [0, 1, 2]
+        for x, y in zip(one, got):
+            assert set(x) == set(y)
+            for k in x:
+                if isinstance(x[k], float):
+                    assert y[k] == pytest.approx(x[k], rel=1e-5, abs=1e-5), (name, x["step"], k)
+                elif isinstance(x[k], list):
+                    assert np.allclose(x[k], y[k], rtol=1e-5, atol=1e-5), (name, x["step"], k)
+                else:
+                    assert x[k] == y[k], (name, x["step"], k)
+        w = nd.load(str(tmp_path / name / "final")).params
+        for a, b in zip(jax.tree.leaves(w_one), jax.tree.leaves(w)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5, err_msg=name)
+    assert summ["data=4"]["param_bytes_per_device"] == total  # data parallel: replicated
+    for name, F in (("fsdp=4", 4), ("data=2,fsdp=2", 2), ("resumed", 4)):
+        b = summ[name]["param_bytes_per_device"]  # the arrays the run held, as the memory plan predicts them
+        assert b == 4 * memory.params_per_device(nd.load(base_dir).config, F) < 1.1 * total / F, (name, b, total)
+    # the resumed run is the uninterrupted one: exactly for the steps before the stop, to float rounding after
+    assert strip_timing(read_metrics(str(tmp_path / "resumed")))[:2] == strip_timing(
+        read_metrics(str(tmp_path / "data=2,fsdp=2")))[:2]

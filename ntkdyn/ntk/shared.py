@@ -181,23 +181,16 @@ def devices(mesh) -> int:
 
 
 def place_params(mesh, tree):
-    """Parameters on a mesh (unchanged without one): a mesh with an "fsdp" axis of F > 1 devices shards every leaf of
-    two or more axes along its largest axis divisible by F (the others, and 1-D leaves, replicated); any other mesh
-    replicates them. Contexts are spread over all devices (`sharded`), so the compiler gathers a sharded leaf where a
-    computation needs it whole."""
+    """Parameters on a mesh (unchanged without one) by ntkdyn.placement's rule: a mesh with an "fsdp" axis of F > 1
+    devices splits every leaf of two or more axes along its largest axis divisible by F (the others, and 1-D
+    leaves, replicated); any other mesh replicates them. Contexts are spread over all devices (`sharded`), so the
+    compiler gathers a split leaf where a computation needs it whole."""
     if mesh is None or tree is None:
         return tree
-    from jax.sharding import NamedSharding, PartitionSpec
-    F = int(dict(zip(mesh.axis_names, mesh.devices.shape)).get("fsdp", 1))
+    from jax.sharding import NamedSharding
 
-    def spec(x):
-        shape = np.shape(x)
-        axes = [i for i in sorted(range(len(shape)), key=lambda i: -shape[i]) if shape[i] % F == 0]
-        if F == 1 or len(shape) < 2 or not axes:
-            return NamedSharding(mesh, PartitionSpec())
-        return NamedSharding(mesh, PartitionSpec(*[("fsdp" if i == axes[0] else None) for i in range(len(shape))]))
-
-    return jax.device_put(tree, jax.tree.map(spec, tree))
+    from ..placement import param_spec
+    return jax.device_put(tree, jax.tree.map(lambda x: NamedSharding(mesh, param_spec(mesh, np.shape(x))), tree))
 
 
 # ----------------------------------------------------------------------------------------------- seconds (diagnostic)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..io import atomic_dir, read_json, write_json
 from .config import ConfigError, TrainingError
+from .sharding import is_writer
 from .step import opt_init
 
 __all__ = ["save", "find", "exists", "restore_optimizer", "note", "recover", "read_state", "check_resumable"]
@@ -39,8 +40,11 @@ def _dir(out: str) -> str:
 
 
 def save(out: str, lm, params, opt_state, state: dict) -> None:
-    """Write OUT/checkpoint atomically: the model with `params`, the leaves of `opt_state` (None: none) and
+    """Write OUT/checkpoint atomically: the model with `params`, the leaves of `opt_state` (None: none) (host
+    arrays, or arrays this process addresses: a multi-process run gathers them first, sharding.to_host) and
     `state` (a JSON object; baseline NaN is stored as null), state.json flushed to disk."""
+    if not is_writer():  # process 0 of a multi-process run writes it
+        return
     leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(opt_state))] if opt_state is not None else []
     b = float(state["baseline"])
     state = dict(state, baseline=None if math.isnan(b) else b, n_opt_leaves=len(leaves))
@@ -113,7 +117,7 @@ def check_resumable(out: str, stages) -> dict | None:
 
 
 def find(out: str, sh):
-    """(params replicated by the Sharding sh, optimizer-state leaves, state dict) of OUT/checkpoint, or None when
+    """(params placed by the Sharding sh, optimizer-state leaves, state dict) of OUT/checkpoint, or None when
     the run was killed before its first checkpoint. ConfigError naming the file that cannot be read."""
     from ..models.lm import load
 
@@ -131,7 +135,7 @@ def find(out: str, sh):
             leaves = [z[f"leaf_{i:05d}"] for i in range(st["n_opt_leaves"])]
     except Exception as e:  # numpy / zipfile raise OSError, ValueError, KeyError, BadZipFile, EOFError, zlib.error
         raise _unreadable(path, e) from None
-    return sh.replicate(params), leaves, st
+    return sh.place(params), leaves, st
 
 
 def restore_optimizer(tx, params, leaves, out: str, sh):
@@ -141,7 +145,7 @@ def restore_optimizer(tx, params, leaves, out: str, sh):
     if len(t_leaves) != len(leaves) or any(tuple(a.shape) != np.shape(b) for a, b in zip(t_leaves, leaves)):
         raise TrainingError(f"{out}/checkpoint/optimizer.npz does not match the optimizer of this stage "
                             f"({len(leaves)} arrays vs {len(t_leaves)} expected)")
-    return sh.replicate(jax.tree.unflatten(treedef, [jnp.asarray(b, a.dtype) for a, b in zip(t_leaves, leaves)]))
+    return sh.place(jax.tree.unflatten(treedef, [jnp.asarray(b, a.dtype) for a, b in zip(t_leaves, leaves)]))
 
 
 def note(out: str) -> str:

@@ -3,6 +3,8 @@
     ntkdyn rl --recipe cf-rl --task sum --steps 60 --head-steps 8 --seed 0 --out runs/cf-rl
     ntkdyn rl --out runs/cf-rl --resume            # continue a killed run with its saved config
     ntkdyn rl --config run.json --out runs/x       # keys of RLConfig in a JSON file; flags override them
+    ntkdyn rl --mesh data=2,fsdp=4 --out runs/x    # 8 devices: batch over all 8, params and optimizer over 4
+    ntkdyn rl --coordinator HOST:PORT --num-processes N --process-id I --mesh ... --out runs/x   # one per process
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import argparse
 import json
 import sys
 
+from .. import distributed
 from ..options import add_options, given
 from ..tasks.registry import REWARD_MODEL
 from .config import ConfigError, RLConfig, TrainingError
@@ -27,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser):
                         "known name, scored at the last token of prompt + completion; it comes after the "
                         "--reward functions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    distributed.add_arguments(p)
 
 
 def fold_dataset_and_reward_models(args, d: dict, cli: dict) -> None:
@@ -58,11 +62,30 @@ def config_from_args(args) -> RLConfig:
 
 
 def run_cli(args) -> int:
+    try:  # before any other JAX call
+        several = distributed.initialize_from_args(args)
+    except (ValueError, RuntimeError) as e:
+        print(f"ntkdyn rl: error: {e}", file=sys.stderr)
+        return 2
+    if not several:
+        return _run(args, several)
+    try:
+        rc = _run(args, several)
+    except BaseException as e:  # a peer died (a collective failed) or this process was interrupted
+        print(f"ntkdyn rl: error: {distributed.describe_failure(e)}", file=sys.stderr, flush=True)
+        raise  # jax.distributed then ends this process once its coordination service reports the lost peer
+    distributed.shutdown()
+    return rc
+
+
+def _run(args, several: bool) -> int:
     from .trainer import train
 
     try:
         config = config_from_args(args)
-        summary = train(config, progress=not args.no_progress)
+        import jax
+
+        summary = train(config, progress=not args.no_progress and (not several or jax.process_index() == 0))
     except ConfigError as e:
         msg = str(e).removeprefix("ntkdyn rl: ")
         print(f"ntkdyn rl: error: {msg}", file=sys.stderr)

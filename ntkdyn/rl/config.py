@@ -18,6 +18,7 @@ from ..optim import OPTIMIZERS
 from ..options import choices_of, option
 from . import objectives as O
 from .recipes import RECIPES
+from .sharding import parse_mesh
 
 __all__ = ["RLConfig", "ConfigError", "TrainingError", "RESUMABLE_CHANGES"]
 
@@ -98,6 +99,9 @@ class RLConfig:
                                         "one)", choices=CHAT_CHOICES)
     score_truncated: bool = option(False, "score completions cut at max_new_tokens with the reward too (TRL); "
                                    "default: they score 0")
+    mesh: str | None = option(None, "the device mesh 'data=D,fsdp=F' (D*F = all devices of all processes): the "
+                              "batch split over D*F devices, parameters and optimizer state over F (FSDP); "
+                              "None: one device (ntkdyn.rl.sharding)")
     resume: bool = option(False, "continue the run in out from its last checkpoint")
     overwrite: bool = option(False, "replace a run already in out")
 
@@ -205,6 +209,11 @@ def _validate(c: RLConfig):
     for key in ("resume", "overwrite", "score_truncated", "claim6", "remat"):
         if not isinstance(getattr(c, key), bool):
             raise _bad(key, getattr(c, key), "True or False")
+    if c.mesh is not None:
+        try:
+            parse_mesh(c.mesh, "RLConfig.mesh")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if c.resume and c.overwrite:
         raise ConfigError("RLConfig: resume=True and overwrite=True contradict each other; expected at most one")
 
@@ -235,4 +244,5 @@ def _validate_task(c: RLConfig):
 
 
 # fields that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("resume", "overwrite", "steps", "out", "save_every")
+# (mesh: a checkpoint holds host arrays, placed again on the resuming run's mesh)
+RESUMABLE_CHANGES = ("resume", "overwrite", "steps", "out", "save_every", "mesh")

@@ -213,8 +213,8 @@ def _shapes(c: RLConfig, task, tok, cfg, stages, train_pool, eval_prompts, sh: S
     if sh.size > 1:
         for what, b in (("prompts_per_step * group_size", B), ("eval prompts * eval_samples", B_eval)):
             if b % sh.size:
-                raise ConfigError(f"RLConfig: {what} = {b} is not divisible by the mesh's {sh.size} devices on "
-                                  f"axis {sh.axis!r}")
+                raise ConfigError(f"RLConfig: {what} = {b} is not divisible by the mesh's {sh.size} devices the "
+                                  f"batch is split over (axes {sh.axis!r}); expected a multiple of {sh.size}")
     return dict(Tp=Tp, T_lp=T_lp, B=B, B_eval=B_eval)
 
 
@@ -286,7 +286,7 @@ def on_devices(ctx: RunContext, like: RunContext | None = None) -> RunContext:
     if like is not None and like.lm is ctx.lm and np.array_equal(like.probe_ids, ctx.probe_ids):
         return dataclasses.replace(ctx, base_params=like.base_params, probe_ids_dev=like.probe_ids_dev,
                                    probe_mask_dev=like.probe_mask_dev, h0=like.h0)
-    base = ctx.sh.replicate(jax.tree.map(jnp.asarray, ctx.lm.params))
+    base = ctx.sh.place(jax.tree.map(jnp.asarray, ctx.lm.params))
     probe_ids = ctx.sh.replicate(jnp.asarray(ctx.probe_ids))
     return dataclasses.replace(ctx, base_params=base, probe_ids_dev=probe_ids,
                                probe_mask_dev=ctx.sh.replicate(jnp.asarray(ctx.probe_mask)),

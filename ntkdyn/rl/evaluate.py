@@ -7,12 +7,11 @@ every lane of a batched run at once (rl/lanes.py).
 """
 from __future__ import annotations
 
-import jax
-
 from ..evaluation import canonical_answers, sample_stats
 from .recipes import EVAL_ID
 from .rollout import lane_keys, prompt_batch, rewards, rollout
 from .step import confidence, probe
+from .sharding import to_host
 
 __all__ = ["evaluate", "probe_metrics"]
 
@@ -26,8 +25,8 @@ def evaluate(ctxs, lanes, params, step: int) -> list[dict]:
     gen = rollout(ctx, lanes, params, ids, pmask, lane_keys(ctxs, lanes, EVAL_ID, step), ctx.c.eval_temperature,
                   group=k)
     conf_of = lanes.map(confidence, dict(chunk=ctx.loss_spec.logit_chunk, shared_prompts=k, **ctx.gd))
-    conf = jax.device_get(conf_of(params, ids, pmask, gen.tokens, gen.mask))
-    tokens, mask = jax.device_get((gen.tokens, gen.mask))
+    conf = to_host(conf_of(params, ids, pmask, gen.tokens, gen.mask))
+    tokens, mask = to_host((gen.tokens, gen.mask))
     return [_eval_record(x, flats[i], lanes.take(tokens, i), lanes.take(mask, i), lanes.take(conf, i), step, k)
             for i, x in enumerate(ctxs)]
 
@@ -53,6 +52,6 @@ def _eval_record(ctx, flat, tokens, mask, conf, step, k) -> dict:
 def probe_metrics(ctx, lanes, params) -> list[dict]:
     """head_norm ‖W‖ and feature_change of the probe features since the start, one dict per lane (the probe set
     and the starting model are the same for every lane)."""
-    out = jax.device_get(lanes.map(probe, ctx.gd, in_axes=(0, None, None, None))(
+    out = to_host(lanes.map(probe, ctx.gd, in_axes=(0, None, None, None))(
         params, ctx.probe_ids_dev, ctx.probe_mask_dev, ctx.h0))
     return [{k: float(v) for k, v in lanes.take(out, i).items()} for i in range(lanes.n)]

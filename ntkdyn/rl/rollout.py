@@ -26,6 +26,7 @@ from . import checkpoint
 from .config import TrainingError
 from .context import reference_answer
 from .step import group_advantages, ref_logp, step_key
+from .sharding import to_host
 
 __all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "dry_run", "rl_step", "lp_step",
            "update_length", "UPDATE_BUCKET"]
@@ -71,7 +72,7 @@ def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1):
     rows in consecutive groups of `group` share a prompt, prefilled once."""
     fn = lanes.map(_sample_lane, dict(graphdef=ctx.lm.graphdef, cfg=ctx.cfg, max_new_tokens=int(ctx.c.max_new_tokens),
                                  pad_id=ctx.pad, group=int(group)), in_axes=(0, 0, 0, 0, None, None))
-    return fn(params, ids, mask, keys, float(temperature), jnp.asarray(ctx.eos or (-1,), jnp.int32))
+    return fn(params, ids, mask, keys, float(temperature), np.asarray(ctx.eos or (-1,), np.int32))
 
 
 def lane_keys(ctxs, lanes, stage_id: int, step: int):
@@ -121,7 +122,7 @@ def dry_run(ctxs, lanes) -> None:
     ids, pmask = prompt_batch(ctx, lanes, [[r["prompt"] for r in rw for _ in range(G)] for rw in rows])
     gen = rollout(ctx, lanes, lanes.stack([ctx.base_params] * lanes.n), ids, pmask,
                   lane_keys(ctxs, lanes, stage.stage_id, 1), ctx.c.temperature, group=G)
-    tokens, mask = jax.device_get((gen.tokens, gen.mask))
+    tokens, mask = to_host((gen.tokens, gen.mask))
     for i, x in enumerate(ctxs):
         rewards(x, rows[i], lanes.take(tokens, i), lanes.take(mask, i),
                 "dry run of the reward functions on a sample batch of the starting model", group_size=G,
@@ -206,9 +207,10 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
     gen = rollout(ctx, lanes, params, ids, pmask, lane_keys(ctxs, lanes, stage.stage_id, stage_step), c.temperature,
                   group=G)
     clock.done("sample", gen)
-    tokens, mask = jax.device_get((gen.tokens, gen.mask))
+    tokens, mask = to_host((gen.tokens, gen.mask))
     n_up = update_length(mask, int(c.max_new_tokens), UPDATE_BUCKET)
-    completion, cmask = gen.tokens[..., :n_up], gen.mask[..., :n_up]
+    lanes_axis = lanes.n > 1
+    completion, cmask = (ctx.sh.batch(a[..., :n_up], lanes=lanes_axis) for a in (tokens, mask))
     clock.done("transfer", completion, cmask)
     where = f"step {step} ({stage.name} step {stage_step})"
     scored, advs, new_baselines = [], [], []
@@ -220,7 +222,8 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
         advs.append(adv.reshape(-1))
         new_baselines.append(np.float32(b))
     batch = {"prompt_ids": ids, "prompt_mask": pmask, "completion": completion, "mask": cmask,
-             "adv": lanes.stack(advs)}
+             "adv": ctx.sh.batch(np.stack([np.asarray(a) for a in advs]) if lanes_axis else np.asarray(advs[0]),
+                                 lanes=lanes_axis)}
     clock.done("reward", batch["adv"])
     logp_ref = None
     if c.beta > 0:  # π_ref: the starting model, the same for every lane
@@ -228,14 +231,14 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
         logp_ref = lanes.map(ref_logp, kw, in_axes=(None, 0, 0, 0))(
             ctx.base_params, ids, pmask, completion)
         clock.done("ref_logp", logp_ref)
-    logp_old, ms = jnp.zeros(completion.shape, jnp.float32), []
+    logp_old, ms = ctx.sh.batch(np.zeros(completion.shape, np.float32), lanes=lanes_axis), []
     for it in range(c.num_iterations):  # iteration 0 is on-policy; later ones reuse the batch (PPO ratio)
-        params, opt_state, m, logp = update(params, opt_state, batch, logp_old, jnp.asarray(it == 0), logp_ref)
+        params, opt_state, m, logp = update(params, opt_state, batch, logp_old, np.asarray(it == 0), logp_ref)
         if it == 0:
             logp_old, first_after = logp, params
         ms.append(m)
     clock.done("update", params, opt_state, ms)
-    ms = jax.device_get(ms)
+    ms = to_host(ms)
     outs = []
     for i, (x, (finished, r, reward_metrics)) in enumerate(zip(ctxs, scored)):
         m_i = [lanes.take(m, i) for m in ms]
@@ -285,7 +288,7 @@ def lp_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state):
     ids, mask = (data[0][k] if lanes.n == 1 else np.stack([d[k] for d in data]) for k in (0, 1))
     params, opt_state, m = update(params, opt_state, ctx.sh.batch(ids, lanes=lanes.n > 1),
                                   ctx.sh.batch(mask, lanes=lanes.n > 1))
-    m = jax.device_get(m)
+    m = to_host(m)
     outs = []
     for i, x in enumerate(ctxs):
         m_i = {k: float(v) for k, v in lanes.take(m, i).items()}

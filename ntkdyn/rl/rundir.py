@@ -39,6 +39,7 @@ from ..io import (LockHeld, append_jsonl, atomic_file, check_writable_dir, descr
                   read_json, read_jsonl, sweep, write_json, write_text)
 from . import checkpoint
 from .config import ConfigError
+from .sharding import is_writer
 
 __all__ = ["FILES", "LOCK_FILE", "NTK0_FILE", "SNAPSHOTS", "snapshot_dir", "write_snapshot", "TIMING_KEYS",
            "RunLocked", "RunData", "lock", "holds_run", "prepare", "write_config", "resume", "start_metrics", "log",
@@ -81,7 +82,10 @@ def lock(out: str):
     """Hold OUT's lock for the body (OUT is created; directories created here are removed again when the body
     leaves them empty, as a run refused before any work does), after sweeping what a killed writer left. Yields
     the absolute path. RunLocked naming the holder when another process holds it; ConfigError when OUT is a
-    file."""
+    file. A process of a multi-process run other than process 0 (sharding.is_writer) takes no lock."""
+    if not is_writer():
+        yield os.path.abspath(out)
+        return
     try:
         path = check_writable_dir(out, "run directory")
     except ValueError as e:
@@ -138,7 +142,10 @@ def _remove(path: str) -> None:
 def prepare(out: str, overwrite: bool) -> None:
     """Make OUT ready for the run: the leftovers of interrupted writes swept and, with `overwrite`, every file of
     the previous run (FILES) removed; the user's own files stay. Call it holding `lock(out)`, once the new run is
-    validated."""
+    validated. Every write below is process 0's alone in a multi-process run (sharding.is_writer): a no-op on the
+    others."""
+    if not is_writer():
+        return
     os.makedirs(out, exist_ok=True)
     _sweep(out)
     if overwrite:
@@ -148,12 +155,20 @@ def prepare(out: str, overwrite: bool) -> None:
 
 def write_config(ctx) -> None:
     """OUT/config.json: the config and what was resolved from it."""
+    if not is_writer():
+        return
     write_json(os.path.join(ctx.out, "config.json"), dict(
         config=ctx.c.to_dict(), model_dir=ctx.model_dir,
         stages=[dataclasses.asdict(s) for s in ctx.stages], prompt_len=ctx.Tp, batch=ctx.B,
         eval_batch=ctx.B_eval, n_train_prompts=len(ctx.train_pool), eval_prompts=ctx.eval_prompts,
         pass_at_k=pass_ks(ctx.c.eval_samples), model_config=ctx.cfg.to_hf(),
-        num_params=ctx.lm.num_params, mesh_devices=ctx.sh.size, jax_version=jax.__version__))
+        num_params=ctx.lm.num_params, mesh_devices=ctx.sh.devices, mesh=mesh_shape(ctx.sh),
+        processes=jax.process_count(), jax_version=jax.__version__))
+
+
+def mesh_shape(sh) -> dict | None:
+    """{"data": D, "fsdp": F} of the run's mesh (None: one device), as config.json and summary.json record it."""
+    return None if sh.mesh is None else {str(a): int(n) for a, n in sh.mesh.shape.items()}
 
 
 def resume(ctx, step: int) -> dict | None:
@@ -163,7 +178,7 @@ def resume(ctx, step: int) -> dict | None:
     kept = truncate_metrics(ctx.out, step)
     stages = [dataclasses.asdict(s) for s in ctx.stages]
     saved = ctx.saved or {}
-    if saved.get("stages") != stages and isinstance(saved.get("config"), dict):
+    if saved.get("stages") != stages and isinstance(saved.get("config"), dict) and is_writer():
         write_json(os.path.join(ctx.out, "config.json"),
                    dict(saved, config=dict(saved["config"], steps=ctx.c.steps), stages=stages))
     return kept[-1] if kept else None
@@ -171,11 +186,15 @@ def resume(ctx, step: int) -> dict | None:
 
 def start_metrics(out: str) -> None:
     """An empty OUT/metrics.jsonl."""
+    if not is_writer():
+        return
     write_text(os.path.join(out, "metrics.jsonl"), "")
 
 
 def log(out: str, rec: dict) -> None:
     """Append one record to OUT/metrics.jsonl."""
+    if not is_writer():
+        return
     append_jsonl(os.path.join(out, "metrics.jsonl"), rec)
 
 
@@ -183,7 +202,8 @@ def truncate_metrics(out: str, step: int) -> list[dict]:
     """Keep the metrics records up to `step` (resuming from the checkpoint of that step); returns them."""
     path = os.path.join(out, "metrics.jsonl")
     keep = [r for r in read_jsonl(path) if r.get("step", 1 << 60) <= step] if os.path.exists(path) else []
-    write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+    if is_writer():
+        write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
     return keep
 
 
@@ -193,8 +213,10 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def write_final(out: str, lm, params) -> str:
-    """OUT/final: `lm` with `params` (HF layout, atomic). Returns its path."""
-    return lm.save(os.path.join(out, "final"), params=jax.device_get(params))
+    """OUT/final: `lm` with `params` (host arrays, or arrays this process addresses) (HF layout, atomic). Returns
+    its path."""
+    path = os.path.join(out, "final")
+    return lm.save(path, params=jax.device_get(params)) if is_writer() else path
 
 
 def snapshot_dir(out: str, step: int) -> str:
@@ -205,6 +227,8 @@ def snapshot_dir(out: str, step: int) -> str:
 def write_snapshot(out: str, lm, params, step: int) -> str:
     """OUT/snapshots/step-N: `lm` with `params` after global step N (HF layout, atomic; an older snapshot of that
     step, from a run resumed before it, is replaced). Returns its path."""
+    if not is_writer():
+        return snapshot_dir(out, step)
     os.makedirs(os.path.join(out, SNAPSHOTS), exist_ok=True)
     return lm.save(snapshot_dir(out, step), params=jax.device_get(params))
 
@@ -214,6 +238,8 @@ def write_arrays(out: str, name: str, **arrays) -> None:
     if name not in FILES or not name.endswith(".npz"):
         raise ValueError(f"{name!r} is not an array file of the run format; expected one of "
                          f"{[f for f in FILES if f.endswith('.npz')]}")
+    if not is_writer():
+        return
     with atomic_file(os.path.join(out, name)) as tmp:
         np.savez(tmp, **arrays)
 
@@ -239,7 +265,8 @@ def write_summary(out: str, summary: dict) -> dict:
                 name = k[len("rewards/"):-len("/unusable")]
                 totals[name] = totals.get(name, 0) + int(v)
     summary = dict(summary, unusable_rewards=totals)
-    write_json(os.path.join(out, "summary.json"), summary)
+    if is_writer():
+        write_json(os.path.join(out, "summary.json"), summary)
     return summary
 
 

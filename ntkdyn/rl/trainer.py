@@ -41,6 +41,7 @@ from .lanes import Lanes
 from .recipes import Stage
 from .rollout import dry_run, lp_step, rl_step
 from .rundir import TIMING_KEYS, read_metrics
+from .sharding import device_bytes, make_mesh, sync
 from .step import lp_update, opt_init, rl_update, stage_optimizer
 
 __all__ = ["RLConfig", "ConfigError", "TrainingError", "train", "train_batch", "TIMING_KEYS", "read_metrics",
@@ -92,7 +93,8 @@ def enable_compile_cache(path: str | None = None) -> str | None:
 
 
 def _trackers(ctx: RunContext) -> list:
-    return trackers.from_config(ctx.c, ctx.lm, trackers.Probes(ctx.probe_ids, ctx.probe_mask, ctx.probe_pos), ctx.out)
+    return trackers.from_config(ctx.c, ctx.lm, trackers.Probes(ctx.probe_ids, ctx.probe_mask, ctx.probe_pos), ctx.out,
+                                mesh=ctx.sh.mesh)
 
 
 def _start(ctxs: list[RunContext], found: list) -> RunState:
@@ -110,11 +112,13 @@ def _start(ctxs: list[RunContext], found: list) -> RunState:
             for t in ts:
                 t.start(ctx.base_params, resumed=True)
         st = found[0][2]
-        return RunState(lanes, lanes.stack([f[0] for f in found]), [f[1] for f in found],
+        params = ctx.sh.place(lanes.stack([f[0] for f in found]), lanes=lanes.n > 1)
+        return RunState(lanes, params, [f[1] for f in found],
                         [np.float32(np.nan if f[2]["baseline"] is None else f[2]["baseline"]) for f in found],
                         st["step"], st["stage_index"], st["stage_step"], costs,
                         [f[2].get("first_eval") for f in found], last, tracked)
-    state = RunState(lanes, lanes.stack([ctx.base_params] * len(ctxs)), None, [np.float32(np.nan)] * len(ctxs),
+    params = ctx.sh.place(lanes.stack([ctx.base_params] * len(ctxs)), lanes=lanes.n > 1)
+    state = RunState(lanes, params, None, [np.float32(np.nan)] * len(ctxs),
                      costs=costs, first_eval=[None] * len(ctxs), last=[None] * len(ctxs), trackers=tracked)
     recs = [{"step": 0, "stage": ctx.stages[0].name, "stage_step": 0} for _ in ctxs]
     for rec, pm in zip(recs, probe_metrics(ctx, lanes, state.params)):
@@ -132,10 +136,12 @@ def _start(ctxs: list[RunContext], found: list) -> RunState:
 
 
 def _save(ctxs: list[RunContext], state: RunState, opt_state, stage: Stage) -> None:
-    """Every lane's checkpoint (each run directory's own, replaced atomically)."""
-    L = state.lanes
+    """Every lane's checkpoint (each run directory's own, replaced atomically; gathered to the host by every
+    process, written by process 0)."""
+    L, sh = state.lanes, ctxs[0].sh
+    params, opt_state = sh.gather((state.params, opt_state))
     for i, x in enumerate(ctxs):
-        checkpoint.save(x.out, x.lm, L.take(state.params, i), None if opt_state is None else L.take(opt_state, i),
+        checkpoint.save(x.out, x.lm, L.take(params, i), None if opt_state is None else L.take(opt_state, i),
                         dict(step=state.step, stage_index=state.stage_index, stage_step=state.stage_step,
                              stage=stage.name, baseline=state.baselines[i], costs=state.costs[i],
                              first_eval=state.first_eval[i]))
@@ -145,9 +151,11 @@ def _finish(ctxs: list[RunContext], state: RunState, total: int) -> list[dict]:
     """final/ and summary.json of every lane; returns the summaries."""
     if total == 0 and not os.path.isdir(os.path.join(ctxs[0].out, "checkpoint")):
         _save(ctxs, state, None, ctxs[0].stages[0])
+    params = ctxs[0].sh.gather(state.params)
+    sync("ntkdyn-rl-finish")  # process 0 has written every record the others read below
     out = []
     for i, ctx in enumerate(ctxs):
-        final_dir = rundir.write_final(ctx.out, ctx.lm, state.lanes.take(state.params, i))
+        final_dir = rundir.write_final(ctx.out, ctx.lm, state.lanes.take(params, i))
         evals = [r for r in read_metrics(ctx.out) if "eval/reward" in r]
         c = ctx.c
         summary = dict(
@@ -160,6 +168,8 @@ def _finish(ctxs: list[RunContext], state: RunState, total: int) -> list[dict]:
             final_metrics={k: v for k, v in (state.last[i] or {}).items() if not k.startswith("eval/")},
             final_model=final_dir,
             lanes=state.lanes.n,  # runs trained together as one program (train_batch); 1: a lone run
+            mesh=rundir.mesh_shape(ctx.sh), processes=jax.process_count(),
+            param_bytes_per_device=device_bytes(state.params),  # the final params' share on the fullest device
         )
         out.append(rundir.write_summary(ctx.out, summary))
     return out
@@ -177,11 +187,14 @@ def _stage_update(ctxs: list[RunContext], state: RunState, si: int, stage: Stage
         state.opt_state = L.stack([checkpoint.restore_optimizer(tx, L.take(state.params, i), leaves, x.out, x.sh)
                                    for i, (x, leaves) in enumerate(zip(ctxs, state.opt_state))])
     else:
-        state.opt_state, state.stage_step = ctx.sh.replicate(L.map(opt_init, dict(tx=tx))(state.params)), 0
+        state.opt_state, state.stage_step = L.map(opt_init, dict(tx=tx))(state.params), 0
+    state.opt_state = ctx.sh.place(state.opt_state, lanes=L.n > 1)  # FSDP: as its parameters (sharding.py)
     if stage.kind == "rl":
-        return L.map(rl_update, dict(tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd),
-                     in_axes=(0, 0, 0, 0, None, 0), donate=(1,))  # the optimizer state (as rl_update's own jit)
-    return L.map(lp_update, dict(tx=tx, **ctx.gd), donate=(1,))
+        update = L.map(rl_update, dict(tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd),
+                       in_axes=(0, 0, 0, 0, None, 0), donate=(1,))  # the optimizer state (as rl_update's own jit)
+    else:
+        update = L.map(lp_update, dict(tx=tx, **ctx.gd), donate=(1,))
+    return ctx.sh.pinned(update, state.params, state.opt_state, 4 if stage.kind == "rl" else 3, lanes=L.n > 1)
 
 
 def _run_step(ctxs: list[RunContext], state: RunState, stage: Stage, update) -> list[dict]:
@@ -255,8 +268,9 @@ def _loop(ctxs: list[RunContext], state: RunState, total: int, bar, callback) ->
                 rundir.log(x.out, rec)
             state.last = recs
             if c.save_every and (state.step % c.save_every == 0 or state.step == total):
+                params = ctxs[0].sh.gather(state.params)
                 for i, x in enumerate(ctxs):
-                    rundir.write_snapshot(x.out, x.lm, state.lanes.take(state.params, i), state.step)
+                    rundir.write_snapshot(x.out, x.lm, state.lanes.take(params, i), state.step)
             if (c.checkpoint_every and state.step % c.checkpoint_every == 0) or state.step == total:
                 _save(ctxs, state, state.opt_state, stage)
             bar.update(1)
@@ -273,7 +287,10 @@ def train(config: RLConfig | dict, *, mesh=None, progress: bool = True,
     """Run `config.recipe` and return the summary (also written to OUT/summary.json).
 
     config: an RLConfig (or a dict of its keys; unknown keys are rejected). mesh: an optional
-    jax.sharding.Mesh; the rollout and update batch axis is sharded over its "data" axis, params replicated.
+    jax.sharding.Mesh (or a mesh string "data=D,fsdp=F"; RLConfig.mesh is the same string, and giving both is a
+    ConfigError): the batch is split over its "data" and "fsdp" axes, parameters and optimizer state over "fsdp"
+    (the rules: rl/sharding.py). A run of several processes (jax.distributed initialized first: ntkdyn.distributed)
+    spans every process's devices; process 0 writes the run directory.
     progress: a tqdm bar on the terminal. reward_funcs: reward functions in TRL's signature
     f(prompts, completions, completion_ids, **columns) -> list[float | None] (callables, or the specs of
     RLConfig.rewards), weighted by RLConfig.reward_weights; they replace RLConfig.rewards and the task's own
@@ -322,9 +339,24 @@ def train_batch(configs: list, *, mesh=None, progress: bool = True,
         return _train_locked(configs, mesh, progress, reward_fn, reward_funcs, callback, compile_cache)
 
 
+def _mesh(c: RLConfig, mesh):
+    """The run's jax.sharding.Mesh (None: one device): the `mesh=` argument (a Mesh or a mesh string) or
+    RLConfig.mesh; ConfigError when both are given or the string does not fit the devices."""
+    if mesh is not None and c.mesh is not None:
+        raise ConfigError(f"train: mesh= and RLConfig.mesh={c.mesh!r} both given; expected one of them")
+    spec, what = (mesh, "train(mesh=...)") if isinstance(mesh, str) else (c.mesh, "RLConfig.mesh")
+    if spec is None:
+        return mesh
+    try:
+        return make_mesh(spec, what=what)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _train_locked(configs, mesh, progress, reward_fn, reward_funcs, callback, compile_cache) -> list[dict]:
     from tqdm.auto import tqdm
 
+    mesh = _mesh(configs[0], mesh)
     ctxs = [resolve(configs[0], mesh, reward_fn, reward_funcs)]  # validates everything before any work
     ctxs += [resolve(c, mesh, reward_fn, reward_funcs, model=(ctxs[0].lm, ctxs[0].model_dir)) for c in configs[1:]]
     if compile_cache:
@@ -334,8 +366,10 @@ def _train_locked(configs, mesh, progress, reward_fn, reward_funcs, callback, co
     fresh = [x for x in ctxs if not x.c.resume]
     if fresh:  # the reward functions on a real batch, before anything of an old run is removed
         dry_run(fresh, Lanes(len(fresh)))
+    sync("ntkdyn-rl-resolved")  # every process has read the run directory before process 0 changes it
     for x, c in zip(ctxs, configs):
         rundir.prepare(x.out, c.overwrite)
+    sync("ntkdyn-rl-prepared")
     found = [checkpoint.find(x.out, x.sh) if x.c.resume else None for x in ctxs]
     groups: dict = {}
     for i, (x, f) in enumerate(zip(ctxs, found)):

@@ -33,6 +33,7 @@ import numpy as np
 from ...models.padding import pad_right
 from ...models.transformer import apply_head, features
 from .drift import drift_contexts
+from ..sharding import to_host
 
 __all__ = ["Claim6", "answer_tokens", "answer_trace", "update_measures", "CLAIM6_ID", "CHUNK_BYTES"]
 
@@ -101,7 +102,7 @@ def update_measures(lm, before, after, batch, *, temperature: float = 1.0, rows=
     rollout `temperature`; rows: the rollout rows measured (default: all)."""
     from ...dynamics import split_update
 
-    pids, pmask, comp, mask, adv = (np.asarray(x) for x in jax.device_get(
+    pids, pmask, comp, mask, adv = (np.asarray(x) for x in to_host(
         (batch["prompt_ids"], batch["prompt_mask"], batch["completion"], batch["mask"], batch["adv"])))
     rows = np.arange(len(adv)) if rows is None else np.asarray(rows)
     gd = dict(graphdef=lm.graphdef, cfg=lm.config)
@@ -117,7 +118,7 @@ def update_measures(lm, before, after, batch, *, temperature: float = 1.0, rows=
         z = _context_logits(before, ids[sel], cr, cp, **gd)
         dz = {"G": d["dz_gradient"], "R": d["dz_representation"]}
         m = (mask[rows][sel] != 0).astype(np.float64) * live[:, None]
-        part = _chunk_sums(jax.device_get(z), jax.device_get(dz), comp[rows][sel].reshape(-1),
+        part = _chunk_sums(to_host(z), to_host(dz), comp[rows][sel].reshape(-1),
                            np.repeat(adv[rows][sel].astype(np.float64), N), m.reshape(-1), T)
         for key, v in part.items():
             sums[key] = sums.get(key, 0.0) + v

@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 
 from ... import metrics as M
+from ..sharding import to_host
 
 __all__ = ["DzShare"]
 
@@ -28,5 +29,5 @@ class DzShare:
         from ...dynamics import split_update
 
         d = split_update(self.lm, u.before, u.after, self.ids, self.pos)
-        s = jax.device_get(_dz_share(d["dz_gradient"], d["dz_representation"]))
+        s = to_host(_dz_share(d["dz_gradient"], d["dz_representation"]))
         return {"dz_share/gradient": float(s["gradient"]), "dz_share/representation": float(s["representation"])}
