@@ -96,6 +96,8 @@ def pytest_terminal_summary(terminalreporter):
 
     terminalreporter.write_line(f"free disk under {tempfile.gettempdir()} at the end: "
                                 f"{_free_gb(tempfile.gettempdir()):.1f} GB")
+    if os.environ.get("PYTEST_XDIST_WORKER") or terminalreporter.config.getoption("numprocesses", None):
+        return  # the tests ran in worker processes: this process's map count says nothing about them
     n = _memory_maps()
     try:
         with open("/proc/sys/vm/max_map_count") as f:

