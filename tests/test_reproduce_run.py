@@ -89,7 +89,8 @@ def test_perturb_reruns_in_a_child_with_the_xla_flag(tmp_path, monkeypatch):
         seen.update(cmd=cmd, env=env)
         pout = tmp_path / "perturbed"
         pout.mkdir()
-        (pout / "reproduce.json").write_text(json.dumps({"claims": [{"n": "7", "verdict": "supported"}]}))
+        (pout / "reproduce.json").write_text(json.dumps({"claims": [{"n": "7", "verdict": "supported"}],
+                                                         "meta": {"runs_reused": [3, 5]}}))
 
     monkeypatch.setattr(pipeline.subprocess, "run", fake_run)
     monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
@@ -100,3 +101,4 @@ def test_perturb_reruns_in_a_child_with_the_xla_flag(tmp_path, monkeypatch):
                                "--seeds", "0", "1", "--no-progress"]
     assert seen["env"]["XLA_FLAGS"] == "--xla_foo=1 --xla_cpu_max_isa=AVX2" and os.environ["XLA_FLAGS"] == "--xla_foo=1"
     assert claims == [{"n": "7", "verdict": "supported"}] and meta["out"] == str(tmp_path / "perturbed")
+    assert meta["runs_reused"] == [3, 5]  # the child's own count, stated beside its minutes

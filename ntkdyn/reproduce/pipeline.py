@@ -144,10 +144,10 @@ def _one_step(lm, task, out, figures_dir, model_dir, prof):
     return one, os_dir, files
 
 
-def _rl_runs(model_dir, task, runs_root, prof, progress, recipes=RECIPES, steps=None):
+def _rl_runs(model_dir, task, runs_root, prof, progress, reused, recipes=RECIPES, steps=None):
     """Every recipe × seed of the profile under `runs_root`, the seeds of a recipe trained as one batched program
-    (rl.train_batch): a finished run with the same config is reused, an interrupted one resumed from its checkpoint.
-    Returns {recipe: [run directory per seed]}."""
+    (rl.train_batch): a finished run with the same config is reused (its directory appended to `reused`), an
+    interrupted one resumed from its checkpoint. Returns {recipe: [run directory per seed]}."""
     from ..rl import RLConfig, train_batch
 
     done = {}
@@ -167,6 +167,7 @@ def _rl_runs(model_dir, task, runs_root, prof, progress, recipes=RECIPES, steps=
             done.setdefault(recipe, []).append(out)
             if os.path.isdir(os.path.join(out, "final")) and _same_config(out, cfg):
                 _log(f"{recipe} seed {seed}: finished earlier, reused ({out})", progress)
+                reused.append(out)
                 continue
             resume = os.path.isdir(os.path.join(out, "checkpoint")) and _same_config(out, cfg)
             todo.append(RLConfig(**cfg, resume=resume, overwrite=not resume))
@@ -185,7 +186,7 @@ def _rl_runs(model_dir, task, runs_root, prof, progress, recipes=RECIPES, steps=
     return done
 
 
-def _second_task(out, figures_dir, prof, progress):
+def _second_task(out, figures_dir, prof, progress, reused):
     """The profile's second (single-answer) task from its own shipped base model: its RL runs under
     OUT/runs-<task> and their reward figure fig_reward_<task>. Returns (task, base model dir, {recipe: dirs},
     files)."""
@@ -197,7 +198,7 @@ def _second_task(out, figures_dir, prof, progress):
     base2 = default_model_dir(task=task2.name, progress=progress)
     _log(f"second task {task2.name} (single answer) from {base2}", progress)
     root2 = os.path.join(out, f"runs-{task2.name}")
-    dirs = _rl_runs(base2, task2, root2, prof, progress, recipes=sec["recipes"], steps=sec["steps"])
+    dirs = _rl_runs(base2, task2, root2, prof, progress, reused, recipes=sec["recipes"], steps=sec["steps"])
     files = plot_reward(root2, os.path.join(figures_dir, f"fig_reward_{task2.name}"))
     return task2, base2, dirs, files
 
@@ -293,14 +294,17 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
 
     _log("training runs (claims 2, 5-8, N1)", progress)
     runs_root = os.path.join(out, "runs")
-    run_dirs = _rl_runs(model_dir, task, runs_root, prof, progress)
+    reused = []  # finished runs of an earlier invocation into OUT: their training is not in this one's minutes
+    run_dirs = _rl_runs(model_dir, task, runs_root, prof, progress, reused)
+    n_runs = sum(map(len, run_dirs.values()))
     files += plot_all(runs_root, figures_dir)
 
     passk, pk_line = None, None
     if prof.get("passk"):
         pk_task, pk_base, pk_dirs = task, model_dir, run_dirs
         if prof.get("second") and not model:  # the second task needs its own shipped base model
-            pk_task, pk_base, pk_dirs, f2 = _second_task(out, figures_dir, prof, progress)
+            pk_task, pk_base, pk_dirs, f2 = _second_task(out, figures_dir, prof, progress, reused)
+            n_runs += sum(map(len, pk_dirs.values()))
             files += f2
         _log(f"pass@k curves on {pk_task.name} (claim 2x)", progress)
         passk, f3, pk_line = _pass_at_k(pk_task, pk_base, pk_dirs, out, figures_dir, prof, progress)
@@ -309,6 +313,7 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
     minutes = (time.time() - t0) / 60
     claim_list = claims(runs_root, feats, one, passk)
     meta = _meta(name, prof, model, model_dir, task, minutes, feats, pk_line, arch)
+    meta["runs_reused"] = [len(reused), n_runs]
     files += _claims_figure(figures_dir, claim_list, model_dir)
     perturbed, perturb_meta = None, None
     if perturb:
@@ -359,7 +364,7 @@ def _claims_figure(figures_dir, claim_list, model_dir) -> list[str]:
 
 def _perturbed(out, *, profile, model, task, seeds, progress):
     """The same reproduction rerun into OUT/perturbed (figures in OUT/perturbed/figures) by a child process whose
-    XLA_FLAGS carry PERTURB_FLAG. Returns (its claim list, {"change", "minutes", "out"})."""
+    XLA_FLAGS carry PERTURB_FLAG. Returns (its claim list, {"change", "minutes", "out", "runs_reused"})."""
     pout = os.path.join(out, "perturbed")
     cmd = [sys.executable, "-m", "ntkdyn.cli", "reproduce", "--out", pout, "--figures", os.path.join(pout, "figures"),
            "--profile", profile, "--task", task]
@@ -375,7 +380,8 @@ def _perturbed(out, *, profile, model, task, seeds, progress):
     t0 = time.time()
     subprocess.run(cmd, env=env, check=True)
     rec = read_json(os.path.join(pout, "reproduce.json"), what="the perturbed reproduction's record")
-    return rec["claims"], dict(change=f"XLA_FLAGS={env['XLA_FLAGS']}", minutes=(time.time() - t0) / 60, out=pout)
+    return rec["claims"], dict(change=f"XLA_FLAGS={env['XLA_FLAGS']}", minutes=(time.time() - t0) / 60, out=pout,
+                               runs_reused=rec.get("meta", {}).get("runs_reused"))
 
 
 def _meta(name, prof, model, model_dir, task, minutes, feats, pk_line, arch) -> dict:
