@@ -14,7 +14,7 @@ set, else ``~/.cache/ntkdyn`` (``$XDG_CACHE_HOME/ntkdyn`` when that is set), in
 ``recipe`` other than :data:`RECIPE` (tests use a tiny one) is always built into the cache. Building is atomic:
 training runs in a hidden ``.tmp-*`` sibling that is renamed into place at the end (a killed build leaves no model
 directory, and its stale ``.tmp-*`` is swept by the next build: ``ntkdyn.io.sweep``), and a lock file serialises
-concurrent builders (``ntkdyn.io.exclusive_lock``).
+concurrent builders (``ntkdyn.io.entry_lock``).
 
     import ntkdyn.default as default
     path = default.default_model_dir()     # the shipped directory
@@ -31,7 +31,7 @@ import time
 from . import tasks as _tasks
 from .cache import cache_root
 from .evaluation import last_eval, with_current_names
-from .io import exclusive_lock, read_json, write_json
+from .io import entry_lock, read_json, write_json
 
 __all__ = ["RECIPE", "RECIPES", "SHIPPED_DIR", "SHIPPED_DIRS", "shipped_task", "cache_root", "recipe_hash",
            "shipped_info", "default_model_dir", "base_model", "add_arguments", "run_cli"]
@@ -127,7 +127,7 @@ def _cached_build(recipe: dict, cache_dir, build: bool, progress: bool, rebuild:
     except OSError as e:
         raise OSError(f"cannot create the ntkdyn cache directory {root} ({e}); set NTKDYN_CACHE to a "
                       "writable directory") from None
-    with exclusive_lock(os.path.join(root, f".lock-{name}"), wait=True):
+    with entry_lock(path):
         if _complete(path) and not rebuild:  # another process built it while we waited
             return path
         args = {k: v for k, v in recipe.items() if k != "task"}

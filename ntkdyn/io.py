@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 __all__ = ["json_safe", "atomic_dir", "atomic_file", "write_json", "write_text", "read_json", "read_jsonl",
-           "append_jsonl", "check_writable_dir", "sweep", "pid_alive", "exclusive_lock", "LockHeld"]
+           "append_jsonl", "check_writable_dir", "sweep", "pid_alive", "exclusive_lock", "entry_lock", "LockHeld"]
 
 
 def json_safe(x):
@@ -318,3 +318,11 @@ def exclusive_lock(path: str, *, wait: bool = False):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)  # before unlocking: a waiter that wakes up on this file sees it gone and retries
         os.close(fd)
+
+
+def entry_lock(path: str):
+    """The lock of one cache entry `path` (a file or directory that one process builds and others then read):
+    `exclusive_lock` on `.lock-<name>` beside it, waited for, so that processes building the same entry at once
+    take turns; a builder re-checks the entry once it holds the lock (another may have finished it)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return exclusive_lock(os.path.join(os.path.dirname(path), f".lock-{os.path.basename(path)}"), wait=True)

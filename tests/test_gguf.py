@@ -304,13 +304,14 @@ def test_processes_converting_one_file_at_once_take_turns(tmp_path, bpe):
     import subprocess
     import sys
 
+    from ntkdyn.io import entry_lock
     from ntkdyn.models import known
 
     path, _ = _write(tmp_path, bpe)
     cache = str(tmp_path / "cache")
     entry = known.gguf_entry(path, cache)
     code = f"from ntkdyn.models import known; print(known.gguf_dir({path!r}, {cache!r}))"
-    with known._cache_lock(entry):  # both start while the entry is locked, so they must take turns
+    with entry_lock(entry):  # both start while the entry is locked, so they must take turns
         procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in range(2)]
         time.sleep(3)

