@@ -38,6 +38,10 @@ Measured with memory_analysis on SmolLM2-135M at 8 × 4 rollouts, 44 + 32 tokens
 4.41 GB without remat at G = 1, 2.45 GB without remat at G = 4. On the CPU the prediction for remat is therefore
 the plain pass's.
 
+With micro-batches (RLConfig.micro_batches = K) the update runs B / K rows at a time and sums their gradients
+into the one gradient buffer: the activations and head blocks are those of B / K rows, the rest unchanged
+(SmolLM2, 8 × 4 × (44 + 32), XLA's accounting: temporaries 2.45, 1.67, 1.10, 0.78 GB at K = 1, 2, 4, 8).
+
 The head holds k_head = 3 (chunk, V) blocks at once in the backward pass (the logits, the probabilities, their
 cotangent), 2 in a forward pass; with chunk = 0 a block is all B·N tokens. These constants are checked against
 XLA's own accounting (compiled.memory_analysis(): arguments + outputs − aliased + temporaries) on the default
@@ -195,21 +199,23 @@ def scoring_bytes(cfg: ModelConfig, *, rows: int, prompt_len: int, new_tokens: i
 
 def update_bytes(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: int, group_size: int = 1,
                  remat: bool = False, chunk: int = DEFAULT_CHUNK, optimizer: str = "adam",
-                 dtype: str = "float32", backend: str | None = None, mesh=None) -> dict:
+                 dtype: str = "float32", backend: str | None = None, mesh=None, micro_batches: int = 1) -> dict:
     """The jitted update's own bytes (what compiled.memory_analysis() accounts): {"params", "optimizer",
     "new_params", "grads", "activations", "head", "total"}; total = arguments + outputs − donated + temporaries.
     dtype: the parameters' (gradients and new params alike; the optimizer state is counted in float32).
     backend: "cpu" or an accelerator's (default: jax.default_backend()); it decides what remat saves. mesh: per
-    device of that mesh ("data=D,fsdp=F"; module docstring), with "gathered" added."""
+    device of that mesh ("data=D,fsdp=F"; module docstring), with "gathered" added. micro_batches
+    (RLConfig.micro_batches): the activations and head blocks are those of one micro-batch's rows."""
     B, Tp, N = _check("batch", batch, 1), _check("prompt_len", prompt_len, 1), _check("new_tokens", new_tokens, 1)
     G, chunk = _check("group_size", group_size, 1), _check("chunk", chunk, 0)
+    n_micro = _check("micro_batches", micro_batches, 1)
     if optimizer not in _OPT_SLOTS:
         raise ValueError(f"optimizer must be one of {sorted(_OPT_SLOTS)}; got {optimizer!r}")
     if dtype not in _BYTES:
         raise ValueError(f"dtype must be one of {sorted(_BYTES)}; got {dtype!r}")
     D, F = _mesh_sizes(mesh)
     b, P = _BYTES[dtype], params_per_device(cfg, F)
-    B = -(-B // (D * F))  # the device's rows
+    B = -(-B // (D * F * n_micro))  # the device's rows of one micro-batch
     act_b = 4  # activations are computed in at least float32 (norms and softmax promote)
     parts = {"params": P * b, "optimizer": _OPT_SLOTS[optimizer] * P * 4, "new_params": P * b, "grads": P * b,
              "activations": _activations(cfg, B, Tp, N, min(G, B), bool(remat),
@@ -223,13 +229,15 @@ def update_bytes(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: i
 
 def rl_step(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: int, eval_rows: int = 0,
             group_size: int = 1, remat: bool = False, chunk: int = DEFAULT_CHUNK, optimizer: str = "adam",
-            dtype: str = "float32", backend: str | None = None, what: str = "RL step", mesh=None) -> MemoryPlan:
+            dtype: str = "float32", backend: str | None = None, what: str = "RL step", mesh=None,
+            micro_batches: int = 1) -> MemoryPlan:
     """The predicted peak bytes of an RL step of `batch` rollouts (prompts × group_size) of prompt_len prompt
     tokens and new_tokens sampled tokens, with an evaluation of eval_rows rows (0: none), for a model of config
     cfg in `dtype` on `backend` (module docstring: the phases and the constants); per device of `mesh`
-    ("data=D,fsdp=F" or {"data": D, "fsdp": F}; None: one device)."""
+    ("data=D,fsdp=F" or {"data": D, "fsdp": F}; None: one device), the update in `micro_batches` parts."""
     u = update_bytes(cfg, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, group_size=group_size,
-                     remat=remat, chunk=chunk, optimizer=optimizer, dtype=dtype, backend=backend, mesh=mesh)
+                     remat=remat, chunk=chunk, optimizer=optimizer, dtype=dtype, backend=backend, mesh=mesh,
+                     micro_batches=micro_batches)
     D, F = _mesh_sizes(mesh)
     E = -(-_check("eval_rows", eval_rows, 0) // (D * F))
     batch = -(-batch // (D * F))
@@ -326,7 +334,8 @@ def add_arguments(p) -> None:
     for name, help_ in (("prompts_per_step", "prompts per step"), ("group_size", "samples per prompt"),
                         ("max_new_tokens", "new tokens per completion"), ("eval_prompts", "evaluation prompts"),
                         ("eval_samples", "samples per evaluation prompt (0 with --eval-prompts 0: no evaluation)"),
-                        ("logit_chunk", "tokens per head chunk (0: the full logits)")):
+                        ("logit_chunk", "tokens per head chunk (0: the full logits)"),
+                        ("micro_batches", "micro-batches of the update (RLConfig.micro_batches)")):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name], help=f"{help_} (default {d[name]})")
     p.add_argument("--remat", action="store_true", help="rematerialised layers (RLConfig.remat)")
     p.add_argument("--optimizer", default=d["optimizer"], choices=sorted(_OPT_SLOTS))
@@ -364,8 +373,11 @@ def run_cli(args) -> int:
     import json
 
     for flag, lo in (("prompts_per_step", 1), ("group_size", 1), ("max_new_tokens", 1), ("eval_prompts", 0),
-                     ("eval_samples", 0), ("logit_chunk", 0)):
+                     ("eval_samples", 0), ("logit_chunk", 0), ("micro_batches", 1)):
         _check("--" + flag.replace("_", "-"), getattr(args, flag), lo)
+    if args.prompts_per_step % args.micro_batches:
+        raise ValueError(f"--micro-batches {args.micro_batches} must divide --prompts-per-step "
+                         f"{args.prompts_per_step} (each micro-batch holds whole groups)")
     cfg = _config_of(args.model, args.task)
     if args.kernel is not None:
         from .models.lm import LM
@@ -386,9 +398,10 @@ def run_cli(args) -> int:
         p = rl_step(cfg, batch=args.prompts_per_step * args.group_size, prompt_len=Tp,
                     new_tokens=args.max_new_tokens, eval_rows=E, group_size=args.group_size, remat=args.remat,
                     chunk=args.logit_chunk, optimizer=args.optimizer, dtype=args.dtype, backend=args.backend,
-                    mesh=args.mesh,
+                    mesh=args.mesh, micro_batches=args.micro_batches,
                     what=f"RL step of {args.model or 'the default model'}: {args.prompts_per_step} x "
                          f"{args.group_size} rollouts, {Tp} + {args.max_new_tokens} tokens, eval {E} rows"
+                         + (f", update in {args.micro_batches} micro-batches" if args.micro_batches > 1 else "")
                          + (f", per device of the mesh {args.mesh}" if args.mesh else ""))
     print(json.dumps(p.to_dict(), indent=1) if args.json else p.table())
     return 0

@@ -23,26 +23,27 @@ from ntkdyn.optim import make_optimizer
 from ntkdyn.rl.step import LossSpec, confidence, rl_update
 
 
-def _measured(cfg, B, Tp, N, G, chunk, remat=False):
+def _measured(cfg, B, Tp, N, G, chunk, remat=False, micro=1):
     """XLA's bytes of the compiled rl_update (abstract inputs: nothing allocated)."""
     params = abstract_params(cfg)
     tx = make_optimizer("adam", 1e-3, "all", max_grad_norm=1.0)
     S = jax.ShapeDtypeStruct
     batch = dict(prompt_ids=S((B, Tp), jnp.int32), prompt_mask=S((B, Tp), jnp.int32),
                  completion=S((B, N), jnp.int32), mask=S((B, N), jnp.float32), adv=S((B,), jnp.float32))
-    ls = LossSpec(1.0, 0.2, "seq_mean_token_mean", 0.0, "k3", remat, G, chunk)
+    ls = LossSpec(1.0, 0.2, "seq_mean_token_mean", 0.0, "k3", remat, G, chunk, micro)
     m = rl_update.lower(params, jax.eval_shape(tx.init, params), batch, S((B, N), jnp.float32), S((), bool), None,
                         graphdef=graphdef_for(cfg), cfg=cfg, tx=tx, ls=ls, group="all").compile().memory_analysis()
     return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
 
 
-@pytest.mark.parametrize("G,chunk,remat", [(4, 0, False), (1, 64, False), (4, 64, True)])
-def test_update_prediction_within_25_percent_of_compiled_default_model(G, chunk, remat):
+@pytest.mark.parametrize("G,chunk,remat,micro", [(4, 0, False, 1), (1, 64, False, 1), (4, 64, True, 1),
+                                                 (4, 0, False, 4)])
+def test_update_prediction_within_25_percent_of_compiled_default_model(G, chunk, remat, micro):
     cfg = read_config(default_model_dir())
     B, Tp, N = 16, 8, 8
     pred = memory.update_bytes(cfg, batch=B, prompt_len=Tp, new_tokens=N, group_size=G, chunk=chunk, remat=remat,
-                               backend=jax.default_backend())["total"]
-    got = _measured(cfg, B, Tp, N, G, chunk, remat)
+                               backend=jax.default_backend(), micro_batches=micro)["total"]
+    got = _measured(cfg, B, Tp, N, G, chunk, remat, micro)
     assert abs(pred - got) <= 0.25 * got, (pred, got)
 
 
@@ -132,3 +133,10 @@ def test_plan_memory_cli(capsys):
     assert "--prompt-len is required" in capsys.readouterr().err
     assert main(["plan-memory", "--prompts-per-step", "0", "--prompt-len", "8"]) == 2
     assert "--prompts-per-step must be an integer >= 1; got 0" in capsys.readouterr().err
+    assert main(["plan-memory", "--prompt-len", "8", "--micro-batches", "3"]) == 2  # 8 prompts per step
+    assert "--micro-batches 3 must divide --prompts-per-step 8" in capsys.readouterr().err
+    assert main(["plan-memory", "--prompt-len", "8", "--micro-batches", "4", "--json"]) == 0
+    four = json.loads(capsys.readouterr().out)
+    assert main(["plan-memory", "--prompt-len", "8", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert four["parts"]["update/activations"] * 4 == pytest.approx(one["parts"]["update/activations"], rel=0.3)

@@ -91,6 +91,10 @@ class RLConfig:
     logit_chunk: int = option(512, "completion tokens per chunk through the head in the update and the "
                               "evaluation: their (chunk, vocab) logits are recomputed in the backward pass, so the "
                               "(tokens, vocab) float32 logits never exist at once (0: all at once)")
+    micro_batches: int = option(1, "the update's rollouts in this many micro-batches of whole groups, one after "
+                                "the other, their gradients summed into the one step (TRL's "
+                                "gradient_accumulation_steps): the activations of 1/k of the batch alive at once; "
+                                "the same step up to float rounding; must divide prompts_per_step")
     checkpoint_every: int = option(50, "checkpoint every k global steps and at the end (0: only at the end)")
     save_every: int = option(0, "keep a snapshot of the model every k global steps and at the end, in Hugging Face "
                              "layout under out/snapshots/step-N (what `ntkdyn analyze` reads; 0: none)")
@@ -174,11 +178,14 @@ def _validate(c: RLConfig):
     ints = {"steps": 0, "group_size": 1, "prompts_per_step": 1, "max_new_tokens": 1, "num_iterations": 1,
             "eval_every": 0, "eval_prompts": 1, "eval_samples": 1, "probe_prompts": 1, "probe_every": 0,
             "checkpoint_every": 0, "save_every": 0, "seed": 0, "ntk_every": 0, "ntk_contexts": 1, "ntk_probes": 2,
-            "claim6_rollouts": 0, "logit_chunk": 0}
+            "claim6_rollouts": 0, "logit_chunk": 0, "micro_batches": 1}
     for key, lo in ints.items():
         v = getattr(c, key)
         if not is_int(v) or v < lo:
             raise _bad(key, v, f"an integer >= {lo}")
+    if c.prompts_per_step % c.micro_batches:
+        raise _bad("micro_batches", c.micro_batches, f"a divisor of prompts_per_step={c.prompts_per_step} (each "
+                                                     "micro-batch holds whole groups of one prompt)")
     for key, lo in {"head_steps": 0, "train_prompts": 1}.items():
         v = getattr(c, key)
         if v is not None and (not is_int(v) or v < lo):

@@ -134,22 +134,23 @@ def kl_penalty(logp, logp_ref, estimator: str = "k3"):
     raise ValueError(f"unknown kl_estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
 
 
-def aggregate(x_BxN, mask_BxN, loss_agg: str = "seq_mean_token_mean"):
+def aggregate(x_BxN, mask_BxN, loss_agg: str = "seq_mean_token_mean", norm=None):
     """Masked mean of a per-token quantity.
     "token_mean":          Σ_{b,l} m x / Σ_{b,l} m            (every completion token of the batch weighs the same)
     "seq_mean_token_mean": (1/B) Σ_b [Σ_l m x / Σ_l m]         (the spec's J: each sequence weighs the same)
-    Empty masks give 0, never NaN."""
+    Empty masks give 0, never NaN. norm = (tokens, rows): the denominators Σ m and B of a whole batch of which
+    these rows are a part (a micro-batch): the parts' aggregates then sum to the whole batch's."""
     m = mask_BxN.astype(jnp.float32)
     if loss_agg == "token_mean":
-        return jnp.sum(x_BxN * m) / jnp.maximum(jnp.sum(m), 1.0)
+        return jnp.sum(x_BxN * m) / jnp.maximum(jnp.sum(m) if norm is None else norm[0], 1.0)
     if loss_agg == "seq_mean_token_mean":
         per_seq = jnp.sum(x_BxN * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
-        return jnp.mean(per_seq)
+        return jnp.mean(per_seq) if norm is None else jnp.sum(per_seq) / norm[1]
     raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {LOSS_AGGS}")
 
 
 def pg_loss(logp, logp_old, adv_B, mask, *, clip_eps: float = 0.2, loss_agg: str = "seq_mean_token_mean",
-            logp_ref=None, beta: float = 0.0, kl_estimator: str = "k3"):
+            logp_ref=None, beta: float = 0.0, kl_estimator: str = "k3", norm=None):
     """Clipped policy-gradient loss (PPO / GRPO form), to be MINIMISED:
 
       ratio ρ = exp(log π − log π_old),  per token  ℓ = −min(ρ A, clip(ρ, 1−ε, 1+ε) A) + β KL_est,
@@ -158,7 +159,8 @@ def pg_loss(logp, logp_old, adv_B, mask, *, clip_eps: float = 0.2, loss_agg: str
     With logp_old = None the batch is on-policy and π_old = stop_gradient(π): ρ = 1, no clipping, and the gradient
     is −∇J with J = aggregate(A log π) (spec: J = 1/G Σ_j 1/|y_j| Σ_l A_j log π(y_jl | c_jl)).
     Returns (loss, aux) with aux = {"clip_ratio", "kl", "pg_loss"} (masked token means; kl is 0 when β = 0 and no
-    reference is given)."""
+    reference is given). norm: the loss's denominators from a whole batch these rows are part of (`aggregate`);
+    aux stays these rows' own."""
     m = mask.astype(jnp.float32)
     old = jax.lax.stop_gradient(logp) if logp_old is None else jax.lax.stop_gradient(logp_old)
     ratio = jnp.exp(logp - old)
@@ -177,7 +179,7 @@ def pg_loss(logp, logp_old, adv_B, mask, *, clip_eps: float = 0.2, loss_agg: str
             per_tok = per_tok + beta * kl
     else:
         aux["kl"] = jnp.zeros((), jnp.float32)
-    return aggregate(per_tok, m, loss_agg), aux
+    return aggregate(per_tok, m, loss_agg, norm), aux
 
 
 # ----------------------------------------------------------------------------- norms

@@ -24,7 +24,7 @@ from ..optim import make_optimizer, trainable_keys
 from ..sft import sequence_ce
 from . import objectives as O
 
-__all__ = ["LossSpec", "stage_optimizer", "opt_init", "rl_update", "lp_update", "ref_logp", "confidence",
+__all__ = ["LossSpec", "stage_optimizer", "opt_init", "rl_update", "micro_batches", "merge_micro_batches", "lp_update", "ref_logp", "confidence",
            "group_advantages", "probe", "step_key"]
 
 
@@ -39,12 +39,13 @@ class LossSpec(NamedTuple):
     remat: bool = False  # each layer rematerialised in the backward pass (RLConfig.remat)
     shared_prompts: int = 1  # rows in consecutive groups of this many share a prompt, which runs once (G)
     logit_chunk: int = DEFAULT_CHUNK  # tokens per head chunk (RLConfig.logit_chunk; logprobs.head_stats)
+    micro_batches: int = 1  # the update's rows in this many micro-batches, gradients summed (RLConfig.micro_batches)
 
     @classmethod
     def of(cls, c) -> "LossSpec":
         return cls(float(c.temperature), float(c.clip_eps), c.loss_agg, float(c.beta), c.kl_estimator,
                    bool(getattr(c, "remat", False)), int(c.group_size),
-                   int(getattr(c, "logit_chunk", DEFAULT_CHUNK)))
+                   int(getattr(c, "logit_chunk", DEFAULT_CHUNK)), int(getattr(c, "micro_batches", 1)))
 
 
 def stage_optimizer(c, stage):
@@ -67,6 +68,30 @@ def _apply_group(tx, params, opt_state, g, keys):
     return {k: stepped[k] if k in keys else v for k, v in params.items()}, opt_state
 
 
+def micro_batches(tree, n: int, G: int):
+    """Rows (B, ...) of every leaf as (n, B / n, ...): micro-batch j holds the groups j, j + n, j + 2n, ... of G
+    consecutive rows (whole groups, so a shared prompt stays in one micro-batch; a batch sharded over its rows keeps
+    every micro-batch spread over the devices). `merge_micro_batches` is its inverse. ValueError when the B / G
+    groups do not divide into n parts."""
+    def split(x):
+        B = x.shape[0]
+        if B % G or (B // G) % n:
+            raise ValueError(f"micro_batches={n}: the update's {B} rows in groups of {G} do not split into {n} "
+                             "micro-batches of whole groups; expected a divisor of the number of groups (the prompts "
+                             "per step)")
+        P = B // G
+        return jnp.swapaxes(x.reshape(P // n, n, G, *x.shape[1:]), 0, 1).reshape(n, B // n, *x.shape[1:])
+    return jax.tree.map(split, tree)
+
+
+def merge_micro_batches(tree, G: int):
+    """The inverse of `micro_batches`: leaves (n, B / n, ...) back to the batch's row order (B, ...)."""
+    def merge(x):
+        n, R = x.shape[:2]
+        return jnp.swapaxes(x.reshape(n, R // G, G, *x.shape[2:]), 0, 1).reshape(n * R, *x.shape[2:])
+    return jax.tree.map(merge, tree)
+
+
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "tx", "ls", "group"), donate_argnames=("opt_state",))
 def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphdef, cfg, tx, ls: LossSpec,
               group: str):
@@ -75,22 +100,41 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     cases share one compiled program): π_old = stop_gradient(π), ratio exactly 1; else π_old = logp_old.
     opt_state is donated: its buffers become the new state's (one optimizer state in memory, not two), so the
     caller must use the returned state and never the one passed in. params are not donated (the trainer keeps
-    the step's starting params for its trackers, and the first step's are the reference model's)."""
+    the step's starting params for its trackers, and the first step's are the reference model's).
+    ls.micro_batches = M > 1: the rows run in M micro-batches of whole groups (`micro_batches`), one after the
+    other (lax.scan), each micro-batch's loss taking the whole batch's denominators (objectives.aggregate's norm),
+    so their gradients sum to the whole batch's: the same step up to float rounding, with the activations of
+    B / M rows alive at once instead of B (and one more gradient-sized accumulator)."""
     keys = trainable_keys(group)
+    pg = partial(O.pg_loss, clip_eps=ls.clip_eps, loss_agg=ls.loss_agg, beta=ls.beta, kl_estimator=ls.kl_estimator)
 
-    def loss_fn(train_p, frozen_p):
+    def loss_fn(train_p, frozen_p, rows, norm=None):
         p = {**frozen_p, **train_p}
-        st = O.completion_logp(graphdef, cfg, p, batch["prompt_ids"], batch["prompt_mask"], batch["completion"],
+        st = O.completion_logp(graphdef, cfg, p, rows["prompt_ids"], rows["prompt_mask"], rows["completion"],
                                temperature=ls.temperature, remat=ls.remat, shared_prompts=ls.shared_prompts,
                                chunk=ls.logit_chunk)
-        old = jnp.where(on_policy, jax.lax.stop_gradient(st["logp"]), logp_old)
-        loss, aux = O.pg_loss(st["logp"], old, batch["adv"], batch["mask"], clip_eps=ls.clip_eps,
-                              loss_agg=ls.loss_agg, logp_ref=logp_ref, beta=ls.beta, kl_estimator=ls.kl_estimator)
+        old = jnp.where(on_policy, jax.lax.stop_gradient(st["logp"]), rows["logp_old"])
+        loss, aux = pg(st["logp"], old, rows["adv"], rows["mask"], logp_ref=rows.get("logp_ref"), norm=norm)
         return loss, (aux, st)
 
     train_p = {k: params[k] for k in keys}
     frozen_p = {k: v for k, v in params.items() if k not in keys}
-    (loss, (aux, st)), g = jax.value_and_grad(loss_fn, has_aux=True)(train_p, frozen_p)
+    rows = {**batch, "logp_old": logp_old, **({} if logp_ref is None else {"logp_ref": logp_ref})}
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if ls.micro_batches == 1:
+        (loss, (aux, st)), g = grad_fn(train_p, frozen_p, rows)
+    else:
+        G = max(ls.shared_prompts, 1)
+        norm = (jnp.sum(batch["mask"].astype(jnp.float32)), batch["mask"].shape[0])
+
+        def one(acc, mb):
+            (_, (_, st_mb)), g_mb = grad_fn(train_p, frozen_p, mb, norm)
+            return jax.tree.map(jnp.add, acc, g_mb), st_mb
+
+        g, st = jax.lax.scan(one, jax.tree.map(jnp.zeros_like, train_p), micro_batches(rows, ls.micro_batches, G))
+        st = merge_micro_batches(st, G)
+        loss, aux = pg(st["logp"], jnp.where(on_policy, st["logp"], logp_old), batch["adv"], batch["mask"],
+                       logp_ref=logp_ref)
     new, opt_state = _apply_group(tx, params, opt_state, g, keys)
     m = batch["mask"]
     out = {"loss": loss, "clip_ratio": aux["clip_ratio"], "entropy": M.masked_mean(st["entropy"], m),
