@@ -24,8 +24,8 @@ from ..optim import make_optimizer, trainable_keys
 from ..sft import sequence_ce
 from . import objectives as O
 
-__all__ = ["LossSpec", "stage_optimizer", "opt_init", "rl_update", "micro_batches", "merge_micro_batches", "lp_update", "ref_logp", "confidence",
-           "group_advantages", "probe", "step_key"]
+__all__ = ["LossSpec", "stage_optimizer", "opt_init", "rl_update", "micro_batches", "merge_micro_batches",
+           "lp_update", "ref_logp", "confidence", "group_advantages", "probe", "step_key"]
 
 
 class LossSpec(NamedTuple):
@@ -104,7 +104,8 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     ls.micro_batches = M > 1: the rows run in M micro-batches of whole groups (`micro_batches`), one after the
     other (lax.scan), each micro-batch's loss taking the whole batch's denominators (objectives.aggregate's norm),
     so their gradients sum to the whole batch's: the same step up to float rounding, with the activations of
-    B / M rows alive at once instead of B (and one more gradient-sized accumulator)."""
+    B / M rows alive at once instead of B (the gradients accumulate in the loop's carry: XLA's accounting on
+    SmolLM2 shows no second gradient-sized buffer)."""
     keys = trainable_keys(group)
     pg = partial(O.pg_loss, clip_eps=ls.clip_eps, loss_agg=ls.loss_agg, beta=ls.beta, kl_estimator=ls.kl_estimator)
 
