@@ -16,8 +16,9 @@ peak resident memory (VmHWM) is its own):
   rl       (d) RL steps/s and generated tokens/s of `ntkdyn.rl.train` against TRL `GRPOTrainer` (benchmarks/rl_bench.py,
            TRL in .benchvenv) on the same checkpoint directory: task "mul", 8 prompts x 4 samples, 32 new tokens, one
            optimizer step per batch (RL_ARGS). Target >= 2x.
-  remat    ntkdyn's RL steps with the settings of (d), without and with `RLConfig.remat` (each layer rematerialised
-           in the update's backward pass), each in its own process: peak resident memory and s/step of both.
+  memory   the peak resident memory of (d)'s RL steps, each in its own process: ntkdyn plain, with `--remat`
+           (each layer rematerialised in the update's backward pass), with `--micro-batches 8` (the update in 8
+           micro-batches) and with both, and TRL's GRPOTrainer; each peak's ratio to TRL's, and s/step.
   profile  one RL step of (d)'s settings phase by phase (rl_step's phases: sampling, transfer, rewards, reference
            log-probs, update = forward/backward + optimizer, metrics), each with its FLOPs (op_flops: projections,
            MLP, attention, head) and achieved GFLOP/s, every op class beside the standalone rate of its matmul shape;
@@ -70,7 +71,7 @@ NAME = "smollm2-135m-instruct"
 SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
-SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "remat", "profile", "xlaflags", "scaling")
+SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "memory", "profile", "xlaflags", "scaling")
 # (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
 RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
            "--warmup", "2", "--rounds", "2", "--lr", "1e-5", "--score-truncated"]
@@ -291,24 +292,36 @@ def compute_bound(path) -> dict:
                      "decode of B·N tokens) at the best float32 matmul rate measured in this run"}
 
 
-def section_remat(path):
-    """ntkdyn's RL steps with (d)'s settings without and with RLConfig.remat, each run in its own process
-    (rl_bench.run_ntkdyn): VmHWM and the median s/step after the warm-up steps."""
+MEMORY_SETTINGS = {"plain": [], "remat": ["--remat"], "micro8": ["--micro-batches", "8"],
+                   "remat_micro8": ["--remat", "--micro-batches", "8"]}
+
+
+def section_memory(path):
+    """(d)'s RL steps, each setting of MEMORY_SETTINGS and TRL in its own process (rl_bench.run_ntkdyn / run_trl,
+    4 and 3 steps): VmHWM, the median s/step after the warm-up steps, each peak's ratio to TRL's, and the load
+    average around each run (the step times share the machine with whatever else runs; the peaks do not)."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import rl_bench
 
     if not os.path.isdir(path):
-        raise SystemExit(f"section remat needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
-    out = {"args": " ".join(RL_ARGS)}
-    for remat in (False, True):
-        a = rl_bench.parser().parse_args(RL_ARGS + ["--model", path] + (["--remat"] if remat else []))
+        raise SystemExit(f"section memory needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
+    args = RL_ARGS + ["--model", path, "--steps", "4", "--trl-steps", "3"]  # later flags win in argparse
+    out, info = {"args": " ".join(args), "machine": rl_bench.machine()}, None
+    for key, extra in MEMORY_SETTINGS.items():
+        a = rl_bench.parser().parse_args(args + extra)
+        load0 = os.getloadavg()[0]
         r = rl_bench.run_ntkdyn(a)
-        key = "remat" if remat else "plain"
-        out[key] = {"peak_rss_mb": r["peak_rss_mb"], "step_s_median": round(statistics.median(
-            r["step_times"][a.warmup:]), 3), "first_step_s": round(r["step_times"][0], 2),
-            "mean_length": round(float(np.mean(r["mean_length"])), 2)}
-    out["peak_ratio"] = round(out["remat"]["peak_rss_mb"] / out["plain"]["peak_rss_mb"], 3)
-    out["step_time_ratio"] = round(out["remat"]["step_s_median"] / out["plain"]["step_s_median"], 3)
+        info = info or r
+        out[key] = {"flags": " ".join(extra), "peak_rss_mb": r["peak_rss_mb"],
+                    "step_s_median": round(statistics.median(r["step_times"][a.warmup:]), 3),
+                    "load": [load0, os.getloadavg()[0]]}
+    a = rl_bench.parser().parse_args(args)
+    load0 = os.getloadavg()[0]
+    t = rl_bench.run_trl(a, info["chat"], info["expect_ids"], info["order"])
+    out["trl"] = {"peak_rss_mb": t["peak_rss_mb"], "step_s_median": round(statistics.median(
+        t["step_times"][a.warmup:]), 3), "load": [load0, os.getloadavg()[0]]}
+    for key in MEMORY_SETTINGS:
+        out[key]["peak_over_trl"] = round(out[key]["peak_rss_mb"] / out["trl"]["peak_rss_mb"], 3)
     return out
 
 
@@ -707,7 +720,7 @@ def run_section(name):
         out = {"section": name, **section_scaling()}
         out.update(total_seconds=round(time.perf_counter() - t0, 1), load_average=os.getloadavg(), jax=jax.__version__)
         return out
-    if name in ("rl", "remat", "profile", "xlaflags"):  # these load the model themselves (or need none)
+    if name in ("rl", "memory", "profile", "xlaflags"):  # these load the model themselves (or need none)
         root = os.environ.get("NTKDYN_CACHE", os.path.expanduser("~/.cache/ntkdyn"))
         out = {"section": name, **globals()[f"section_{name}"](os.path.join(root, "models", NAME))}
         out.update(vmhwm_mb=mem_mb()[0], total_seconds=round(time.perf_counter() - t0, 1),
