@@ -43,6 +43,20 @@ def strip_timing(records):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
+def assert_records_close(a, b, rtol=1e-5, atol=1e-6):
+    """Two runs' metrics records equal but for timing: floats and lists of numbers (pass@k curves) to rtol / atol
+    (float rounding of two programs that compute the same step), everything else exactly."""
+    a, b = strip_timing(a), strip_timing(b)
+    assert len(a) == len(b), (len(a), len(b))
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys(), (x["step"], sorted(set(x) ^ set(y)))
+        for k, v in x.items():
+            if isinstance(v, float) or (isinstance(v, list) and all(isinstance(e, (int, float)) for e in v)):
+                np.testing.assert_allclose(y[k], v, rtol=rtol, atol=atol, err_msg=f"step {x['step']} {k}")
+            else:
+                assert y[k] == v, (x["step"], k)
+
+
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     """A tiny base model SFT'd on "sum" (built once per test session)."""

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from ntk_cases import tiny
-from rl_helpers import SMALL, base_dir, easy_reward, strip_timing  # noqa: F401 (fixture)
+from rl_helpers import SMALL, assert_records_close, base_dir, easy_reward  # noqa: F401 (fixture)
 
 from ntkdyn.optim import make_optimizer
 from ntkdyn.rl import ConfigError, RLConfig, read_metrics, train_batch
@@ -65,16 +65,10 @@ def test_batched_run_with_micro_batches_equals_the_run_without(base_dir, tmp_pat
     for n in (1, 2):
         runs = [cfg.replace(seed=s, out=str(tmp_path / f"m{n}-s{s}"), micro_batches=n) for s in (1, 2)]
         train_batch(runs, progress=False, reward_fn=easy_reward)
-        recs[n] = [strip_timing(read_metrics(c.out)) for c in runs]
+        recs[n] = [read_metrics(c.out) for c in runs]
     for a, b in zip(recs[1], recs[2]):
-        assert len(a) == len(b) == 3
-        for x, y in zip(a, b):
-            assert x.keys() == y.keys()
-            for k, v in x.items():
-                if isinstance(v, float):
-                    np.testing.assert_allclose(y[k], v, rtol=1e-5, atol=1e-6, err_msg=f"step {x['step']} {k}")
-                else:
-                    assert y[k] == v, (x["step"], k)
+        assert len(a) == 3
+        assert_records_close(a, b)
 
 
 def test_split_keeps_groups_whole_and_merge_inverts_it():

@@ -12,7 +12,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from rl_helpers import SMALL, base_dir, easy_reward, leaves_equal, strip_timing  # noqa: F401 (fixture)
+from rl_helpers import SMALL, assert_records_close, base_dir, easy_reward, leaves_equal, strip_timing  # noqa: F401 (fixture)
 
 import ntkdyn as nd
 from ntkdyn import memory
@@ -132,18 +132,6 @@ def test_resume_reproduces_uninterrupted_run(run_a, tmp_path):
         train(cfg.replace(out=out_b, resume=True, lr=1e-2), progress=False)
 
 
-def _close_records(a, b, rtol):
-    """Two runs' records equal but for timing, floats to rtol (lanes are vmapped: rounding may differ)."""
-    assert len(a) == len(b)
-    for x, y in zip(strip_timing(a), strip_timing(b)):
-        assert x.keys() == y.keys()
-        for k, v in x.items():
-            if isinstance(v, float):
-                np.testing.assert_allclose(y[k], v, rtol=rtol, atol=1e-7, err_msg=f"step {x['step']} {k}")
-            elif not isinstance(v, list):
-                assert y[k] == v, (x["step"], k)
-
-
 def test_a_lane_of_a_batched_run_equals_its_lone_run(run_a, tmp_path):
     """train_batch: three seeds as one program; each run directory equals (to rounding) its lone run (run_a is
     seed 1's), final weights included; a batch killed mid-run resumes to the uninterrupted batch's records."""
@@ -154,7 +142,7 @@ def test_a_lane_of_a_batched_run_equals_its_lone_run(run_a, tmp_path):
     summaries = train_batch(cfgs, progress=False, reward_fn=easy_reward)
     assert [s["seed"] for s in summaries] == [0, 1, 2] and all(s["lanes"] == 3 for s in summaries)
     assert cfg.seed == 1
-    _close_records(read_metrics(out_a), read_metrics(cfgs[1].out), rtol=1e-4)
+    assert_records_close(read_metrics(out_a), read_metrics(cfgs[1].out), rtol=1e-4, atol=1e-7)  # lanes: vmapped
     # the final models in function space (Adam turns rounding-level gradient differences of parameters whose
     # gradient is ~0 into lr-sized steps, so single weights near 0 may differ by ~0.1 lr; the logits do not)
     a, b = nd.load(os.path.join(out_a, "final")), nd.load(os.path.join(cfgs[1].out, "final"))
