@@ -24,6 +24,12 @@ def _vmapped(fn, static: tuple, in_axes, donate: tuple = ()):
     return jax.jit(jax.vmap(functools.partial(fn, **dict(static)), in_axes=in_axes), donate_argnums=donate)
 
 
+@functools.lru_cache(maxsize=256)
+def _donating(fn, static: tuple, donate: tuple):
+    # fn may be jitted itself: traced inside this jit it is inlined (one program) and this jit's donation applies
+    return jax.jit(functools.partial(fn, **dict(static)), donate_argnums=donate)
+
+
 class Lanes:
     """n lanes (n >= 1); see the module docstring."""
 
@@ -35,10 +41,12 @@ class Lanes:
     def map(self, fn, static: dict | None = None, in_axes=0, donate: tuple = ()):
         """fn with its static keywords bound, over the lanes: fn itself for one lane, else one jit of its vmap
         (in_axes as jax.vmap's: None for an argument every lane shares). donate: positions of the arguments whose
-        buffers the vmapped jit may reuse (jax.jit's donate_argnums; for one lane fn's own jit decides). Cached
-        per (fn, static, in_axes, donate)."""
+        buffers the jit may reuse (jax.jit's donate_argnums; for one lane, one jit of fn with that donation, and
+        with none given fn itself, whose own jit decides). Cached per (fn, static, in_axes, donate)."""
         static = static or {}
         if self.n == 1:
+            if donate:
+                return _donating(fn, tuple(sorted(static.items())), tuple(donate))
             return functools.partial(fn, **static) if static else fn
         return _vmapped(fn, tuple(sorted(static.items())), in_axes, tuple(donate))
 

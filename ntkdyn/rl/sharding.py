@@ -128,16 +128,16 @@ class Sharding:
             return tree
         return jax.tree.map(lambda x: self._put(x, self.param_sharding(np.shape(x), lanes)), tree)
 
-    def pinned(self, update, params, opt_state, n_out: int, lanes: bool = False):
+    def pinned(self, update, params, opt_state, n_out: int, lanes: bool = False, donate: tuple = (1,)):
         """A jitted update fn(params, opt_state, ...) -> (params, opt_state, *n_out-2 more) whose returned params
         and optimizer state keep the placement of `place` (XLA would otherwise choose its own for some leaves, e.g.
-        split a bias it could have kept whole, and the next step would move them back); the optimizer state is
-        donated. `update` itself without a mesh."""
+        split a bias it could have kept whole, and the next step would move them back); the arguments at positions
+        `donate` are donated (default: the optimizer state). `update` itself without a mesh."""
         if self.mesh is None:
             return update
         ps = jax.tree.map(lambda x: self.param_sharding(np.shape(x), lanes), params)
         os_ = jax.tree.map(lambda x: self.param_sharding(np.shape(x), lanes), opt_state)
-        return jax.jit(update, out_shardings=(ps, os_) + (None,) * (n_out - 2), donate_argnums=(1,))
+        return jax.jit(update, out_shardings=(ps, os_) + (None,) * (n_out - 2), donate_argnums=donate)
 
     def batch(self, x, lanes: bool = False):
         """x with its batch axis (the leading one, or the second after a lane axis) split over the batch axes."""

@@ -99,8 +99,9 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     only (the other group's arrays are returned untouched, bit-identical). on_policy (a traced bool, so both
     cases share one compiled program): π_old = stop_gradient(π), ratio exactly 1; else π_old = logp_old.
     opt_state is donated: its buffers become the new state's (one optimizer state in memory, not two), so the
-    caller must use the returned state and never the one passed in. params are not donated (the trainer keeps
-    the step's starting params for its trackers, and the first step's are the reference model's).
+    caller must use the returned state and never the one passed in. params are not donated by this jit; the
+    trainer's own jit of it (lanes.Lanes.map) donates them too when nothing reads them after the step (the first
+    step's are the reference model's; trackers read some steps' starting params).
     ls.micro_batches = M > 1: the rows run in M micro-batches of whole groups (`micro_batches`), one after the
     other (lax.scan), each micro-batch's loss taking the whole batch's denominators (objectives.aggregate's norm),
     so their gradients sum to the whole batch's: the same step up to float rounding, with the activations of

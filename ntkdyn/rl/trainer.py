@@ -65,6 +65,9 @@ class RunState:
     first_eval: list = dataclasses.field(default_factory=list)
     last: list = dataclasses.field(default_factory=list)  # per lane: the last metrics record
     trackers: list = dataclasses.field(default_factory=list)  # per lane: rl/trackers, in record order
+    # nothing reads params' buffers after the next update but the trainer (they were made by an update, or they are
+    # the starting model's and no KL term reads π_ref), so that update may take them over (`_run_step`)
+    owned: bool = False
 
 
 def enable_compile_cache(path: str | None = None) -> str | None:
@@ -118,8 +121,11 @@ def _start(ctxs: list[RunContext], found: list) -> RunState:
                         st["step"], st["stage_index"], st["stage_step"], costs,
                         [f[2].get("first_eval") for f in found], last, tracked)
     params = ctx.sh.place(lanes.stack([ctx.base_params] * len(ctxs)), lanes=lanes.n > 1)
+    # one lane starts from the very arrays of ctx.base_params (and of its lm): the first update may take them over
+    # unless the KL term reads them as π_ref later (the trackers read them before it: start; reads_before)
     state = RunState(lanes, params, None, [np.float32(np.nan)] * len(ctxs),
-                     costs=costs, first_eval=[None] * len(ctxs), last=[None] * len(ctxs), trackers=tracked)
+                     costs=costs, first_eval=[None] * len(ctxs), last=[None] * len(ctxs), trackers=tracked,
+                     owned=lanes.n > 1 or all(x.c.beta == 0 for x in ctxs))
     recs = [{"step": 0, "stage": ctx.stages[0].name, "stage_step": 0} for _ in ctxs]
     for rec, pm in zip(recs, probe_metrics(ctx, lanes, state.params)):
         rec.update(pm)
@@ -180,7 +186,10 @@ def _finish(ctxs: list[RunContext], state: RunState, total: int) -> list[dict]:
 
 def _stage_update(ctxs: list[RunContext], state: RunState, si: int, stage: Stage):
     """The stage's optimizer state (restored from the checkpoints' leaves mid-stage, else fresh) and its jitted
-    update over the lanes with every static argument bound. The optimizer is built once per stage."""
+    update over the lanes with every static argument bound, as {donate_params: update}: both donate the optimizer
+    state; the True one the params too (their buffers become the new params': one parameter copy less at the
+    step's peak; `_run_step` picks it when nothing reads the old params after the update). The optimizer is built
+    once per stage."""
     ctx, L = ctxs[0], state.lanes
     tx = stage_optimizer(ctx.c, stage)
     if si == state.stage_index and state.stage_step > 0 and state.opt_state is not None:
@@ -189,24 +198,32 @@ def _stage_update(ctxs: list[RunContext], state: RunState, si: int, stage: Stage
     else:
         state.opt_state, state.stage_step = L.map(opt_init, dict(tx=tx))(state.params), 0
     state.opt_state = ctx.sh.place(state.opt_state, lanes=L.n > 1)  # FSDP: as its parameters (sharding.py)
-    if stage.kind == "rl":
-        update = L.map(rl_update, dict(tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd),
-                       in_axes=(0, 0, 0, 0, None, 0), donate=(1,))  # the optimizer state (as rl_update's own jit)
-    else:
-        update = L.map(lp_update, dict(tx=tx, **ctx.gd), donate=(1,))
-    return ctx.sh.pinned(update, state.params, state.opt_state, 4 if stage.kind == "rl" else 3, lanes=L.n > 1)
+    out = {}
+    for donate_params in (False, True):
+        donate = (0, 1) if donate_params else (1,)
+        if stage.kind == "rl":
+            update = L.map(rl_update, dict(tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd),
+                           in_axes=(0, 0, 0, 0, None, 0), donate=donate)
+        else:
+            update = L.map(lp_update, dict(tx=tx, **ctx.gd), donate=donate)
+        out[donate_params] = ctx.sh.pinned(update, state.params, state.opt_state, 4 if stage.kind == "rl" else 3,
+                                           lanes=L.n > 1, donate=donate)
+    return out
 
 
-def _run_step(ctxs: list[RunContext], state: RunState, stage: Stage, update) -> list[dict]:
-    """One global step of `stage` for every lane: the update, the tracked quantities, maybe an evaluation;
-    returns the lanes' records."""
+def _run_step(ctxs: list[RunContext], state: RunState, stage: Stage, updates: dict) -> list[dict]:
+    """One global step of `stage` for every lane: the update (`_stage_update`'s; the one that takes over the old
+    params' buffers when this process made them and no tracker reads them after the update), the tracked
+    quantities, maybe an evaluation; returns the lanes' records."""
     ctx, L = ctxs[0], state.lanes
     c = ctx.c
     state.stage_step += 1
     state.step += 1
     recs = [{"step": state.step, "stage": stage.name, "stage_step": state.stage_step} for _ in ctxs]
     t0 = time.perf_counter()
-    before = state.params
+    donate = state.owned and not any(trackers.reads_before(ts, stage, state.stage_step) for ts in state.trackers)
+    update = updates[donate]
+    before = None if donate else state.params  # donated: deleted by the update, and no tracker reads it
     if stage.kind == "rl":
         state.params, state.opt_state, state.baselines, ms, (first_after, batch) = rl_step(
             ctxs, L, stage, state.stage_step, state.step, update, state.params, state.opt_state, state.baselines)
@@ -214,6 +231,7 @@ def _run_step(ctxs: list[RunContext], state: RunState, stage: Stage, update) -> 
         state.params, state.opt_state, ms = lp_step(ctxs, L, stage, state.stage_step, state.step, update,
                                                     state.params, state.opt_state)
         first_after, batch = state.params, None
+    state.owned = True
     for rec, m, pm in zip(recs, ms, probe_metrics(ctx, L, state.params)):
         rec.update(m)
         rec.update(pm)
@@ -260,10 +278,10 @@ def _loop(ctxs: list[RunContext], state: RunState, total: int, bar, callback) ->
     for si, stage in enumerate(ctxs[0].stages):
         if si < state.stage_index or (si == state.stage_index and state.stage_step >= stage.steps):
             continue
-        update = _stage_update(ctxs, state, si, stage)
+        updates = _stage_update(ctxs, state, si, stage)
         state.stage_index = si
         while state.stage_step < stage.steps:
-            recs = _run_step(ctxs, state, stage, update)
+            recs = _run_step(ctxs, state, stage, updates)
             for x, rec in zip(ctxs, recs):
                 rundir.log(x.out, rec)
             state.last = recs

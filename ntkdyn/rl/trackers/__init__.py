@@ -7,6 +7,10 @@ A tracker has
     start(params, resumed) -> dict        at the start of a run (a fresh run merges it into the step-0 record; a
                                           resumed one restores what the tracker keeps, e.g. the drift's K0)
     after_update(u: Update) -> dict       after every update: the tracker decides whether this step is its own
+    reads_before(stage, stage_step) -> bool
+                                          whether after_update of that step reads u.before or u.first_after (when
+                                          no tracker does, the trainer lets the update reuse the old params'
+                                          buffers: `reads_before`)
 
 `from_config(config, lm, probes, out, mesh)` makes the run's trackers from its RLConfig, in the order their keys appear
 in a record: the dz share (dz_share.py, RLConfig.probe_every), claim 6's measures (claim6.py, RLConfig.claim6), the
@@ -21,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Update", "Probes", "from_config"]
+__all__ = ["Update", "Probes", "from_config", "reads_before"]
 
 
 class Probes(NamedTuple):
@@ -82,3 +86,10 @@ def from_config(c, lm, probes: Probes, out: str, mesh=None) -> list:
         trackers.append(Drift(lm, probes, out, every=c.ntk_every, n_contexts=c.ntk_contexts, method=c.ntk_method,
                               num_probes=c.ntk_probes, mesh=mesh))
     return trackers
+
+
+def reads_before(trackers, stage, stage_step: int) -> bool:
+    """Whether any of `trackers` reads the params before the update of (stage, stage_step) or after its first
+    iteration (Update.before / first_after). When none does, those arrays are dead once the update has run, so the
+    trainer donates them to it (the new params take their buffers: one parameter copy less at the step's peak)."""
+    return any(t.reads_before(stage, stage_step) for t in trackers)

@@ -145,8 +145,11 @@ class Claim6:
     def start(self, params, resumed: bool) -> dict:
         return {}
 
+    def reads_before(self, stage, stage_step: int) -> bool:
+        return stage.name == "rl" and stage.kind == "rl" and stage_step == 1
+
     def after_update(self, u) -> dict:
-        if not (u.stage.name == "rl" and u.stage.kind == "rl" and u.stage_step == 1):
+        if not self.reads_before(u.stage, u.stage_step):
             return {}
         out = answer_trace(self.lm, self.ids, self.pos, u.before, self.contexts, self.mesh)
         rows = measured_rows(self.rollouts, self.seed, int(np.shape(u.batch["adv"])[0]))

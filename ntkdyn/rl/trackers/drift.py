@@ -104,6 +104,9 @@ class Drift:
         write_arrays(self.out, NTK0_FILE, method=np.asarray(self.method), contexts=self.contexts, **self.K0)
         return {} if resumed else drift_metrics(self.K0, self.K0)
 
+    def reads_before(self, stage, stage_step: int) -> bool:
+        return False  # the kernels at the params after the update only
+
     def after_update(self, u) -> dict:
         if u.step % self.every and u.step != u.total_steps:
             return {}

@@ -23,8 +23,11 @@ class DzShare:
     def start(self, params, resumed: bool) -> dict:
         return {}
 
+    def reads_before(self, stage, stage_step: int) -> bool:
+        return stage_step == 1 or stage_step % self.every == 0
+
     def after_update(self, u) -> dict:
-        if not (u.stage_step == 1 or u.stage_step % self.every == 0):
+        if not self.reads_before(u.stage, u.stage_step):
             return {}
         from ...dynamics import split_update
 
