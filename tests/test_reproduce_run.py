@@ -70,12 +70,30 @@ def test_profiles():
         assert P[name]["eval_prompts"] >= 16 and P[name]["eval_samples"] >= 16, name
     required = {"seeds", "steps", "head_steps", "prompts_per_step", "group_size", "eval_every", "eval_prompts",
                 "eval_samples", "probe_every", "lr", "head_lr", "feature_prompts"}
-    optional = {"base", "model", "task", "rl", "one_step", "second", "passk", "budget", "kernel_prompts", "ntk_seeds"}
+    optional = {"base", "model", "task", "rl", "one_step", "second", "passk", "budget", "kernel_prompts", "ntk_seeds",
+                "ntk_recipes", "max_lanes"}
     for name, p in reproduce.PROFILES.items():
         assert required <= set(p) and set(p) - required <= optional, name
     from ntkdyn.rl import RLConfig  # every profile's RL fields are RLConfig's
     for p in reproduce.PROFILES.values():
         RLConfig(out="x", **p.get("rl", {}))
+
+
+def test_rl_runs_batches(tmp_path, monkeypatch):
+    """The seeds of a recipe train as programs of at most max_lanes lanes; the drift's seeds (ntk_seeds, of the
+    recipes in ntk_recipes) form batches of their own; the other runs track no drift."""
+    import ntkdyn.rl
+    from ntkdyn.reproduce.pipeline import _rl_runs
+    from ntkdyn.tasks import resolve
+
+    batches = []
+    monkeypatch.setattr(ntkdyn.rl, "train_batch", lambda cfgs, progress: batches.append(
+        (cfgs[0].recipe, [c.seed for c in cfgs], {c.ntk_every for c in cfgs})))
+    prof = dict(reproduce.PROFILES["real"], seeds=tuple(range(7)), ntk_seeds=(0, 1), ntk_recipes=("rl",), max_lanes=3)
+    dirs = _rl_runs("base", resolve("add"), str(tmp_path), prof, False, [], recipes=("rl", "cf-rl"))
+    assert batches == [("rl", [0, 1], {20}), ("rl", [2, 3, 4], {0}), ("rl", [5, 6], {0}),
+                       ("cf-rl", [0, 1, 2], {0}), ("cf-rl", [3, 4, 5], {0}), ("cf-rl", [6], {0})]
+    assert [len(v) for v in dirs.values()] == [7, 7]
 
 
 def test_perturb_reruns_in_a_child_with_the_xla_flag(tmp_path, monkeypatch):

@@ -28,8 +28,10 @@ __all__ = ["PROFILES", "FIGURES", "CLAIMS", "PERTURB_FLAG", "run", "run_base_see
 # profile's own defaults), `rl` (more RLConfig fields), `one_step` (its keyword arguments), `second` (a second,
 # single-answer task on its own shipped base model: task, recipes, steps), `kernel_prompts` (of the kernel picture),
 # `passk` (pass@k curves up to `samples`
-# on the single-answer task: samples, prompts, max_new_tokens), `ntk_seeds` (the seeds whose runs track the eNTK drift;
-# default: all), `budget` (stated in summary.md)
+# on the single-answer task: samples, prompts, max_new_tokens, and `recipes`: the final policies besides the base
+# model's, default RL and CF-RL), `ntk_seeds` / `ntk_recipes` (the seeds and recipes whose runs track the eNTK drift;
+# default: all), `max_lanes` (at most this many seeds of a recipe trained as one program: the memory of a batch grows
+# with its lanes; default: no cap), `budget` (stated in summary.md)
 PROFILES = {
     # v3 (docs/claims.md): ≥ 10 seeds per recipe, trained as lanes of one program per recipe
     "full": dict(seeds=tuple(range(10)), steps=200, head_steps=16, prompts_per_step=8, group_size=8, eval_every=20,
@@ -52,13 +54,17 @@ PROFILES = {
     # Third version (v3, issue #22: power to decide): 5 seeds, 16 held-out prompts × 16 samples per evaluation
     # (eval_every = steps: the first and last evaluations, which the claims read), 12 single-sample updates and 8
     # probe prompts in the one-step experiment (items of claims 3 and 4), 32 feature prompts (claim 1); sized for
-    # 120 minutes on a 2-core CPU (not yet run when this was written).
+    # 120 minutes on a 2-core CPU. Its first attempt did not fit (docs/claims.md, "Budgets"): v3.1 tracks the eNTK
+    # drift on plain RL's seeds 0-2 only (N1 reads plain-RL runs), trains at most 3 seeds per program with the
+    # update in 2 micro-batches (memory), and draws pass@k from the base model and the RL policies only (claim 2x
+    # reads those); every measure, item count and threshold as in v3.
     "real": dict(model="smollm2-135m-instruct", task="add", seeds=(0, 1, 2, 3, 4), steps=10, head_steps=8,
                  prompts_per_step=4, group_size=4, eval_every=10, eval_prompts=16, eval_samples=16, probe_every=5,
                  lr=3e-5, head_lr=5e-4, feature_prompts=32, kernel_prompts=1, budget="120 minutes on a 2-core CPU",
-                 rl=dict(max_new_tokens=32, ntk_every=20, ntk_contexts=2, claim6=True), ntk_seeds=(0, 1, 2),
+                 rl=dict(max_new_tokens=32, ntk_every=20, ntk_contexts=2, claim6=True, micro_batches=2),
+                 ntk_seeds=(0, 1, 2), ntk_recipes=("rl",), max_lanes=3,
                  one_step=dict(n_prompts=4, group=8, probe_prompts=8, max_new_tokens=32, prop2_samples=12),
-                 passk=dict(samples=256, prompts=4, max_new_tokens=32)),
+                 passk=dict(samples=256, prompts=4, max_new_tokens=32, recipes=("rl",))),
     # the real model on one accelerator (defined, not run): 10 seeds, 50 steps, 32 × 32 evaluations, every seed's
     # eNTK drift, 16 pass@k prompts
     "gpu": dict(model="smollm2-135m-instruct", task="add", seeds=tuple(range(10)), steps=50, head_steps=8,
@@ -162,7 +168,7 @@ def _rl_runs(model_dir, task, runs_root, prof, progress, reused, recipes=RECIPES
                        eval_samples=prof["eval_samples"], probe_every=prof["probe_every"], lr=prof["lr"],
                        head_lr=prof["head_lr"], checkpoint_every=max((steps or prof["steps"]) // 3, 1),
                        **prof.get("rl", {}))
-            if seed not in prof.get("ntk_seeds", prof["seeds"]):
+            if seed not in prof.get("ntk_seeds", prof["seeds"]) or recipe not in prof.get("ntk_recipes", recipes):
                 cfg["ntk_every"] = 0  # the drift costs minutes per measurement on a real model
             done.setdefault(recipe, []).append(out)
             if os.path.isdir(os.path.join(out, "final")) and _same_config(out, cfg):
@@ -171,12 +177,14 @@ def _rl_runs(model_dir, task, runs_root, prof, progress, reused, recipes=RECIPES
                 continue
             resume = os.path.isdir(os.path.join(out, "checkpoint")) and _same_config(out, cfg)
             todo.append(RLConfig(**cfg, resume=resume, overwrite=not resume))
-        # runs that differ only in their seed train as lanes of one program; the drift's seeds (ntk_seeds) differ
-        # in ntk_every from the others, so they form a batch of their own
-        batches: dict = {}
+        # runs that differ only in their seed train as lanes of one program (at most max_lanes per program); the
+        # drift's seeds (ntk_seeds) differ in ntk_every from the others, so they form a batch of their own
+        groups: dict = {}
         for c in todo:
-            batches.setdefault(c.ntk_every, []).append(c)
-        for batch in batches.values():
+            groups.setdefault(c.ntk_every, []).append(c)
+        cap = prof.get("max_lanes") or len(todo) or 1
+        batches = [g[j: j + cap] for g in groups.values() for j in range(0, len(g), cap)]
+        for batch in batches:
             _log(f"{recipe} seeds {[c.seed for c in batch]}: training as one program "
                  f"({sum(c.resume for c in batch)} resumed) -> {runs_root}", progress)
             train_batch(batch, progress=progress)
@@ -209,7 +217,8 @@ def _pass_at_k(task, base_dir, run_dirs, out, figures_dir, prof, progress):
     from ..experiments import pass_at_k
 
     pk = prof["passk"]
-    policies = {"base": [base_dir], **{rc: run_dirs[rc] for rc in ("rl", "cf-rl") if rc in run_dirs}}
+    policies = {"base": [base_dir], **{rc: run_dirs[rc] for rc in pk.get("recipes", ("rl", "cf-rl"))
+                                       if rc in run_dirs}}
     res = pass_at_k.run(policies, task, os.path.join(out, "pass_at_k"), samples=pk["samples"],
                         prompts=pk["prompts"], progress=progress,
                         **{k: pk[k] for k in ("max_new_tokens",) if k in pk})  # else pass_at_k's own default
