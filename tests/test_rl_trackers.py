@@ -14,7 +14,7 @@ from rl_helpers import SMALL, base_dir, easy_reward, strip_timing  # noqa: F401 
 
 import hf_models
 import ntkdyn as nd
-from ntkdyn.rl import RLConfig, read_metrics, train
+from ntkdyn.rl import RLConfig, read_metrics, train, train_batch
 from ntkdyn.rl import trackers
 from ntkdyn.rl.trackers import claim6, drift
 
@@ -173,3 +173,19 @@ def test_no_drift_when_params_do_not_change(base_dir, tmp_path):
     assert [r["step"] for r in recs if "claim6/gain" in r] == [1]
     assert recs[1]["claim6/gain_G"] == 0.0 and recs[1]["claim6/gain_R"] == 0.0
     assert np.isnan(recs[1]["claim6/align_G"])
+
+
+def test_lanes_share_the_starting_kernels(base_dir, tmp_path, monkeypatch):
+    """Two lanes start from the same params: the drift's K0 is computed once (memo of the start) and written to
+    both run directories; the later kernels are each lane's own."""
+    calls = []
+    real = drift.Drift._kernels
+    monkeypatch.setattr(drift.Drift, "_kernels", lambda self, p: calls.append(self.out) or real(self, p))
+    cfgs = [_small(recipe="rl", model=base_dir, out=str(tmp_path / f"s{s}"), steps=1, seed=s, ntk_every=1,
+                   ntk_contexts=2) for s in (0, 1)]
+    train_batch(cfgs, progress=False, reward_fn=easy_reward)
+    assert calls == [cfgs[0].out, cfgs[0].out, cfgs[1].out]  # K0 once, then one K_1 per lane
+    k0 = [np.load(os.path.join(c.out, drift.NTK0_FILE)) for c in cfgs]
+    assert all(np.array_equal(k0[0][z], k0[1][z]) for z in ("R", "G", "K"))
+    recs = [read_metrics(c.out) for c in cfgs]
+    assert recs[0][0]["ntk/align_K"] == recs[1][0]["ntk/align_K"] == 1.0

@@ -107,13 +107,14 @@ def _start(ctxs: list[RunContext], found: list) -> RunState:
     costs = [{**{s.name: dict(steps=0, time_s=0.0, generated_tokens=0) for s in ctx.stages}, "eval": dict(time_s=0.0)}
              for _ in ctxs]
     tracked = [_trackers(x) for x in ctxs]
+    memo: dict = {}  # what one lane's trackers computed of the starting params, for the others (e.g. the drift's K0)
     if found[0] is not None:
         last = []
         for x, (_, _, st), cost, ts in zip(ctxs, found, costs, tracked):
             last.append(rundir.resume(x, st["step"]))
             cost.update(st["costs"])
             for t in ts:
-                t.start(ctx.base_params, resumed=True)
+                t.start(ctx.base_params, resumed=True, memo=memo)
         st = found[0][2]
         params = ctx.sh.place(lanes.stack([f[0] for f in found]), lanes=lanes.n > 1)
         return RunState(lanes, params, [f[1] for f in found],
@@ -131,7 +132,7 @@ def _start(ctxs: list[RunContext], found: list) -> RunState:
         rec.update(pm)
     for rec, ts in zip(recs, tracked):
         for t in ts:
-            rec.update(t.start(ctx.base_params, resumed=False))
+            rec.update(t.start(ctx.base_params, resumed=False, memo=memo))
     for i, (x, rec, ev) in enumerate(zip(ctxs, recs, evaluate(ctxs, lanes, state.params, 0))):
         rec.update(ev)
         state.first_eval[i] = {k: v for k, v in rec.items() if k.startswith("eval/")}

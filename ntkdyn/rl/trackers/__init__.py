@@ -4,8 +4,10 @@ knows nothing of what a tracker measures.
 
 A tracker has
     name                                  for messages
-    start(params, resumed) -> dict        at the start of a run (a fresh run merges it into the step-0 record; a
-                                          resumed one restores what the tracker keeps, e.g. the drift's K0)
+    start(params, resumed, memo) -> dict  at the start of a run (a fresh run merges it into the step-0 record; a
+                                          resumed one restores what the tracker keeps, e.g. the drift's K0). memo:
+                                          a dict shared by the trackers of every lane of one start (the lanes start
+                                          from the same params), so a lane may reuse what another computed of them
     after_update(u: Update) -> dict       after every update: the tracker decides whether this step is its own
     reads_before(stage, stage_step) -> bool
                                           whether after_update of that step reads u.before or u.first_after (when

@@ -142,7 +142,7 @@ class Claim6:
         self.contexts = drift_contexts(probes.pos, n_contexts)
         self.temperature, self.rollouts, self.seed = temperature, rollouts, seed
 
-    def start(self, params, resumed: bool) -> dict:
+    def start(self, params, resumed: bool, memo: dict | None = None) -> dict:
         return {}
 
     def reads_before(self, stage, stage_step: int) -> bool:

@@ -20,7 +20,7 @@ class DzShare:
     def __init__(self, lm, probes, every: int):
         self.lm, self.ids, self.pos, self.every = lm, probes.ids, probes.pos, int(every)
 
-    def start(self, params, resumed: bool) -> dict:
+    def start(self, params, resumed: bool, memo: dict | None = None) -> dict:
         return {}
 
     def reads_before(self, stage, stage_step: int) -> bool:
