@@ -91,15 +91,22 @@ def _param(rngs, shape, init=_INIT):
     return nnx.Param(init(rngs.params(), shape, jnp.float32))
 
 
+def narrow(x, w):
+    """x in w's dtype when w is a 16-bit float (bfloat16 / float16 compute: the matmul runs in that type); x
+    itself otherwise (float32 and float64 programs are untouched)."""
+    return x.astype(w.dtype) if jnp.dtype(w.dtype).itemsize == 2 and x.dtype != w.dtype else x
+
+
 class Dense(nnx.Module):
-    """x @ kernel (+ bias); kernel stored (in, out)."""
+    """x @ kernel (+ bias); kernel stored (in, out). With 16-bit params (a bfloat16 compute dtype: cast_params)
+    x enters the product in the kernel's type."""
 
     def __init__(self, d_in, d_out, bias, rngs):
         self.kernel = _param(rngs, (d_in, d_out))
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32)) if bias else None
 
     def __call__(self, x, taps=None):
-        y = x @ self.kernel[...]
+        y = narrow(x, self.kernel[...]) @ self.kernel[...]
         y = y + self.bias[...] if self.bias is not None else y
         return y if taps is None else taps.dense(x, y)
 
@@ -139,10 +146,11 @@ def rope(x, positions, rotary_dim, theta):
     """Rotary embedding (rotate-half convention of GPT-NeoX/Llama) on the first `rotary_dim` dims of x (B,T,H,hd)."""
     if rotary_dim == 0:
         return x
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=x.dtype) / rotary_dim))
-    ang = positions.astype(x.dtype)[..., None] * inv_freq  # (B, T, rd/2)
+    ft = jnp.promote_types(x.dtype, jnp.float32)  # the angles in at least float32 (positions up to 2048 and more)
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=ft) / rotary_dim))
+    ang = positions.astype(ft)[..., None] * inv_freq  # (B, T, rd/2)
     ang = jnp.concatenate([ang, ang], -1)[:, :, None, :]
-    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    cos, sin = jnp.cos(ang).astype(x.dtype), jnp.sin(ang).astype(x.dtype)
     xr, xp = x[..., :rotary_dim], x[..., rotary_dim:]
     half = rotary_dim // 2
     rot = jnp.concatenate([-xr[..., half:], xr[..., :half]], -1)
@@ -187,7 +195,9 @@ class Attention(nnx.Module):
         S = k.shape[1]
         qg = q.reshape(B, T, KV, H // KV, hd)
         scale = cfg.query_pre_attn_scalar or hd
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k) / jnp.sqrt(jnp.asarray(scale, q.dtype))
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k)
+        scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))  # softmax in at least float32
+        scores = scores / jnp.sqrt(jnp.asarray(scale, scores.dtype))
         if cfg.attn_logit_softcapping is not None:
             scores = softcap(scores, cfg.attn_logit_softcapping)
         k_slot = jnp.arange(S)[None, :]
@@ -317,9 +327,30 @@ def abstract_params(cfg: ModelConfig):
 
 
 def apply_head(head, h):
-    """z = W h + b (spec notation; W is (V, d))."""
-    z = h @ head["W"].T
+    """z = W h + b (spec notation; W is (V, d)). With a 16-bit W (cast_params) h enters in W's type and z comes
+    out in float32."""
+    W = head["W"]
+    if jnp.dtype(W.dtype).itemsize == 2:
+        z = jnp.matmul(narrow(h, W), W.T, preferred_element_type=jnp.float32)
+    else:
+        z = h @ W.T
     return z + head["b"] if "b" in head else z
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def cast_params(params, compute_dtype: str = "float32"):
+    """The params for a forward pass in `compute_dtype`: "float32" returns them as they are; "bfloat16" casts
+    every floating leaf (differentiably: gradients flow back to the float32 master weights in float32). In such a
+    pass the matmuls take bfloat16 operands, while the embedding's residual stream, the norms, the attention
+    softmax, RoPE's angles and the head's logits stay in float32."""
+    if compute_dtype == "float32":
+        return params
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {compute_dtype!r}; expected one of {COMPUTE_DTYPES}")
+    dt = jnp.dtype(compute_dtype)
+    return jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
 def softcap(x, c):

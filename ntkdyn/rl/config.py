@@ -14,6 +14,7 @@ import numpy as np
 from .. import tasks as _tasks
 from ..io import is_finite_number, read_json
 from ..models.tokenizer import CHAT_CHOICES
+from ..models.transformer import COMPUTE_DTYPES
 from ..optim import OPTIMIZERS
 from ..options import choices_of, option
 from . import objectives as O
@@ -95,6 +96,10 @@ class RLConfig:
                                 "the other, their gradients summed into the one step (TRL's "
                                 "gradient_accumulation_steps): the activations of 1/k of the batch alive at once; "
                                 "the same step up to float rounding; must divide prompts_per_step")
+    dtype: str = option("float32", "compute dtype of the update's forward and backward passes (and of the KL "
+                        "term's reference log-probs): bfloat16 casts the params for them (matmul operands in "
+                        "bfloat16; master weights, gradients, optimizer state, norms, softmax and logits stay "
+                        "float32); the sampler and the evaluation stay float32", choices=COMPUTE_DTYPES)
     checkpoint_every: int = option(50, "checkpoint every k global steps and at the end (0: only at the end)")
     save_every: int = option(0, "keep a snapshot of the model every k global steps and at the end, in Hugging Face "
                              "layout under out/snapshots/step-N (what `ntkdyn analyze` reads; 0: none)")

@@ -227,7 +227,8 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
     clock.done("reward", batch["adv"])
     logp_ref = None
     if c.beta > 0:  # π_ref: the starting model, the same for every lane
-        kw = dict(temperature=float(c.temperature), chunk=ctx.loss_spec.logit_chunk, shared_prompts=G, **ctx.gd)
+        kw = dict(temperature=float(c.temperature), chunk=ctx.loss_spec.logit_chunk, shared_prompts=G,
+                  compute_dtype=ctx.loss_spec.compute_dtype, **ctx.gd)
         logp_ref = lanes.map(ref_logp, kw, in_axes=(None, 0, 0, 0))(
             ctx.base_params, ids, pmask, completion)
         clock.done("ref_logp", logp_ref)

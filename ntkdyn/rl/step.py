@@ -19,7 +19,7 @@ import optax
 
 from .. import metrics as M
 from ..models.logprobs import DEFAULT_CHUNK
-from ..models.transformer import features
+from ..models.transformer import cast_params, features
 from ..optim import make_optimizer, trainable_keys
 from ..sft import sequence_ce
 from . import objectives as O
@@ -40,12 +40,14 @@ class LossSpec(NamedTuple):
     shared_prompts: int = 1  # rows in consecutive groups of this many share a prompt, which runs once (G)
     logit_chunk: int = DEFAULT_CHUNK  # tokens per head chunk (RLConfig.logit_chunk; logprobs.head_stats)
     micro_batches: int = 1  # the update's rows in this many micro-batches, gradients summed (RLConfig.micro_batches)
+    compute_dtype: str = "float32"  # the loss's forward/backward passes (RLConfig.dtype; transformer.cast_params)
 
     @classmethod
     def of(cls, c) -> "LossSpec":
         return cls(float(c.temperature), float(c.clip_eps), c.loss_agg, float(c.beta), c.kl_estimator,
                    bool(getattr(c, "remat", False)), int(c.group_size),
-                   int(getattr(c, "logit_chunk", DEFAULT_CHUNK)), int(getattr(c, "micro_batches", 1)))
+                   int(getattr(c, "logit_chunk", DEFAULT_CHUNK)), int(getattr(c, "micro_batches", 1)),
+                   str(getattr(c, "dtype", "float32")))
 
 
 def stage_optimizer(c, stage):
@@ -111,7 +113,7 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     pg = partial(O.pg_loss, clip_eps=ls.clip_eps, loss_agg=ls.loss_agg, beta=ls.beta, kl_estimator=ls.kl_estimator)
 
     def loss_fn(train_p, frozen_p, rows, norm=None):
-        p = {**frozen_p, **train_p}
+        p = cast_params({**frozen_p, **train_p}, ls.compute_dtype)  # float32: p itself
         st = O.completion_logp(graphdef, cfg, p, rows["prompt_ids"], rows["prompt_mask"], rows["completion"],
                                temperature=ls.temperature, remat=ls.remat, shared_prompts=ls.shared_prompts,
                                chunk=ls.logit_chunk)
@@ -159,11 +161,13 @@ def lp_update(params, opt_state, ids, mask, *, graphdef, cfg, tx):
     return new, opt_state, {"loss": loss, "grad_norm/head": O.global_norm(g_head)}
 
 
-@partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature", "chunk", "shared_prompts"))
-def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature, chunk=DEFAULT_CHUNK, shared_prompts=1):
+@partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature", "chunk", "shared_prompts", "compute_dtype"))
+def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature, chunk=DEFAULT_CHUNK, shared_prompts=1,
+             compute_dtype="float32"):
     """log π_ref of the completion tokens (π_ref: the starting model) at the rollout temperature (the head in
     chunks of `chunk` tokens; rows in consecutive groups of `shared_prompts` share a prompt, which runs once:
-    objectives.completion_logp)."""
+    objectives.completion_logp), computed in the update's compute dtype (transformer.cast_params)."""
+    params = cast_params(params, compute_dtype)
     return O.completion_logp(graphdef, cfg, params, ids, pmask, completion, temperature=temperature,
                              with_model_stats=False, chunk=chunk, shared_prompts=shared_prompts)["logp"]
 
