@@ -73,13 +73,16 @@ PROFILES = {
                 rl=dict(max_new_tokens=32, ntk_every=50, ntk_contexts=4, claim6=True),
                 one_step=dict(n_prompts=8, group=8, probe_prompts=16, max_new_tokens=32, prop2_samples=32),
                 passk=dict(samples=256, prompts=16, max_new_tokens=32)),
-    # the real-model pipeline on any small HF checkpoint with a chat tokenizer (the end-to-end test's)
+    # the real-model pipeline on any small HF checkpoint with a chat tokenizer (the end-to-end test's), with the
+    # real profile's keys: the drift on RL only, micro-batches, pass@k on base and RL
     "real-tiny": dict(task="add", seeds=(0,), steps=2, head_steps=1, prompts_per_step=2, group_size=2,
                       eval_every=2, eval_prompts=2, eval_samples=2, probe_every=2, lr=1e-4, head_lr=1e-3,
                       feature_prompts=3, kernel_prompts=1,
-                      rl=dict(max_new_tokens=4, ntk_every=2, ntk_contexts=2, probe_prompts=2, claim6=True),
+                      rl=dict(max_new_tokens=4, ntk_every=2, ntk_contexts=2, probe_prompts=2, claim6=True,
+                              micro_batches=2),
+                      ntk_recipes=("rl",), max_lanes=3,
                       one_step=dict(n_prompts=1, group=2, probe_prompts=2, max_new_tokens=4, prop2_samples=2),
-                      passk=dict(samples=4, prompts=2, max_new_tokens=4)),
+                      passk=dict(samples=4, prompts=2, max_new_tokens=4, recipes=("rl",))),
 }
 FIGURES = ("fig_reward", "fig_confidence", "fig_diversity", "fig_dz_share", "fig_head_norm", "fig_features",
            "fig_kernel", "fig_one_step", "fig_ntk_drift", "fig_pass_at_k", "fig_claims")
