@@ -214,8 +214,8 @@ def _stage_update(ctxs: list[RunContext], state: RunState, si: int, stage: Stage
 
 def _run_step(ctxs: list[RunContext], state: RunState, stage: Stage, updates: dict) -> list[dict]:
     """One global step of `stage` for every lane: the update (`_stage_update`'s; the one that takes over the old
-    params' buffers when this process made them and no tracker reads them after the update), the tracked
-    quantities, maybe an evaluation; returns the lanes' records."""
+    params' buffers when nothing else holds them (RunState.owned) and no tracker reads them after the update), the
+    tracked quantities, maybe an evaluation; returns the lanes' records."""
     ctx, L = ctxs[0], state.lanes
     c = ctx.c
     state.stage_step += 1
