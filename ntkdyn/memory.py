@@ -8,11 +8,14 @@ run's shapes, before anything is allocated (`ntkdyn plan-memory`; issue #23).
     memory.kernel(lm, ids, contexts, output="trace")  # a kernel request: params + ntk.plan's bytes + the result
 
 An RL step has three phases, each on top of what stays resident for the whole run (the current params θ, the
-starting params θ₀ that the reference log-probs and the trackers read, and the optimizer state):
+optimizer state, and the starting params θ₀ when a KL term reads them as π_ref, beta > 0):
 
 * update: the jitted step.rl_update. Its inputs θ and the optimizer state (donated: the new state reuses its
-  buffers), its outputs θ⁺ (a new array: θ is kept for the trackers), the gradients, the activations the backward
-  pass reads and the head's logits (logprobs.head_stats: `chunk` tokens at a time, else all B·N at once).
+  buffers), its outputs θ⁺, the gradients, the activations the backward pass reads and the head's logits
+  (logprobs.head_stats: `chunk` tokens at a time, else all B·N at once). θ⁺ takes over θ's buffers (the trainer
+  donates them) unless the step is `tracked`: a tracker reads θ after the update (the dz share, claim 6), so θ⁺ is
+  a new array. (At the first step of a run with beta > 0, θ is θ₀ and is kept: the same total as θ, θ₀ and a
+  donated θ⁺.)
 * rollout / evaluation sampling (models.sampling): the KV cache of every row for prompt + new tokens, and the
   logits of one decoding step.
 * evaluation scoring (step.confidence): a forward pass over eval_rows rows; only one layer's arrays live, and
@@ -199,9 +202,11 @@ def scoring_bytes(cfg: ModelConfig, *, rows: int, prompt_len: int, new_tokens: i
 
 def update_bytes(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: int, group_size: int = 1,
                  remat: bool = False, chunk: int = DEFAULT_CHUNK, optimizer: str = "adam",
-                 dtype: str = "float32", backend: str | None = None, mesh=None, micro_batches: int = 1) -> dict:
+                 dtype: str = "float32", backend: str | None = None, mesh=None, micro_batches: int = 1,
+                 donate_params: bool = False) -> dict:
     """The jitted update's own bytes (what compiled.memory_analysis() accounts): {"params", "optimizer",
     "new_params", "grads", "activations", "head", "total"}; total = arguments + outputs − donated + temporaries.
+    donate_params: the update takes over θ's buffers for θ⁺ (the trainer's jit at an untracked step): new_params 0.
     dtype: the parameters' (gradients and new params alike; the optimizer state is counted in float32).
     backend: "cpu" or an accelerator's (default: jax.default_backend()); it decides what remat saves. mesh: per
     device of that mesh ("data=D,fsdp=F"; module docstring), with "gathered" added. micro_batches
@@ -217,7 +222,8 @@ def update_bytes(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: i
     b, P = _BYTES[dtype], params_per_device(cfg, F)
     B = -(-B // (D * F * n_micro))  # the device's rows of one micro-batch
     act_b = 4  # activations are computed in at least float32 (norms and softmax promote)
-    parts = {"params": P * b, "optimizer": _OPT_SLOTS[optimizer] * P * 4, "new_params": P * b, "grads": P * b,
+    parts = {"params": P * b, "optimizer": _OPT_SLOTS[optimizer] * P * 4, "new_params": 0 if donate_params else P * b,
+             "grads": P * b,
              "activations": _activations(cfg, B, Tp, N, min(G, B), bool(remat),
                                          backend or jax.default_backend()) * act_b,
              "head": _head(cfg, B * N, chunk, K_HEAD_BACKWARD) * act_b}
@@ -230,25 +236,32 @@ def update_bytes(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: i
 def rl_step(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: int, eval_rows: int = 0,
             group_size: int = 1, remat: bool = False, chunk: int = DEFAULT_CHUNK, optimizer: str = "adam",
             dtype: str = "float32", backend: str | None = None, what: str = "RL step", mesh=None,
-            micro_batches: int = 1) -> MemoryPlan:
+            micro_batches: int = 1, beta: float = 0.0, tracked: bool = False) -> MemoryPlan:
     """The predicted peak bytes of an RL step of `batch` rollouts (prompts × group_size) of prompt_len prompt
     tokens and new_tokens sampled tokens, with an evaluation of eval_rows rows (0: none), for a model of config
     cfg in `dtype` on `backend` (module docstring: the phases and the constants); per device of `mesh`
-    ("data=D,fsdp=F" or {"data": D, "fsdp": F}; None: one device), the update in `micro_batches` parts."""
+    ("data=D,fsdp=F" or {"data": D, "fsdp": F}; None: one device), the update in `micro_batches` parts. beta > 0
+    (a KL term) keeps the starting params resident; tracked: a tracker reads θ after this step's update, which
+    then writes θ⁺ beside it instead of into θ's buffers."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+        raise ValueError(f"beta must be a number >= 0; got {beta!r}")
     u = update_bytes(cfg, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, group_size=group_size,
                      remat=remat, chunk=chunk, optimizer=optimizer, dtype=dtype, backend=backend, mesh=mesh,
-                     micro_batches=micro_batches)
+                     micro_batches=micro_batches, donate_params=not tracked)
     D, F = _mesh_sizes(mesh)
     E = -(-_check("eval_rows", eval_rows, 0) // (D * F))
     batch = -(-batch // (D * F))
     b = _BYTES[dtype]
-    resident = {"params": u["params"], "start_params": u["params"], "optimizer": u["optimizer"]}
+    resident = {"params": u["params"], **({"start_params": u["params"]} if beta > 0 else {}),
+                "optimizer": u["optimizer"]}
     if (backend or jax.default_backend()) == "cpu":
         resident["runtime (CPU process)"] = CPU_RUNTIME_BYTES
     parts = dict(resident)
     if "gathered" in u:
         parts["update/gathered"] = u["gathered"]
-    parts.update({"update/new_params": u["new_params"], "update/grads": u["grads"],
+    if tracked:
+        parts["update/new_params"] = u["new_params"]
+    parts.update({"update/grads": u["grads"],
                   "update/activations": u["activations"], "update/head": u["head"],
                   "rollout/sampler": _sampling(cfg, batch, prompt_len, new_tokens) * b})
     if E:
@@ -338,6 +351,10 @@ def add_arguments(p) -> None:
                         ("micro_batches", "micro-batches of the update (RLConfig.micro_batches)")):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=d[name], help=f"{help_} (default {d[name]})")
     p.add_argument("--remat", action="store_true", help="rematerialised layers (RLConfig.remat)")
+    p.add_argument("--beta", type=float, default=d["beta"], help="the KL coefficient (RLConfig.beta): > 0 keeps "
+                   f"the starting params resident as π_ref (default {d['beta']})")
+    p.add_argument("--tracked", action="store_true", help="a step whose params a tracker reads after the update "
+                   "(the dz share, claim 6): the new params are written beside the old instead of into them")
     p.add_argument("--optimizer", default=d["optimizer"], choices=sorted(_OPT_SLOTS))
     p.add_argument("--dtype", default="float32", choices=sorted(_BYTES), help="parameter dtype (default float32)")
     p.add_argument("--backend", default=None, help="cpu, gpu or tpu: what remat saves depends on it (default: this "
@@ -375,6 +392,8 @@ def run_cli(args) -> int:
     for flag, lo in (("prompts_per_step", 1), ("group_size", 1), ("max_new_tokens", 1), ("eval_prompts", 0),
                      ("eval_samples", 0), ("logit_chunk", 0), ("micro_batches", 1)):
         _check("--" + flag.replace("_", "-"), getattr(args, flag), lo)
+    if not args.beta >= 0:
+        raise ValueError(f"--beta must be a number >= 0; got {args.beta!r}")
     if args.prompts_per_step % args.micro_batches:
         raise ValueError(f"--micro-batches {args.micro_batches} must divide --prompts-per-step "
                          f"{args.prompts_per_step} (each micro-batch holds whole groups)")
@@ -398,10 +417,11 @@ def run_cli(args) -> int:
         p = rl_step(cfg, batch=args.prompts_per_step * args.group_size, prompt_len=Tp,
                     new_tokens=args.max_new_tokens, eval_rows=E, group_size=args.group_size, remat=args.remat,
                     chunk=args.logit_chunk, optimizer=args.optimizer, dtype=args.dtype, backend=args.backend,
-                    mesh=args.mesh, micro_batches=args.micro_batches,
+                    mesh=args.mesh, micro_batches=args.micro_batches, beta=args.beta, tracked=args.tracked,
                     what=f"RL step of {args.model or 'the default model'}: {args.prompts_per_step} x "
                          f"{args.group_size} rollouts, {Tp} + {args.max_new_tokens} tokens, eval {E} rows"
                          + (f", update in {args.micro_batches} micro-batches" if args.micro_batches > 1 else "")
+                         + (f", KL beta {args.beta:g}" if args.beta > 0 else "") + (", tracked" if args.tracked else "")
                          + (f", per device of the mesh {args.mesh}" if args.mesh else ""))
     print(json.dumps(p.to_dict(), indent=1) if args.json else p.table())
     return 0
