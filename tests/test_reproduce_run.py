@@ -120,3 +120,22 @@ def test_perturb_reruns_in_a_child_with_the_xla_flag(tmp_path, monkeypatch):
     assert seen["env"]["XLA_FLAGS"] == "--xla_foo=1 --xla_cpu_max_isa=AVX2" and os.environ["XLA_FLAGS"] == "--xla_foo=1"
     assert claims == [{"n": "7", "verdict": "supported"}] and meta["out"] == str(tmp_path / "perturbed")
     assert meta["runs_reused"] == [3, 5]  # the child's own count, stated beside its minutes
+
+
+def test_release_memory_reports_the_peak_since_its_previous_call():
+    """The per-program memory line of the reproduction log: the peak resident set between two calls (VmHWM, reset
+    through /proc/self/clear_refs), not the process's lifetime peak."""
+    import numpy as np
+    import pytest
+
+    from ntkdyn.reproduce.pipeline import _release_memory
+
+    rss0, _ = _release_memory()
+    if rss0 is None or not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("no /proc (not Linux)")
+    x = np.ones(400_000_000 // 8)  # 0.4 GB, touched
+    del x
+    rss1, peak1 = _release_memory()
+    assert peak1 is not None and peak1 >= rss0 + 0.38, (rss0, peak1)
+    _, peak2 = _release_memory()  # nothing as large since the previous call
+    assert peak2 < peak1 - 0.3, (peak1, peak2)

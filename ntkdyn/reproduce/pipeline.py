@@ -98,23 +98,40 @@ def _log(msg, progress=True):
         print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _release_memory() -> float | None:
+def _release_memory() -> tuple[float | None, float | None]:
     """Give the memory freed by a finished stage back to the OS (the real-model profile runs nine trainings in one
-    process; without this glibc kept each one's peak and the process grew to 12 GB). Returns the resident set
-    in GB (None where /proc is missing). The compiled programs stay cached: later runs of the same shapes reuse them."""
+    process; without this glibc kept each one's peak and the process grew to 12 GB). Returns (the resident set,
+    the peak resident set since the previous call) in GB, and starts the next peak from now (Linux: VmRSS, VmHWM
+    and /proc/self/clear_refs; None where they are missing). The compiled programs stay cached: later runs of the
+    same shapes reuse them."""
     import ctypes
     import gc
 
+    peak = _status_gb("VmHWM")
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
     try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+    except OSError:
+        peak = None  # a peak that cannot be reset would be the process's, not the stage's
+    return _status_gb("VmRSS"), peak
+
+
+def _status_gb(field: str) -> float | None:
+    try:
         with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 1e6 for line in f if line.startswith("VmRSS"))
-    except (OSError, StopIteration):
+            return next(int(line.split()[1]) / 1e6 for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration, ValueError):
         return None
+
+
+def _memory_note(rss, peak) -> str:
+    return "".join(f"; {what} {v:.1f} GB" for what, v in (("peak resident memory during it", peak),
+                                                          ("resident memory after it", rss)) if v is not None)
 
 
 # ------------------------------------------------------------------------------------------------- stages
@@ -191,9 +208,8 @@ def _rl_runs(model_dir, task, runs_root, prof, progress, reused, recipes=RECIPES
             _log(f"{recipe} seeds {[c.seed for c in batch]}: training as one program "
                  f"({sum(c.resume for c in batch)} resumed) -> {runs_root}", progress)
             train_batch(batch, progress=progress)
-            rss = _release_memory()
-            if rss is not None:
-                _log(f"{recipe} seeds {[c.seed for c in batch]}: done; resident memory {rss:.1f} GB", progress)
+            rss, peak = _release_memory()
+            _log(f"{recipe} seeds {[c.seed for c in batch]}: done" + _memory_note(rss, peak), progress)
     return done
 
 
@@ -302,7 +318,7 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
     files = list(feats["files"]) + list(kern["files"]) + one_files
     arch = dict(num_params=lm.num_params, family=lm.config.family)
     del lm  # the training runs load their own copies
-    _release_memory()
+    _log("base-model measurements done" + _memory_note(*_release_memory()), progress)
 
     _log("training runs (claims 2, 5-8, N1)", progress)
     runs_root = os.path.join(out, "runs")
@@ -321,6 +337,7 @@ def run(out="runs/reproduce", *, quick=False, profile=None, figures_dir=None, mo
         _log(f"pass@k curves on {pk_task.name} (claim 2x)", progress)
         passk, f3, pk_line = _pass_at_k(pk_task, pk_base, pk_dirs, out, figures_dir, prof, progress)
         files += f3
+        _log("pass@k done" + _memory_note(*_release_memory()), progress)
 
     minutes = (time.time() - t0) / 60
     claim_list = claims(runs_root, feats, one, passk)
