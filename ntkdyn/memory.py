@@ -152,6 +152,12 @@ def _check(name, v, lo=0):
     return int(v)
 
 
+def _check_beta(name, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not v >= 0:
+        raise ValueError(f"{name} must be a number >= 0; got {v!r}")
+    return float(v)
+
+
 def _layer_elems(cfg: ModelConfig, S: int) -> int:
     """a: the float elements one layer saves for its backward pass per token attending to S keys."""
     gated = cfg.family in ("llama", "gemma3")
@@ -243,8 +249,7 @@ def rl_step(cfg: ModelConfig, *, batch: int, prompt_len: int, new_tokens: int, e
     ("data=D,fsdp=F" or {"data": D, "fsdp": F}; None: one device), the update in `micro_batches` parts. beta > 0
     (a KL term) keeps the starting params resident; tracked: a tracker reads θ after this step's update, which
     then writes θ⁺ beside it instead of into θ's buffers."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
-        raise ValueError(f"beta must be a number >= 0; got {beta!r}")
+    beta = _check_beta("beta", beta)
     u = update_bytes(cfg, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, group_size=group_size,
                      remat=remat, chunk=chunk, optimizer=optimizer, dtype=dtype, backend=backend, mesh=mesh,
                      micro_batches=micro_batches, donate_params=not tracked)
@@ -392,8 +397,7 @@ def run_cli(args) -> int:
     for flag, lo in (("prompts_per_step", 1), ("group_size", 1), ("max_new_tokens", 1), ("eval_prompts", 0),
                      ("eval_samples", 0), ("logit_chunk", 0), ("micro_batches", 1)):
         _check("--" + flag.replace("_", "-"), getattr(args, flag), lo)
-    if not args.beta >= 0:
-        raise ValueError(f"--beta must be a number >= 0; got {args.beta!r}")
+    _check_beta("--beta", args.beta)
     if args.prompts_per_step % args.micro_batches:
         raise ValueError(f"--micro-batches {args.micro_batches} must divide --prompts-per-step "
                          f"{args.prompts_per_step} (each micro-batch holds whole groups)")
