@@ -150,6 +150,11 @@ def test_a_lane_of_a_batched_run_equals_its_lone_run(run_a, tmp_path):
     za, zb = np.asarray(a.logits(ids)), np.asarray(b.logits(ids))
     assert np.abs(za - zb).max() <= 1e-3 * np.abs(za).max()
     assert read_metrics(cfgs[0].out)[1]["entropy"] != read_metrics(cfgs[2].out)[1]["entropy"]  # the seeds differ
+    # the lanes evaluated all at once (eval_lanes=0) instead of one after the other (the default): the same runs
+    together = [c.replace(out=str(tmp_path / f"together{c.seed}"), eval_lanes=0) for c in cfgs]
+    train_batch(together, progress=False, reward_fn=easy_reward)
+    for c, t in zip(cfgs, together):
+        assert_records_close(read_metrics(c.out), read_metrics(t.out), rtol=1e-4, atol=1e-7)
 
     killed = [c.replace(out=str(tmp_path / f"k{c.seed}")) for c in cfgs]
 
@@ -166,6 +171,29 @@ def test_a_lane_of_a_batched_run_equals_its_lone_run(run_a, tmp_path):
         train_batch([cfgs[0], cfgs[1].replace(lr=1e-2)], progress=False)
     with pytest.raises(ConfigError, match="share the run directory"):
         train_batch([cfgs[0], cfgs[1].replace(out=cfgs[0].out)], progress=False)
+
+
+def test_lanes_map_in_chunks_equals_the_vmap():
+    """Lanes.map(chunk=k): the lanes k at a time inside one jit (jax.lax.map), shared arguments (in_axes None)
+    included, equal to the vmap over all lanes; a chunk that does not divide the lanes works; chunk < 1 is an
+    error."""
+    from ntkdyn.rl.lanes import Lanes
+
+    def f(w, x, scale):
+        return {"y": jax.numpy.tanh(x @ w) * scale, "n": jax.numpy.sum(w ** 2)}
+
+    rng = np.random.default_rng(0)
+    w, x = rng.normal(size=(5, 4, 3)).astype(np.float32), rng.normal(size=(5, 6, 4)).astype(np.float32)
+    lanes = Lanes(5)
+    full = lanes.map(f, in_axes=(0, 0, None))(w, x, np.float32(2.0))
+    for chunk in (1, 2, 5, 9):
+        got = lanes.map(f, in_axes=(0, 0, None), chunk=chunk)(w, x, np.float32(2.0))
+        for k in full:
+            np.testing.assert_allclose(np.asarray(got[k]), np.asarray(full[k]), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk=0"):
+        lanes.map(f, in_axes=(0, 0, None), chunk=0)
+    with pytest.raises(ConfigError, match="eval_lanes"):
+        RLConfig(out="x", eval_lanes=-1)
 
 
 def test_nonfinite_reward_stops_and_keeps_checkpoint(base_dir, tmp_path):

@@ -77,6 +77,9 @@ class RLConfig:
     eval_prompts: int = option(16, "held-out test prompts (the whole test split when it is smaller)")
     eval_samples: int = option(32, "samples per eval prompt: k of pass@k")
     eval_temperature: float = option(1.0, "evaluation sampling temperature")
+    eval_lanes: int = option(1, "seeds of a batched run (train_batch) evaluated at once, the others after them "
+                             "inside the same program: the evaluation's transient memory is that of this many "
+                             "lanes (0: every lane at once); the numbers are the same to float rounding")
     probe_prompts: int = option(8, "the fixed probe set (test prompts with a reference answer)")
     probe_every: int = option(10, "dz_share every k stage steps and at each stage's first step (0: never)")
     ntk_every: int = option(0, "eNTK drift (ntk/* metrics) every k global steps, at step 0 and the last (0: never)")
@@ -183,7 +186,7 @@ def _validate(c: RLConfig):
     ints = {"steps": 0, "group_size": 1, "prompts_per_step": 1, "max_new_tokens": 1, "num_iterations": 1,
             "eval_every": 0, "eval_prompts": 1, "eval_samples": 1, "probe_prompts": 1, "probe_every": 0,
             "checkpoint_every": 0, "save_every": 0, "seed": 0, "ntk_every": 0, "ntk_contexts": 1, "ntk_probes": 2,
-            "claim6_rollouts": 0, "logit_chunk": 0, "micro_batches": 1}
+            "claim6_rollouts": 0, "logit_chunk": 0, "micro_batches": 1, "eval_lanes": 0}
     for key, lo in ints.items():
         v = getattr(c, key)
         if not is_int(v) or v < lo:

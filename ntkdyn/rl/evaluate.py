@@ -18,13 +18,15 @@ __all__ = ["evaluate", "probe_metrics"]
 
 def evaluate(ctxs, lanes, params, step: int) -> list[dict]:
     """The eval/ metrics of every lane's `params`: eval_samples completions per held-out prompt at
-    eval_temperature. Returns one dict per lane."""
+    eval_temperature. Returns one dict per lane. The lanes run RLConfig.eval_lanes at a time (Lanes.map's chunk:
+    the memory of that many lanes' sampler and confidence pass; 0: all at once)."""
     ctx, k = ctxs[0], ctxs[0].c.eval_samples
+    chunk = ctx.c.eval_lanes or None
     flats = [[p for p in x.eval_prompts for _ in range(k)] for x in ctxs]
     ids, pmask = prompt_batch(ctx, lanes, flats)
     gen = rollout(ctx, lanes, params, ids, pmask, lane_keys(ctxs, lanes, EVAL_ID, step), ctx.c.eval_temperature,
-                  group=k)
-    conf_of = lanes.map(confidence, dict(chunk=ctx.loss_spec.logit_chunk, shared_prompts=k, **ctx.gd))
+                  group=k, chunk=chunk)
+    conf_of = lanes.map(confidence, dict(chunk=ctx.loss_spec.logit_chunk, shared_prompts=k, **ctx.gd), chunk=chunk)
     conf = to_host(conf_of(params, ids, pmask, gen.tokens, gen.mask))
     tokens, mask = to_host((gen.tokens, gen.mask))
     return [_eval_record(x, flats[i], lanes.take(tokens, i), lanes.take(mask, i), lanes.take(conf, i), step, k)

@@ -67,11 +67,12 @@ def _sample_lane(params, ids, mask, key, temperature, stop, *, graphdef, cfg, ma
                   top_k=None, top_p=1.0, stop_token=stop, pad_id=pad_id, greedy=False, shared_prompts=group)
 
 
-def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1):
+def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1, chunk: int | None = None):
     """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params` of every lane;
-    rows in consecutive groups of `group` share a prompt, prefilled once."""
+    rows in consecutive groups of `group` share a prompt, prefilled once. chunk: the lanes this many at a time
+    (Lanes.map; None: all at once)."""
     fn = lanes.map(_sample_lane, dict(graphdef=ctx.lm.graphdef, cfg=ctx.cfg, max_new_tokens=int(ctx.c.max_new_tokens),
-                                 pad_id=ctx.pad, group=int(group)), in_axes=(0, 0, 0, 0, None, None))
+                                 pad_id=ctx.pad, group=int(group)), in_axes=(0, 0, 0, 0, None, None), chunk=chunk)
     return fn(params, ids, mask, keys, float(temperature), np.asarray(ctx.eos or (-1,), np.int32))
 
 
