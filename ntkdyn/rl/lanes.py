@@ -72,7 +72,7 @@ class Lanes:
         static = static or {}
         if chunk is not None and int(chunk) < 1:
             raise ValueError(f"Lanes.map: chunk={chunk}; expected a positive number of lanes per chunk")
-        if chunk is not None and int(chunk) < self.n and self.n > 1:
+        if chunk is not None and int(chunk) < self.n:  # (chunk >= 1, so n > 1)
             return _chunked(fn, tuple(sorted(static.items())), in_axes, int(chunk), tuple(donate))
         if self.n == 1:
             if donate:
