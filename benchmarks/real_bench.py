@@ -25,6 +25,10 @@ peak resident memory (VmHWM) is its own):
            before (update over all max_new_tokens columns) and after (rollout.update_length), each step against the
            compute bound measured in the same run (bound_flops over the best float32 matmul rate). Also prints a
            markdown table.
+  ops      the update of (d)'s settings XLA op by XLA op: one execution of the compiled rl_update traced with
+           jax.profiler on one core and one XLA thread (a subprocess pinned to one CPU, OPS_FLAGS), every op's
+           seconds beside its FLOPs read from the module's HLO (hlo_table, op_profile), the matmuls' achieved rate
+           against the best single-core float32 matmul measured in the same process. Prints a markdown table.
   xlaflags the XLA CPU dot settings of jaxlib 0.10 (XLA_CANDIDATES), each in its own process: GFLOP/s at the
            step's matmul shapes and the error against float64.
   scaling  RL steps/s of `ntkdyn rl` on meshes (issue 24): the embedded default model (a tiny one: a real model's
@@ -44,12 +48,14 @@ else a random Llama of SmolLM2's shape is built (the timings depend on the shape
     python benchmarks/real_bench.py                  # all sections, one JSON line each
     python benchmarks/real_bench.py --only trace     # one section in this process
     python benchmarks/real_bench.py --only profile   # the RL step's profile (SmolLM2; heavy: ~8 min on 2 cores)
+    python benchmarks/real_bench.py --only ops       # the update op by op (SmolLM2; ~3 min)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -71,7 +77,8 @@ NAME = "smollm2-135m-instruct"
 SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
-SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "memory", "profile", "xlaflags", "scaling")
+SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "memory", "profile", "ops", "xlaflags",
+            "scaling")
 # (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
 RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
            "--warmup", "2", "--rounds", "2", "--lr", "1e-5", "--score-truncated"]
@@ -576,6 +583,178 @@ def section_profile(path, steps=4):
 
 
 
+
+# ----------------------------------------------------------------------------- the update, XLA op by XLA op
+
+OPS_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+_HLO_DEF = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\]\S* ([\w\-]+)\((.*)$")
+
+
+def hlo_table(text: str) -> dict:
+    """Every instruction of an optimized HLO module's text (compiled.as_text()): name -> {dtype, dims, opcode,
+    operands, calls, op_name, flops}; `flops` = 2·(output elements)·(contracted size) for a dot, and for a fusion
+    the sum of the dots of the computation it calls (0 for everything else). Names are unique within a module."""
+    table, comps, comp = {}, {}, None
+    for line in text.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if head and " = " not in line.split("{")[0]:
+            comp = head.group(1)
+            comps[comp] = []
+            continue
+        m = _HLO_DEF.match(line)
+        if not m:
+            continue
+        name, dtype, dims, opcode, rest = m.groups()
+        args = rest.split("),", 1)[0]
+        op = re.search(r'op_name="([^"]*)"', rest)
+        calls = re.search(r"(?:calls|body)=%?([\w.\-]+)", rest)
+        table[name] = {"dtype": dtype, "dims": [int(x) for x in dims.split(",") if x], "opcode": opcode,
+                       "operands": re.findall(r"%([\w.\-]+)", args), "calls": calls.group(1) if calls else None,
+                       "op_name": op.group(1) if op else "", "rest": rest, "comp": comp}
+        if comp is not None:
+            comps[comp].append(name)
+
+    def dot_flops(ins):
+        lhs = table.get(ins["operands"][0]) if ins["operands"] else None
+        dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins["rest"])
+        if lhs is None or dims is None:
+            return 0.0
+        k = int(np.prod([lhs["dims"][int(i)] for i in dims.group(1).split(",") if i]))
+        return 2.0 * float(np.prod(ins["dims"])) * k
+
+    for ins in table.values():
+        ins["flops"] = dot_flops(ins) if ins["opcode"] == "dot" else 0.0
+    for ins in table.values():
+        if ins["opcode"] == "fusion" and ins["calls"]:
+            ins["flops"] = sum(table[n]["flops"] for n in comps.get(ins["calls"], ()) if table[n]["opcode"] == "dot")
+    return table
+
+
+def trace_events(directory: str) -> list[dict]:
+    """The complete ("X") events of the perfetto trace that jax.profiler.trace(create_perfetto_trace=True) wrote."""
+    import glob
+    import gzip
+
+    files = sorted(glob.glob(os.path.join(directory, "**", "perfetto_trace.json.gz"), recursive=True))
+    if not files:
+        raise RuntimeError(f"no perfetto trace under {directory}")
+    with gzip.open(files[-1]) as f:
+        tr = json.load(f)
+    return [e for e in (tr["traceEvents"] if isinstance(tr, dict) else tr) if e.get("ph") == "X"]
+
+
+def op_profile(events, table, wall: float, top: int = 25) -> dict:
+    """Seconds per XLA op of one traced execution (events named after the HLO instructions of `table`; loop and
+    call instructions, which contain their bodies' events, left out), grouped by (kind, output shape, source op):
+    kind is the instruction name without its number (ynn_fusion: a dot in YNNPACK; dot: XLA's own; *_fusion:
+    elementwise work XLA fused, copy_* / transpose_*: layout changes), FLOPs from the dots, and the totals of
+    the matmuls and of the rest."""
+    rows, total, mm_s, mm_f = {}, 0.0, 0.0, 0.0
+    for e in events:
+        ins = table.get(e["name"])
+        if ins is None or ins["opcode"] in ("while", "call", "conditional"):
+            continue
+        s = e.get("dur", 0.0) / 1e6
+        kind = re.sub(r"\.\d+$", "", e["name"])
+        src = re.sub(r"^(jit\([\w_]+\)/)+", "", ins["op_name"])
+        key = (kind, f"{ins['dtype']}[{','.join(map(str, ins['dims']))}]", src)
+        r = rows.setdefault(key, {"seconds": 0.0, "events": 0, "gflop": 0.0})
+        r["seconds"] += s
+        r["events"] += 1
+        r["gflop"] += ins["flops"] / 1e9
+        total += s
+        if ins["flops"]:
+            mm_s, mm_f = mm_s + s, mm_f + ins["flops"]
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1]["seconds"])
+    return {"wall_s": round(wall, 3), "ops_s": round(total, 3), "matmul_s": round(mm_s, 3),
+            "matmul_gflop": round(mm_f / 1e9, 1), "matmul_gflops": round(mm_f / 1e9 / mm_s, 1) if mm_s else None,
+            "other_s": round(total - mm_s, 3),
+            "top": [{"kind": k[0], "shape": k[1], "source": k[2][:100], "seconds": round(v["seconds"], 3),
+                     "share": round(v["seconds"] / total, 3), "events": v["events"],
+                     **({"gflop": round(v["gflop"], 1), "gflops": round(v["gflop"] / v["seconds"], 1)}
+                        if v["gflop"] and v["seconds"] else {})} for k, v in ranked[:top]]}
+
+
+def section_ops(path):
+    """The RL update of (d)'s settings on SmolLM2 (the jitted rl_update on a rollout batch of two rl_steps from the
+    starting model), XLA op by XLA op: one execution traced with jax.profiler on ONE core and one XLA thread (so
+    the ops run one after the other and their seconds add up to the wall clock; with two threads XLA runs
+    independent ops at once and each op's clock holds the other's), every event named after its instruction in
+    the compiled module's HLO (op_profile), the dots' FLOPs from their shapes, against the best single-thread
+    float32 matmul rate measured in the same process. Runs itself in a subprocess pinned to one CPU with
+    OPS_FLAGS in XLA_FLAGS."""
+    import functools
+    import tempfile
+
+    if os.environ.get("NTKDYN_BENCH_OPS_CHILD") != "1":
+        cpu = sorted(os.sched_getaffinity(0))[0]
+        env = {**os.environ, "NTKDYN_BENCH_OPS_CHILD": "1",
+               "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + OPS_FLAGS).strip()}
+        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", "ops"], env=env,
+                             capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+        lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
+        if res.returncode or not lines:
+            raise RuntimeError(f"section ops' child failed ({res.returncode}): {res.stderr[-2000:]}")
+        child = json.loads(lines[-1])
+        child["vmhwm_mb_child"] = child.pop("vmhwm_mb", None)
+        return {k: v for k, v in child.items() if k not in ("section", "total_seconds", "load_average", "jax")}
+    from ntkdyn.rl.context import on_devices, resolve
+    from ntkdyn.rl.rollout import UPDATE_BUCKET
+    from ntkdyn.rl.step import opt_init, rl_update, stage_optimizer
+
+    if not os.path.isdir(path):
+        raise SystemExit(f"section ops needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
+    ctx = on_devices(resolve(_profile_config(path, 2)))
+    recs, batch = _profile_run(ctx, UPDATE_BUCKET, 2)
+    stage = ctx.stages[0]
+    tx = stage_optimizer(ctx.c, stage)
+    params = ctx.base_params
+    state = opt_init(params, tx=tx)
+    zeros = jnp.zeros(batch["completion"].shape, jnp.float32)
+
+    def args():  # rl_update donates the optimizer state: a fresh copy per call
+        return jax.block_until_ready((params, jax.tree.map(jnp.copy, state), batch, zeros, jnp.asarray(True), None))
+
+    update = jax.jit(functools.partial(rl_update, tx=tx, ls=ctx.loss_spec, group=stage.group, **ctx.gd))
+    compiled = update.lower(*args()).compile()
+    table = hlo_table(compiled.as_text())
+    warm = []
+    for _ in range(3):
+        a = args()
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*a))
+        warm.append(time.perf_counter() - t)
+    a = args()
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        with jax.profiler.trace(d, create_perfetto_trace=True):
+            jax.block_until_ready(compiled(*a))
+        wall = time.perf_counter() - t
+        prof = op_profile(trace_events(d), table, wall)
+    rates = matmul_rates(((1344, 576, 1536), (992, 1536, 576), (512, 576, 49152)))
+    peak = peak_rate(rates)
+    return {"machine": machine(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "threads": "1 core, 1 XLA thread",
+            "batch": list(batch["completion"].shape), "Tp": int(batch["prompt_ids"].shape[1]),
+            "update_warm_s": [round(x, 3) for x in warm], "matmul_rates_1core": rates, "peak_gflops_1core": peak,
+            "matmul_s_at_peak": round(prof["matmul_gflop"] / peak, 3), **prof}
+
+
+def ops_table(res) -> str:
+    """A markdown table of section_ops' result."""
+    lines = [f"CPU {res['machine']['cpu']}, one core and one XLA thread; update over {res['batch'][0]} completions "
+             f"x {res['batch'][1]} tokens (prompts Tp {res['Tp']} once per group); traced execution {res['wall_s']} s "
+             f"(warm untraced {res['update_warm_s']}), ops {res['ops_s']} s: matmuls {res['matmul_s']} s for "
+             f"{res['matmul_gflop']} GFLOP ({res['matmul_gflops']} GFLOP/s; best single-core float32 matmul here "
+             f"{res['peak_gflops_1core']} GFLOP/s, so {res['matmul_s_at_peak']} s at that rate), everything else "
+             f"{res['other_s']} s", "",
+             "| XLA op | output | source (jax op) | seconds | share | events | GFLOP | GFLOP/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for o in res["top"]:
+        lines.append(f"| {o['kind']} | {o['shape']} | {o['source']} | {o['seconds']:.3f} | {o['share']:.3f} | "
+                     f"{o['events']} | {o.get('gflop', '')} | {o.get('gflops', '')} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- XLA CPU settings
 
 # candidate XLA_FLAGS for the CPU's float32 dots (jaxlib 0.10: dots go to YNNPACK by default; the others are what its
@@ -720,7 +899,7 @@ def run_section(name):
         out = {"section": name, **section_scaling()}
         out.update(total_seconds=round(time.perf_counter() - t0, 1), load_average=os.getloadavg(), jax=jax.__version__)
         return out
-    if name in ("rl", "memory", "profile", "xlaflags"):  # these load the model themselves (or need none)
+    if name in ("rl", "memory", "profile", "ops", "xlaflags"):  # these load the model themselves (or need none)
         root = os.environ.get("NTKDYN_CACHE", os.path.expanduser("~/.cache/ntkdyn"))
         out = {"section": name, **globals()[f"section_{name}"](os.path.join(root, "models", NAME))}
         out.update(vmhwm_mb=mem_mb()[0], total_seconds=round(time.perf_counter() - t0, 1),
@@ -748,6 +927,8 @@ def main(argv=None):
         print(json.dumps(res), flush=True)
         if args.only == "profile":
             print(profile_table(res), flush=True)
+        if args.only == "ops":
+            print(ops_table(res), flush=True)
         return
     for name in args.sections.split(","):
         res = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", name], capture_output=True,

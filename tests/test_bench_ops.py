@@ -1,0 +1,48 @@
+"""benchmarks/real_bench.py's op-by-op profile (section ops): the FLOPs it reads from a compiled module's HLO and
+the seconds it attributes to XLA ops from a jax.profiler trace, checked on small programs against closed forms."""
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import real_bench as RB  # noqa: E402
+
+
+def _dots(table):
+    return [ins for ins in table.values() if ins["opcode"] == "dot"]
+
+
+def test_hlo_table_counts_the_flops_of_every_dot():
+    m, k, n, b = 48, 40, 24, 3
+    x, w, v = jnp.ones((m, k)), jnp.ones((k, n)), jnp.ones((b, n, k))
+    f = jax.jit(lambda x, w, v: (jnp.tanh(x @ w) @ w.T, jnp.einsum("bnk,nk->bk", v, w.T)))
+    table = RB.hlo_table(f.lower(x, w, v).compile().as_text())
+    flops = sorted(ins["flops"] for ins in _dots(table))
+    # x @ w: 2mkn; (m, n) @ (n, k): 2mnk; the batched contraction over n: 2·b·k·n
+    assert flops == sorted([2.0 * m * k * n, 2.0 * m * n * k, 2.0 * b * k * n])
+    fused = [ins for ins in table.values() if ins["opcode"] == "fusion" and ins["flops"]]
+    for ins in fused:  # a fusion's FLOPs are those of the dots of the computation it calls
+        inner = [t for t in table.values() if t["comp"] == ins["calls"] and t["opcode"] == "dot"]
+        assert ins["flops"] == sum(t["flops"] for t in inner) > 0
+
+
+def test_op_profile_attributes_the_traced_seconds_to_the_instructions(tmp_path):
+    x = jnp.ones((256, 256))
+    f = jax.jit(lambda x: jnp.exp(x @ x) @ x)
+    compiled = f.lower(x).compile()
+    table = RB.hlo_table(compiled.as_text())
+    jax.block_until_ready(compiled(x))
+    with jax.profiler.trace(str(tmp_path), create_perfetto_trace=True):
+        jax.block_until_ready(compiled(x))
+    events = RB.trace_events(str(tmp_path))
+    prof = RB.op_profile(events, table, wall=1.0)
+    # both products ran and were counted once each: 2 · 2 · 256³ FLOPs
+    assert prof["matmul_gflop"] == pytest.approx(round(4 * 256 ** 3 / 1e9, 1))
+    assert prof["ops_s"] == pytest.approx(prof["matmul_s"] + prof["other_s"], abs=2e-3)
+    assert sum(r["events"] for r in prof["top"]) >= 2
+    assert all(r["seconds"] >= 0 and r["kind"] for r in prof["top"])
+    with pytest.raises(RuntimeError, match="no perfetto trace"):
+        RB.trace_events(str(tmp_path / "empty"))
