@@ -287,3 +287,19 @@ def test_random_init_round_trip(tmp_path):
     ids = rand_ids((2, 8)) % 50
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     np.testing.assert_allclose(torch_logits(hf, ids), np.asarray(lm.logits(ids)), atol=1e-5)
+
+
+def test_categorical_draws_equal_jax_random_categorical():
+    """The sampler's categorical / first_argmax (two plain reductions instead of argmax's variadic one) draw
+    exactly what jax.random.categorical / jnp.argmax give, on ordinary, masked (-inf), tied (+inf) and NaN logits."""
+    from ntkdyn.models.sampling import categorical, first_argmax
+
+    z = jax.random.normal(jax.random.key(0), (6, 97)) * 3.0
+    cases = [z, z.at[:, 10:].set(-jnp.inf), z.at[2, 5].set(jnp.nan).at[2, 9].set(jnp.nan),
+             jnp.full_like(z, -jnp.inf), z.at[4, 7].set(jnp.inf).at[4, 8].set(jnp.inf), jnp.zeros_like(z)]
+    keys = jax.random.split(jax.random.key(1), 64)
+    for zz in cases:
+        want = jax.vmap(lambda k: jax.random.categorical(k, zz, -1))(keys)
+        got = jax.jit(jax.vmap(lambda k: categorical(k, zz)))(keys)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        np.testing.assert_array_equal(np.asarray(jax.jit(first_argmax)(zz)), np.asarray(jnp.argmax(zz, -1)))
