@@ -314,12 +314,14 @@ def kernel_norms(R, G, vocab_size: int | None = None) -> dict:
 
 def kernel_alignment(K1, K2) -> jax.Array:
     """Uncentred kernel alignment  ⟨K1, K2⟩_F / (‖K1‖_F ‖K2‖_F)  over all entries (any equal shapes, e.g. the
-    (N, N) trace kernels tr_V R, tr_V G): 1 when K1 ∝ K2 with a positive factor; 0 when either is 0."""
+    (N, N) trace kernels tr_V R, tr_V G): 1 when K1 ∝ K2 with a positive factor; 0 when either is 0. Clipped to
+    [-1, 1] (Cauchy-Schwarz): float32 rounding of the inner product and the norms can otherwise give 1 + 1 ulp for
+    a kernel against itself."""
     a, b = jnp.ravel(jnp.asarray(K1)), jnp.ravel(jnp.asarray(K2))
     if a.shape != b.shape:
         raise ValueError(f"kernel_alignment: the kernels must have the same shape; got {jnp.shape(K1)} and "
                          f"{jnp.shape(K2)}")
-    return _safe_div(jnp.vdot(a, b), jnp.linalg.norm(a) * jnp.linalg.norm(b))
+    return jnp.clip(_safe_div(jnp.vdot(a, b), jnp.linalg.norm(a) * jnp.linalg.norm(b)), -1.0, 1.0)
 
 
 def kernel_change(K1, K0) -> jax.Array:
