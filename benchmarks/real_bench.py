@@ -94,6 +94,14 @@ def mem_mb():
     return round(out["VmHWM"]), round(out["VmRSS"])
 
 
+def run_child(argv, **kw):
+    """Run this script again with `argv` (capture_output, text; kw as subprocess.run's): (the last JSON line it
+    printed, parsed, or None when it printed none, and the CompletedProcess)."""
+    res = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True, **kw)
+    lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
+    return (json.loads(lines[-1]) if lines else None), res
+
+
 def load_model():
     root = os.environ.get("NTKDYN_CACHE", os.path.expanduser("~/.cache/ntkdyn"))
     path = os.path.join(root, "models", NAME)
@@ -690,12 +698,9 @@ def section_ops(path):
         cpu = sorted(os.sched_getaffinity(0))[0]
         env = {**os.environ, "NTKDYN_BENCH_OPS_CHILD": "1",
                "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + OPS_FLAGS).strip()}
-        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", "ops"], env=env,
-                             capture_output=True, text=True, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
-        lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
-        if res.returncode or not lines:
+        child, res = run_child(["--only", "ops"], env=env, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+        if res.returncode or child is None:
             raise RuntimeError(f"section ops' child failed ({res.returncode}): {res.stderr[-2000:]}")
-        child = json.loads(lines[-1])
         child["vmhwm_mb_child"] = child.pop("vmhwm_mb", None)
         return {k: v for k, v in child.items() if k not in ("section", "total_seconds", "load_average", "jax")}
     from ntkdyn.rl.context import on_devices, resolve
@@ -705,7 +710,7 @@ def section_ops(path):
     if not os.path.isdir(path):
         raise SystemExit(f"section ops needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
     ctx = on_devices(resolve(_profile_config(path, 2)))
-    recs, batch = _profile_run(ctx, UPDATE_BUCKET, 2)
+    _, batch = _profile_run(ctx, UPDATE_BUCKET, 2)
     stage = ctx.stages[0]
     tx = stage_optimizer(ctx.c, stage)
     params = ctx.base_params
@@ -793,13 +798,10 @@ def section_xlaflags(path=None):
     out = {"machine": machine(), "shapes": [list(x) for x in XLA_SHAPES], "candidates": {}}
     for name, flags in XLA_CANDIDATES.items():
         env = dict(os.environ, XLA_FLAGS=flags)
-        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--matmul-probe"], capture_output=True,
-                             text=True, env=env)
-        lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
-        if not lines:
+        r, res = run_child(["--matmul-probe"], env=env)
+        if r is None:
             out["candidates"][name] = {"flags": flags, "error": res.stderr[-500:]}
             continue
-        r = json.loads(lines[-1])
         secs = sum(2.0 * m * k * n / (x["xla_gflops"] * 1e9) for (m, k, n), x in zip(XLA_SHAPES, r["rates"]))
         out["candidates"][name] = {"flags": flags, "xla_gflops": [x["xla_gflops"] for x in r["rates"]],
                                    "seconds_all_shapes": round(secs, 4), "max_rel_error": max(r["rel_errors"]),
@@ -931,10 +933,8 @@ def main(argv=None):
             print(ops_table(res), flush=True)
         return
     for name in args.sections.split(","):
-        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--only", name], capture_output=True,
-                             text=True)
-        lines = [x for x in res.stdout.splitlines() if x.startswith("{")]
-        print(lines[-1] if lines else json.dumps({"section": name, "error": res.stderr[-2000:]}), flush=True)
+        r, res = run_child(["--only", name])
+        print(json.dumps(r if r is not None else {"section": name, "error": res.stderr[-2000:]}), flush=True)
 
 
 if __name__ == "__main__":

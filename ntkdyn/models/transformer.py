@@ -109,7 +109,7 @@ class Dense(nnx.Module):
         w = self.kernel[...]
         # as one (rows, in) @ (in, out) product: on 3-d x, XLA:CPU's backward pass wrote the SwiGLU's gradient
         # transposed from inside its elementwise fusion, ~7x slower than such fusions in row order
-        # (benchmarks/RESULTS.md, issue 28); the same values
+        # (benchmarks/RESULTS.md, issue 28); the same values up to float rounding
         y = (narrow(x, w).reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
         y = y + self.bias[...] if self.bias is not None else y
         return y if taps is None else taps.dense(x, y)
