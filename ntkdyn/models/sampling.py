@@ -71,7 +71,8 @@ def sample(graphdef, cfg, params, prompt_ids, prompt_mask, key, *, max_new_token
     pos_prompt = jnp.maximum(jnp.cumsum(prompt_mask, 1) - 1, 0).astype(jnp.int32)
     h_last, caches = prefill(graphdef, cfg, params, prompt_ids, pos_prompt, valid, Tp + max_new_tokens,
                              group=shared_prompts)
-    z0 = head_logits(cfg, params["head"], h_last)
+    w_t = params["head"]["W"].T  # once, outside the loop (transformer.apply_head)
+    z0 = head_logits(cfg, params["head"], h_last, w_t)
     next_pos = pos_prompt[:, -1] + 1
 
     def step(carry, i):
@@ -87,7 +88,7 @@ def sample(graphdef, cfg, params, prompt_ids, prompt_mask, key, *, max_new_token
         done = done | jnp.isin(tok, stop_S)
         h, caches = features(graphdef, cfg, params, tok_out[:, None], positions=pos[:, None], key_valid=valid,
                              caches=caches, start=Tp + i)
-        znew = head_logits(cfg, params["head"], h[:, 0])
+        znew = head_logits(cfg, params["head"], h[:, 0], w_t)
         return (caches, znew, pos + 1, done, key), (tok_out, jnp.where(live, lp, 0.0), jnp.where(live, lpm, 0.0),
                                                     live.astype(jnp.int32))
 

@@ -180,8 +180,10 @@ class Attention(nnx.Module):
 
     def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0, taps=None):
         """x (B,T,d); positions (B,T); q_slot (T,) absolute key slots of the queries; key_valid (B,S).
-        cache: (k, v) buffers (B,S,KV,hd) written at `start`, or None (keys are x's own tokens, S = T).
-        taps: a Taps view for this module (see Taps), or None."""
+        cache: (k, v) buffers, k (B,KV,hd,S) and v (B,KV,S,hd), written at `start`, or None (keys are x's own
+        tokens, S = T). The cached products read their operands in the order XLA:CPU's matmuls take without a
+        copy (a cache stored (B,S,KV,hd) was copied transposed after every write: issue 28); the same values
+        up to float rounding. taps: a Taps view for this module (see Taps), or None."""
         cfg = self.cfg
         B, T, _ = x.shape
         hd, H, KV = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
@@ -192,14 +194,18 @@ class Attention(nnx.Module):
         q = rope(q, positions, cfg.rotary_dim, self.theta)
         k = rope(k, positions, cfg.rotary_dim, self.theta)
         v = self.v(x, _scope(taps, "v")).reshape(B, T, KV, hd)
-        if cache is not None:
-            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, start, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, start, 0, 0))
-            cache = (k, v)
-        S = k.shape[1]
         qg = q.reshape(B, T, KV, H // KV, hd)
+        if cache is None:
+            scores = jnp.einsum("btkgd,bskd->bkgts", qg, k)
+        else:
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype).transpose(0, 2, 3, 1),
+                                             (0, 0, 0, start))
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype).transpose(0, 2, 1, 3),
+                                             (0, 0, start, 0))
+            cache = (k, v)
+            scores = jnp.einsum("bkgtd,bkds->bkgts", qg.transpose(0, 2, 3, 1, 4), k)
+        S = scores.shape[-1]
         scale = cfg.query_pre_attn_scalar or hd
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k)
         scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32))  # softmax in at least float32
         scores = scores / jnp.sqrt(jnp.asarray(scale, scores.dtype))
         if cfg.attn_logit_softcapping is not None:
@@ -211,7 +217,11 @@ class Attention(nnx.Module):
         visible = visible[None] & key_valid[:, None, :]  # (B,T,S)
         scores = jnp.where(visible[:, None, None], scores, jnp.finfo(scores.dtype).min)
         p = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", p, v).reshape(B, T, H * hd)
+        if cache is None:
+            out = jnp.einsum("bkgts,bskd->btkgd", p, v)
+        else:
+            out = jnp.einsum("bkgts,bksd->bkgtd", p, v).transpose(0, 3, 1, 2, 4)
+        out = out.reshape(B, T, H * hd)
         return self.o(out, _scope(taps, "o")), cache
 
 
@@ -284,7 +294,7 @@ class Backbone(nnx.Module):
         if q_slot is None:
             q_slot = start + jnp.arange(T, dtype=jnp.int32)
         if key_valid is None:
-            S = T if caches is None else caches[0][0].shape[1]
+            S = T if caches is None else caches[0][1].shape[2]
             key_valid = jnp.ones((B, S), bool)
         if self.pos is not None:
             x = x + jnp.take(self.pos.embedding[...], positions, axis=0)
@@ -330,14 +340,18 @@ def abstract_params(cfg: ModelConfig):
     return jax.eval_shape(lambda: init_params(cfg, 0)[1])
 
 
-def apply_head(head, h):
+def apply_head(head, h, w_t=None):
     """z = W h + b (spec notation; W is (V, d)). With a 16-bit W (cast_params) h enters in W's type and z comes
-    out in float32."""
+    out in float32. w_t: W.T (d, V), taken by a caller that applies the head at every step of a loop once,
+    outside it (the sampler): inside the loop XLA folds the transpose into the product, and XLA:CPU's matmul
+    read the weight in that form about half as fast at decode batch sizes (issue 28); the same values up to
+    float rounding."""
     W = head["W"]
+    w_t = W.T if w_t is None else w_t
     if jnp.dtype(W.dtype).itemsize == 2:
-        z = jnp.matmul(narrow(h, W), W.T, preferred_element_type=jnp.float32)
+        z = jnp.matmul(narrow(h, W), w_t, preferred_element_type=jnp.float32)
     else:
-        z = h @ W.T
+        z = h @ w_t
     return z + head["b"] if "b" in head else z
 
 
@@ -362,10 +376,11 @@ def softcap(x, c):
     return c * jnp.tanh(x / c)
 
 
-def head_logits(cfg: ModelConfig, head, h):
+def head_logits(cfg: ModelConfig, head, h, w_t=None):
     """The model's logits: z = W h + b, soft-capped to c·tanh(z / c) when cfg.final_logit_softcapping = c. With
-    the capping the head is not linear in W, so the R/G split of spec §1 does not apply to such a model."""
-    z = apply_head(head, h)
+    the capping the head is not linear in W, so the R/G split of spec §1 does not apply to such a model. w_t:
+    see apply_head."""
+    z = apply_head(head, h, w_t)
     return z if cfg.final_logit_softcapping is None else softcap(z, cfg.final_logit_softcapping)
 
 
@@ -388,9 +403,10 @@ def features(graphdef, cfg: ModelConfig, params, ids, **kw):
 
 def prefill(graphdef, cfg: ModelConfig, params, prompt_ids, positions, key_valid, length: int, dtype=jnp.float32,
             group: int = 1):
-    """Run left-padded prompts (B, Tp) into a fresh KV cache of `length` slots (per layer a (k, v) pair of
-    (B, length, n_kv_heads, head_dim)); key_valid (B, length) masks the padding. Returns (h at the last prompt
-    token (B, d), caches); the continuation runs on the caches from slot Tp.
+    """Run left-padded prompts (B, Tp) into a fresh KV cache of `length` slots (per layer k (B, n_kv_heads,
+    head_dim, length) and v (B, n_kv_heads, length, head_dim): Attention); key_valid (B, length) masks the
+    padding. Returns (h at the last prompt token (B, d), caches); the continuation runs on the caches from slot
+    Tp.
 
     group = G > 1: rows come in consecutive groups of G with the same prompt (an RL batch of P prompts × G
     samples; the caller guarantees it). Each prompt then runs once and its features and cache are repeated G
@@ -401,7 +417,8 @@ def prefill(graphdef, cfg: ModelConfig, params, prompt_ids, positions, key_valid
     if G < 1 or B % G:
         raise ValueError(f"group must be >= 1 and divide the batch ({B} rows); got {G}")
     rows = B // G
-    caches = [(jnp.zeros((rows, length, cfg.n_kv_heads, cfg.head_dim), dtype),) * 2 for _ in range(cfg.n_layers)]
+    caches = [(jnp.zeros((rows, cfg.n_kv_heads, cfg.head_dim, length), dtype),
+               jnp.zeros((rows, cfg.n_kv_heads, length, cfg.head_dim), dtype)) for _ in range(cfg.n_layers)]
     h, caches = features(graphdef, cfg, params, prompt_ids[::G], positions=positions[::G, :Tp],
                          key_valid=key_valid[::G], caches=caches, start=0)
     h = h[:, -1]
