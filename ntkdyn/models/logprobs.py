@@ -64,8 +64,8 @@ def head_stats(cfg: ModelConfig, head, h, targets, *, temperature: float = 1.0, 
       "entropy"     −Σ_k π_k log π_k  (terms with π_k = 0 count 0)
       "max_prob"    max_k π_k
 
-    each of the shape of `targets`, float32. chunk: the head runs over `chunk` tokens of the flattened leading
-    axes at a time, each chunk rematerialised in a reverse pass (module docstring); chunk = 0 or >= the number of
+    each of the shape of `targets`, float32. chunk: the head runs over at most `chunk` tokens of the flattened
+    leading axes at a time (the fewest chunks, all of one size), each chunk rematerialised in a reverse pass (module docstring); chunk = 0 or >= the number of
     tokens is one pass over the full (n, V) logits. Pure in head and h (jax.grad flows through both)."""
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
         raise ValueError(f"chunk must be an integer >= 0 (tokens per head chunk; 0: all at once); got {chunk!r}")
@@ -80,6 +80,7 @@ def head_stats(cfg: ModelConfig, head, h, targets, *, temperature: float = 1.0, 
         out = stats((hf, tf))
     else:
         k = -(-n // chunk)
+        chunk = -(-n // k)  # k chunks of equal size, the fewest padding rows (n a multiple of chunk: unchanged)
         pad = k * chunk - n  # zero features and target 0 on the padding rows: finite, then cut off
         xs = (jnp.pad(hf, ((0, pad), (0, 0))).reshape(k, chunk, d), jnp.pad(tf, (0, pad)).reshape(k, chunk))
         out = {key: v.reshape(-1)[:n] for key, v in jax.lax.map(jax.checkpoint(stats), xs).items()}

@@ -178,12 +178,16 @@ class Attention(nnx.Module):
         self.cfg = cfg
         self.window, self.theta = cfg.layer_window(layer), cfg.layer_rope_theta(layer)
 
-    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0, taps=None):
+    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0, taps=None, segments=None):
         """x (B,T,d); positions (B,T); q_slot (T,) absolute key slots of the queries; key_valid (B,S).
         cache: (k, v) buffers, k (B,KV,hd,S) and v (B,KV,S,hd), written at `start`, or None (keys are x's own
         tokens, S = T). The cached products read their operands in the order XLA:CPU's matmuls take without a
         copy (a cache stored (B,S,KV,hd) was copied transposed after every write: issue 28); the same values
-        up to float rounding. taps: a Taps view for this module (see Taps), or None."""
+        up to float rounding. taps: a Taps view for this module (see Taps), or None.
+        segments: None, or (q_seg (B,T), k_seg (B,S), k_pos (B,S)) for rows that pack several sequences (the
+        packed update, rl/packing.py): a key is then visible when it is valid, of the query's segment, at a
+        position <= the query's (k_pos against `positions`) and, in a sliding layer, less than `sliding_window`
+        positions back; slots no longer order the keys."""
         cfg = self.cfg
         B, T, _ = x.shape
         hd, H, KV = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
@@ -210,11 +214,18 @@ class Attention(nnx.Module):
         scores = scores / jnp.sqrt(jnp.asarray(scale, scores.dtype))
         if cfg.attn_logit_softcapping is not None:
             scores = softcap(scores, cfg.attn_logit_softcapping)
-        k_slot = jnp.arange(S)[None, :]
-        visible = k_slot <= q_slot[:, None]  # (T,S)
-        if self.window is not None:
-            visible = visible & (k_slot > q_slot[:, None] - self.window)
-        visible = visible[None] & key_valid[:, None, :]  # (B,T,S)
+        if segments is None:
+            k_slot = jnp.arange(S)[None, :]
+            visible = k_slot <= q_slot[:, None]  # (T,S)
+            if self.window is not None:
+                visible = visible & (k_slot > q_slot[:, None] - self.window)
+            visible = visible[None] & key_valid[:, None, :]  # (B,T,S)
+        else:
+            q_seg, k_seg, k_pos = segments
+            qp, kp = positions[:, :, None], k_pos[:, None, :]
+            visible = (k_seg[:, None, :] == q_seg[:, :, None]) & (kp <= qp) & key_valid[:, None, :]  # (B,T,S)
+            if self.window is not None:
+                visible = visible & (kp > qp - self.window)
         scores = jnp.where(visible[:, None, None], scores, jnp.finfo(scores.dtype).min)
         p = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         if cache is None:
@@ -254,8 +265,8 @@ class Block(nnx.Module):
         self.post_mlp = _norm(cfg, cfg.d_model) if gemma else None
         self.parallel = cfg.parallel_residual
 
-    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0, taps=None):
-        a, cache = self.attn(self.ln1(x), positions, q_slot, key_valid, cache, start, _scope(taps, "attn"))
+    def __call__(self, x, positions, q_slot, key_valid, cache=None, start=0, taps=None, segments=None):
+        a, cache = self.attn(self.ln1(x), positions, q_slot, key_valid, cache, start, _scope(taps, "attn"), segments)
         if self.parallel:  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
             return x + a + self.mlp(self.ln2(x), _scope(taps, "mlp")), cache
         x = x + (a if self.post_attn is None else self.post_attn(a))
@@ -276,15 +287,16 @@ class Backbone(nnx.Module):
         self.ln_f = _norm(cfg, cfg.d_model)
 
     def __call__(self, ids, head_table=None, positions=None, q_slot=None, key_valid=None, caches=None, start=0,
-                 taps=None, remat=False):
+                 taps=None, remat=False, segments=None):
         """ids (B,T). head_table: W, the input table of a tied model. positions default to 0..T-1, q_slot to
-        start..start+T-1, key_valid to all-true. caches: list of per-layer (k, v) or None. taps: a Taps (zero
+        start..start+T-1, key_valid to all-true. caches: list of per-layer (k, v) or None. segments: packed rows'
+        visibility (Attention), the same for every layer, or None. taps: a Taps (zero
         taps and a record of layer inputs, for structured derivatives) or None. remat: rematerialise each layer
         (jax.checkpoint): a reverse pass keeps only the layers' inputs and recomputes their insides, trading about
         one more forward for the activation memory of all layers but one (not with caches or taps). Returns
         (h, caches)."""
-        if remat and (caches is not None or taps is not None):
-            raise ValueError("remat=True is for teacher-forced passes: it takes neither caches nor taps")
+        if remat and (caches is not None or taps is not None or segments is not None):
+            raise ValueError("remat=True is for teacher-forced passes: it takes neither caches, taps nor segments")
         B, T = ids.shape
         table = head_table if self.embed is None else self.embed.embedding[...]
         x = jnp.take(table, ids, axis=0)
@@ -308,7 +320,7 @@ class Backbone(nnx.Module):
                 x = _remat_layer(layer, x, positions, q_slot, key_valid, start)
                 continue
             x, c = layer(x, positions, q_slot, key_valid, None if caches is None else caches[i], start,
-                         _scope(taps, "layers", i))
+                         _scope(taps, "layers", i), segments)
             new.append(c)
         return self.ln_f(x), (new if caches is not None else None)
 
@@ -395,7 +407,7 @@ def require_linear_head(cfg: ModelConfig, what: str) -> None:
 
 def features(graphdef, cfg: ModelConfig, params, ids, **kw):
     """h(c) for every position of ids: the output of the final norm. Pure in params. Keywords go to
-    Backbone.__call__ (positions, q_slot, key_valid, caches, start, taps)."""
+    Backbone.__call__ (positions, q_slot, key_valid, caches, start, taps, remat, segments)."""
     backbone = nnx.merge(graphdef, params["backbone"])
     table = params["head"]["W"] if cfg.tie_word_embeddings else None
     return backbone(ids, table, **kw)

@@ -7,7 +7,8 @@
 Modules, following the data: `config` (RLConfig, its validation and errors), `recipes` (the stage plans),
 `objectives` (the pure pieces: advantages, teacher-forced log-probs, clipped policy-gradient loss, KL estimators),
 `step` (the jit-compiled updates and their static specs), `context` (a run resolved and checked before any work),
-`rollout` (prompts, rollouts, rewards: one step on the host), `evaluate` (held-out evaluation, probes),
+`rollout` (prompts, rollouts, rewards: one step on the host), `packing` (the plan of the packed update,
+RLConfig.pack), `evaluate` (held-out evaluation, probes),
 `trackers/` (the dz share, claim 6, the eNTK drift), `lanes` (several seeds as one program), `checkpoint` and
 `rundir` (the run directory's files), `trainer` (the loop), `cli` (`ntkdyn rl`).
 """

@@ -99,6 +99,10 @@ class RLConfig:
                                 "the other, their gradients summed into the one step (TRL's "
                                 "gradient_accumulation_steps): the activations of 1/k of the batch alive at once; "
                                 "the same step up to float rounding; must divide prompts_per_step")
+    pack: bool = option(False, "the update's completions packed end to end into fewer rows (rl/packing.py), so "
+                        "its forward and backward passes skip the padding after each EOS: the same step up to float "
+                        "rounding, faster when completion lengths vary; each distinct packed row count compiles once "
+                        "(not with remat or micro_batches > 1)")
     dtype: str = option("float32", "compute dtype of the update's forward and backward passes (and of the KL "
                         "term's reference log-probs): bfloat16 casts the params for them (matmul operands in "
                         "bfloat16; master weights, gradients, optimizer state, norms, softmax and logits stay "
@@ -221,9 +225,12 @@ def _validate(c: RLConfig):
                                                "(use advantage='reinforce' for single samples)")
     if c.chat_template is not None and not isinstance(c.chat_template, bool):
         raise _bad("chat_template", c.chat_template, "None (auto: when the tokenizer has one), True or False")
-    for key in ("resume", "overwrite", "score_truncated", "claim6", "remat"):
+    for key in ("resume", "overwrite", "score_truncated", "claim6", "remat", "pack"):
         if not isinstance(getattr(c, key), bool):
             raise _bad(key, getattr(c, key), "True or False")
+    if c.pack and (c.remat or c.micro_batches > 1):
+        raise _bad("pack", c.pack, "False with remat=True or micro_batches > 1 (the packed update runs whole "
+                                   "batches through the prompts' cache, which neither takes); set one of them")
     if c.mesh is not None:
         try:
             parse_mesh(c.mesh, "RLConfig.mesh")

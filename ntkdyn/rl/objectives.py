@@ -74,7 +74,7 @@ def advantages(rewards_PxG, kind: str = "grpo", *, baseline=None, decay: float =
 
 def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, *, temperature: float = 1.0,
                     with_model_stats: bool = True, remat: bool = False, shared_prompts: int = 1,
-                    chunk: int = DEFAULT_CHUNK):
+                    chunk: int = DEFAULT_CHUNK, packing=None):
     """Teacher forcing over χ = [x; y] in one forward pass.
 
     prompt_ids (B, Tp) LEFT-padded with prompt_mask (1 on real tokens); completion (B, N). Positions count real
@@ -90,9 +90,20 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
     tokens' forward and backward. The caller guarantees the grouping; the result equals the plain pass up to
     float rounding (tested). Not with remat (the shared pass goes through the KV cache). chunk: completion
     tokens per head chunk (logprobs.head_stats: the (B·N, V) logits never exist at once; 0: all at once).
+    packing: None, or the arrays of a rl/packing.plan of this batch's mask (a packing.Packing of jax arrays):
+    the completions' inputs then run packed end to end into its R rows (`_packed_stats`; with the prompts shared
+    by groups of `shared_prompts` rows), which skips the padding after each EOS; the statistics come back in the
+    (B, N) layout, equal to the padded pass's up to float rounding on the mask's tokens (elsewhere finite values
+    of no meaning). Not with remat.
     """
     B, Tp = prompt_ids.shape
     N = completion.shape[1]
+    if packing is not None:
+        if remat:
+            raise ValueError("completion_logp: packing runs through the prompts' cache, which remat does not take")
+        return _packed_stats(graphdef, cfg, params, prompt_ids, prompt_mask, completion, packing,
+                             max(int(shared_prompts), 1), temperature=temperature,
+                             with_model_stats=with_model_stats, chunk=chunk)
     ids = jnp.concatenate([prompt_ids, completion], axis=1)[:, :-1]  # the last token predicts nothing
     valid = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((B, N - 1), bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)
@@ -118,6 +129,45 @@ def _shared_prompt_features(graphdef, cfg, params, prompt_ids, completion, posit
     hc = features(graphdef, cfg, params, completion[:, :-1], positions=positions[:, Tp:], key_valid=valid,
                   caches=caches, start=Tp)[0]
     return jnp.concatenate([first, hc], axis=1)
+
+
+def _packed_stats(graphdef, cfg, params, prompt_ids, prompt_mask, completion, pk, G, **head_kw):
+    """completion_logp over packed completions (rl/packing.py). The P = B / G prompts run once into a cache of
+    Tp slots (transformer.prefill); packed row r's keys are its K segments' prompts (K·Tp slots, gathered) and
+    then its own W tokens, each token seeing only its segment's prompt and its segment's earlier tokens
+    (Attention's `segments`, by position). The head runs once over [the B first tokens' features (the prompt's
+    last token); the R·W packed features] and `unpack` returns every statistic to (B, N)."""
+    B, Tp = prompt_ids.shape
+    N = completion.shape[1]
+    R, K = pk.rows.shape
+    W = pk.src.shape[1]
+    valid = prompt_mask.astype(bool)
+    ppos = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0).astype(jnp.int32)  # the prompts' token positions
+    dtype = jnp.promote_types(params["head"]["W"].dtype, jnp.float32)
+    first, caches = prefill(graphdef, cfg, params, prompt_ids[::G], ppos[::G], valid[::G], Tp, dtype)
+    used = pk.rows >= 0
+    p_of = jnp.where(used, pk.rows, 0) // G  # (R, K): the prompt of each segment slot
+    # the keys' segments and positions: K prompts of Tp slots (−2 on unused slots and prompt padding), then W
+    k_seg = jnp.concatenate([jnp.where(used[:, :, None] & valid[::G][p_of], jnp.arange(K)[None, :, None], -2)
+                             .reshape(R, K * Tp), pk.seg], axis=1)
+    flat = completion.reshape(-1)
+    b_tok, j_tok = pk.src // N, pk.src % N
+    pos = jnp.sum(valid, axis=1).astype(jnp.int32)[b_tok] + j_tok  # y_j of row b sits at n_prompt(b) + j
+    k_pos = jnp.concatenate([ppos[::G][p_of].reshape(R, K * Tp), pos], axis=1)
+
+    def packed_cache(k, v):  # k (P, KV, hd, Tp), v (P, KV, Tp, hd) -> the R rows' K prompts and W free slots
+        kk = jnp.moveaxis(k[p_of], 1, 3).reshape(R, *k.shape[1:3], K * Tp)
+        vv = jnp.moveaxis(v[p_of], 1, 2).reshape(R, v.shape[1], K * Tp, v.shape[3])
+        return (jnp.concatenate([kk, jnp.zeros((*kk.shape[:3], W), kk.dtype)], axis=3),
+                jnp.concatenate([vv, jnp.zeros((vv.shape[0], vv.shape[1], W, vv.shape[3]), vv.dtype)], axis=2))
+
+    hp = features(graphdef, cfg, params, flat[pk.src], positions=pos, caches=[packed_cache(*c) for c in caches],
+                  start=K * Tp, segments=(pk.seg, k_seg, k_pos))[0]
+    d = hp.shape[-1]
+    h = jnp.concatenate([jnp.repeat(first, G, axis=0), hp.reshape(R * W, d)], axis=0)[None]
+    targets = jnp.concatenate([completion[:, 0], flat[jnp.minimum(pk.src + 1, B * N - 1)].reshape(-1)])[None]
+    st = head_stats(cfg, params["head"], h, targets, **head_kw)
+    return {key: v[0][pk.unpack] for key, v in st.items()}
 
 
 # ----------------------------------------------------------------------------- loss pieces

@@ -22,7 +22,7 @@ from ..models.sampling import sample
 from ..examples import make_examples
 from ..models.tokenizer import encode_prompt, pad_id_of
 from ..tasks.rewards import RewardError
-from . import checkpoint
+from . import checkpoint, packing
 from .config import TrainingError
 from .context import reference_answer
 from .step import group_advantages, ref_logp, step_key
@@ -172,6 +172,18 @@ def update_length(mask, max_new_tokens: int, bucket: int = UPDATE_BUCKET) -> int
     return int(min(max_new_tokens, max(bucket, -(-longest // bucket) * bucket)))
 
 
+def _packing(ctx, lanes, mask):
+    """The update's packing.Packing of the rollout mask (every lane: one row count), placed like the batch; None
+    when packing saves no rows (or the update has fewer than 2 tokens), and the padded update runs."""
+    m = np.asarray(mask) if lanes.n > 1 else np.asarray(mask)[None]
+    if m.shape[-1] < 2:
+        return None
+    pk = packing.plan_lanes(m, rows_multiple=packing.rows_multiple(m.shape[1], ctx.sh.size))
+    if pk.rows.shape[1] >= m.shape[1]:
+        return None
+    return packing.Packing(*(ctx.sh.batch(a if lanes.n > 1 else a[0], lanes=lanes.n > 1) for a in pk))
+
+
 class _Phases:
     """Wall-clock seconds of the phases of rl_step into `out` (a dict, summed per phase), each phase's device
     work finished (block_until_ready) before its clock stops; None: no timing and no extra synchronisation."""
@@ -194,7 +206,8 @@ class _Phases:
 def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, baselines, phases: dict | None = None):
     """One RL step of every lane: rollouts of P prompts × G samples, rewards r, advantages A, `num_iterations`
     updates (the first on-policy, later ones PPO-clipped against it) over the completions cut to
-    `update_length` (the padding columns no completion reaches dropped). Returns (params, opt_state, baselines,
+    `update_length` (the padding columns no completion reaches dropped) and, with RLConfig.pack, packed into
+    fewer rows (rl/packing.py; the KL term's reference log-probs too). Returns (params, opt_state, baselines,
     [metrics per lane], (params after the first iteration, the rollout batch)): the last two for the trackers.
     phases: a dict that receives the seconds of "prompts", "sample", "transfer", "reward", "ref_logp", "update"
     and "metrics" (benchmarks/real_bench.py --only profile); None (the trainer) times nothing."""
@@ -212,7 +225,8 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
     n_up = update_length(mask, int(c.max_new_tokens), UPDATE_BUCKET)
     lanes_axis = lanes.n > 1
     completion, cmask = (ctx.sh.batch(a[..., :n_up], lanes=lanes_axis) for a in (tokens, mask))
-    clock.done("transfer", completion, cmask)
+    pk = _packing(ctx, lanes, mask[..., :n_up]) if c.pack else None
+    clock.done("transfer", completion, cmask, pk)
     where = f"step {step} ({stage.name} step {stage_step})"
     scored, advs, new_baselines = [], [], []
     for i, x in enumerate(ctxs):
@@ -224,14 +238,14 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
         new_baselines.append(np.float32(b))
     batch = {"prompt_ids": ids, "prompt_mask": pmask, "completion": completion, "mask": cmask,
              "adv": ctx.sh.batch(np.stack([np.asarray(a) for a in advs]) if lanes_axis else np.asarray(advs[0]),
-                                 lanes=lanes_axis)}
+                                 lanes=lanes_axis), **({} if pk is None else {"packing": pk})}
     clock.done("reward", batch["adv"])
     logp_ref = None
     if c.beta > 0:  # π_ref: the starting model, the same for every lane
         kw = dict(temperature=float(c.temperature), chunk=ctx.loss_spec.logit_chunk, shared_prompts=G,
                   compute_dtype=ctx.loss_spec.compute_dtype, **ctx.gd)
-        logp_ref = lanes.map(ref_logp, kw, in_axes=(None, 0, 0, 0))(
-            ctx.base_params, ids, pmask, completion)
+        logp_ref = lanes.map(ref_logp, kw, in_axes=(None, 0, 0, 0, 0))(
+            ctx.base_params, ids, pmask, completion, pk)
         clock.done("ref_logp", logp_ref)
     logp_old, ms = ctx.sh.batch(np.zeros(completion.shape, np.float32), lanes=lanes_axis), []
     for it in range(c.num_iterations):  # iteration 0 is on-policy; later ones reuse the batch (PPO ratio)

@@ -108,7 +108,9 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     other (lax.scan), each micro-batch's loss taking the whole batch's denominators (objectives.aggregate's norm),
     so their gradients sum to the whole batch's: the same step up to float rounding, with the activations of
     B / M rows alive at once instead of B (the gradients accumulate in the loop's carry: XLA's accounting on
-    SmolLM2 shows no second gradient-sized buffer)."""
+    SmolLM2 shows no second gradient-sized buffer).
+    batch["packing"] (optional; RLConfig.pack): a rl/packing.plan of the batch's mask; the loss's passes then
+    run over the packed completions (objectives.completion_logp): the same step up to float rounding."""
     keys = trainable_keys(group)
     pg = partial(O.pg_loss, clip_eps=ls.clip_eps, loss_agg=ls.loss_agg, beta=ls.beta, kl_estimator=ls.kl_estimator)
 
@@ -116,7 +118,7 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
         p = cast_params({**frozen_p, **train_p}, ls.compute_dtype)  # float32: p itself
         st = O.completion_logp(graphdef, cfg, p, rows["prompt_ids"], rows["prompt_mask"], rows["completion"],
                                temperature=ls.temperature, remat=ls.remat, shared_prompts=ls.shared_prompts,
-                               chunk=ls.logit_chunk)
+                               chunk=ls.logit_chunk, packing=rows.get("packing"))
         old = jnp.where(on_policy, jax.lax.stop_gradient(st["logp"]), rows["logp_old"])
         loss, aux = pg(st["logp"], old, rows["adv"], rows["mask"], logp_ref=rows.get("logp_ref"), norm=norm)
         return loss, (aux, st)
@@ -162,14 +164,16 @@ def lp_update(params, opt_state, ids, mask, *, graphdef, cfg, tx):
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "temperature", "chunk", "shared_prompts", "compute_dtype"))
-def ref_logp(params, ids, pmask, completion, *, graphdef, cfg, temperature, chunk=DEFAULT_CHUNK, shared_prompts=1,
-             compute_dtype="float32"):
+def ref_logp(params, ids, pmask, completion, packing=None, *, graphdef, cfg, temperature, chunk=DEFAULT_CHUNK,
+             shared_prompts=1, compute_dtype="float32"):
     """log π_ref of the completion tokens (π_ref: the starting model) at the rollout temperature (the head in
-    chunks of `chunk` tokens; rows in consecutive groups of `shared_prompts` share a prompt, which runs once:
-    objectives.completion_logp), computed in the update's compute dtype (transformer.cast_params)."""
+    chunks of `chunk` tokens; rows in consecutive groups of `shared_prompts` share a prompt, which runs once;
+    packing: the batch's rl/packing plan or None: objectives.completion_logp), computed in the update's compute
+    dtype (transformer.cast_params)."""
     params = cast_params(params, compute_dtype)
     return O.completion_logp(graphdef, cfg, params, ids, pmask, completion, temperature=temperature,
-                             with_model_stats=False, chunk=chunk, shared_prompts=shared_prompts)["logp"]
+                             with_model_stats=False, chunk=chunk, shared_prompts=shared_prompts,
+                             packing=packing)["logp"]
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "chunk", "shared_prompts"))
