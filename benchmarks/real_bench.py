@@ -15,7 +15,8 @@ peak resident memory (VmHWM) is its own):
            (the same objective's value_and_grad + Adam update, jitted) on the same batch. Target <= 5.
   rl       (d) RL steps/s and generated tokens/s of `ntkdyn.rl.train` against TRL `GRPOTrainer` (benchmarks/rl_bench.py,
            TRL in .benchvenv) on the same checkpoint directory: task "mul", 8 prompts x 4 samples, 32 new tokens, one
-           optimizer step per batch (RL_ARGS). Target >= 2x.
+           optimizer step per batch (RL_ARGS), ntkdyn's update over packed completions (RL_NTKDYN: RLConfig.pack;
+           TRL pads, as it does). Target >= 2x.
   memory   the peak resident memory of (d)'s RL steps, each in its own process: ntkdyn plain, with `--remat`
            (each layer rematerialised in the update's backward pass), with `--micro-batches 8` (the update in 8
            micro-batches) and with both, and TRL's GRPOTrainer; each peak's ratio to TRL's, and s/step.
@@ -82,6 +83,7 @@ SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "memory", "pr
 # (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
 RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
            "--warmup", "2", "--rounds", "2", "--lr", "1e-5", "--score-truncated"]
+RL_NTKDYN = ["--pack"]  # section rl: ntkdyn's settings beyond the shared ones (the fastest exact update)
 
 
 def mem_mb():
@@ -279,10 +281,10 @@ def section_rl(path):
 
     if not os.path.isdir(path):
         raise SystemExit(f"section rl needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
-    a = rl_bench.parser().parse_args(RL_ARGS + ["--model", path])
+    a = rl_bench.parser().parse_args(RL_ARGS + RL_NTKDYN + ["--model", path])
     m = rl_bench.measure(a)
     raw = m.pop("raw")
-    out = {"args": " ".join(RL_ARGS), **m, "ratio": round(m["ratio_steps"], 3),
+    out = {"args": " ".join(RL_ARGS + RL_NTKDYN), **m, "ratio": round(m["ratio_steps"], 3),
            "ntkdyn_step_s_per_round": [round(statistics.median(r["step_times"][a.warmup:]), 3) for r in raw["ntkdyn"]],
            "trl_step_s_per_round": [round(statistics.median(r["step_times"][a.warmup:]), 3) for r in raw["trl"]]}
     out.update(compute_bound(path))

@@ -166,7 +166,7 @@ def ntkdyn_worker(a) -> dict:
                    loss_agg="seq_mean_token_mean", beta=0.0, num_iterations=1, eval_every=0, eval_prompts=2,
                    eval_samples=2, probe_every=0, checkpoint_every=0, seed=a.seed, out=out,
                    score_truncated=a.score_truncated, remat=bool(getattr(a, "remat", False)),
-                   micro_batches=int(getattr(a, "micro_batches", 1)))
+                   micro_batches=int(getattr(a, "micro_batches", 1)), pack=bool(getattr(a, "pack", False)))
     t0 = time.perf_counter()
     train(cfg, progress=False)
     total = time.perf_counter() - t0
@@ -245,6 +245,8 @@ def parser():
                     help="ntkdyn's update rematerialises each layer (RLConfig.remat); TRL keeps its default")
     ap.add_argument("--micro-batches", type=int, default=1,
                     help="ntkdyn's update in this many micro-batches (RLConfig.micro_batches); TRL keeps its default")
+    ap.add_argument("--pack", action="store_true",
+                    help="ntkdyn's update over packed completions (RLConfig.pack); TRL keeps its padded batch")
     ap.add_argument("--record", action="store_true", help="write the `## rl_bench` section of benchmarks/RESULTS.md")
     return ap
 
