@@ -65,8 +65,9 @@ def head_stats(cfg: ModelConfig, head, h, targets, *, temperature: float = 1.0, 
       "max_prob"    max_k π_k
 
     each of the shape of `targets`, float32. chunk: the head runs over at most `chunk` tokens of the flattened
-    leading axes at a time (the fewest chunks, all of one size), each chunk rematerialised in a reverse pass (module docstring); chunk = 0 or >= the number of
-    tokens is one pass over the full (n, V) logits. Pure in head and h (jax.grad flows through both)."""
+    leading axes at a time (the fewest chunks, all of one size), each chunk rematerialised in a reverse pass
+    (module docstring); chunk = 0 or >= the number of tokens is one pass over the full (n, V) logits. Pure in head
+    and h (jax.grad flows through both)."""
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
         raise ValueError(f"chunk must be an integer >= 0 (tokens per head chunk; 0: all at once); got {chunk!r}")
     lead, d = targets.shape, h.shape[-1]
