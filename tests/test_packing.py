@@ -1,6 +1,8 @@
 """Packed completions (rl/packing.py, objectives.completion_logp(packing=...)): the plan against hand-made masks,
 the packed statistics and their gradients against the padded pass on every family (learned positions, RoPE with
-GQA, Gemma 3's sliding window), one RL update packed against padded, and the config's checks."""
+GQA, Gemma 3's sliding window), one RL update packed against padded, batched runs (two seeds as lanes, PPO
+iterations, the KL term) and a run on a 4-device mesh against the padded runs, the trainer's row rounding, and the
+config's checks."""
 from __future__ import annotations
 
 import jax
