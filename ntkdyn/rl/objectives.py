@@ -90,7 +90,7 @@ def completion_logp(graphdef, cfg, params, prompt_ids, prompt_mask, completion, 
     tokens' forward and backward. The caller guarantees the grouping; the result equals the plain pass up to
     float rounding (tested). Not with remat (the shared pass goes through the KV cache). chunk: completion
     tokens per head chunk (logprobs.head_stats: the (B·N, V) logits never exist at once; 0: all at once).
-    packing: None, or the arrays of a rl/packing.plan of this batch's mask (a packing.Packing of jax arrays):
+    packing: None, or the arrays of a rl/packing.pack of this batch's mask (a packing.Packing of jax arrays):
     the completions' inputs then run packed end to end into its R rows (`_packed_stats`; with the prompts shared
     by groups of `shared_prompts` rows), which skips the padding after each EOS; the statistics come back in the
     (B, N) layout, equal to the padded pass's up to float rounding on the mask's tokens (elsewhere finite values

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["MAX_SEGMENTS", "ROWS_MULTIPLE", "Packing", "needed_rows", "rows_multiple", "plan", "plan_lanes"]
+__all__ = ["MAX_SEGMENTS", "ROWS_MULTIPLE", "Packing", "needed_rows", "rows_multiple", "pack", "pack_lanes"]
 
 MAX_SEGMENTS = 4  # segments (hence prompts' keys) per packed row
 ROWS_MULTIPLE = 4  # the plan's default rounding of the packed rows (the trainer's: rows_multiple)
@@ -80,11 +80,15 @@ def needed_rows(mask, rows_multiple: int = ROWS_MULTIPLE, max_segments: int = MA
     """The packed rows R of a rollout mask (B, N): the first-fit-decreasing bins, rounded up to a multiple of
     rows_multiple (at least one multiple)."""
     mask = np.asarray(mask)
-    n = len(_bins(_segments(mask), mask.shape[-1] - 1, max_segments))
-    return max(1, -(-n // rows_multiple)) * rows_multiple
+    return _rounded(len(_bins(_segments(mask), mask.shape[-1] - 1, max_segments)), rows_multiple)
 
 
-def plan(mask, R: int | None = None, rows_multiple: int = ROWS_MULTIPLE,
+def _rounded(n: int, multiple: int) -> int:
+    """n rows rounded up to a multiple of `multiple`, at least one multiple."""
+    return max(1, -(-n // multiple)) * multiple
+
+
+def pack(mask, R: int | None = None, rows_multiple: int = ROWS_MULTIPLE,
          max_segments: int = MAX_SEGMENTS) -> Packing:
     """The packing of a rollout mask (B, N) (1 on the generated tokens, EOS included, left-aligned) into R rows of
     N − 1 slots (R: needed_rows by default; a larger R pads with empty rows, as lanes need a common R).
@@ -100,7 +104,7 @@ def plan(mask, R: int | None = None, rows_multiple: int = ROWS_MULTIPLE,
                          "completion up to and including its EOS); got a mask with gaps")
     W, K = N - 1, int(max_segments)
     bins = _bins(_segments(mask), W, K)
-    R = needed_rows(mask, rows_multiple, K) if R is None else int(R)
+    R = _rounded(len(bins), rows_multiple) if R is None else int(R)
     if R < len(bins):
         raise ValueError(f"packing into {R} rows: the completions need {len(bins)} rows of {W} slots")
     rows = np.full((R, K), -1, np.int32)
@@ -119,9 +123,9 @@ def plan(mask, R: int | None = None, rows_multiple: int = ROWS_MULTIPLE,
     return Packing(rows, src, seg, unpack)
 
 
-def plan_lanes(masks, rows_multiple: int = ROWS_MULTIPLE, max_segments: int = MAX_SEGMENTS) -> Packing:
+def pack_lanes(masks, rows_multiple: int = ROWS_MULTIPLE, max_segments: int = MAX_SEGMENTS) -> Packing:
     """The plans of several lanes' masks (n, B, N) with one R (the largest any lane needs), stacked on a lane
     axis."""
     R = max(needed_rows(m, rows_multiple, max_segments) for m in masks)
-    plans = [plan(m, R, rows_multiple, max_segments) for m in masks]
+    plans = [pack(m, R, rows_multiple, max_segments) for m in masks]
     return Packing(*(np.stack(a) for a in zip(*plans)))

@@ -178,7 +178,7 @@ def _packing(ctx, lanes, mask):
     m = np.asarray(mask) if lanes.n > 1 else np.asarray(mask)[None]
     if m.shape[-1] < 2:
         return None
-    pk = packing.plan_lanes(m, rows_multiple=packing.rows_multiple(m.shape[1], ctx.sh.size))
+    pk = packing.pack_lanes(m, rows_multiple=packing.rows_multiple(m.shape[1], ctx.sh.size))
     if pk.rows.shape[1] >= m.shape[1]:
         return None
     return packing.Packing(*(ctx.sh.batch(a if lanes.n > 1 else a[0], lanes=lanes.n > 1) for a in pk))

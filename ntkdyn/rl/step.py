@@ -109,7 +109,7 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     so their gradients sum to the whole batch's: the same step up to float rounding, with the activations of
     B / M rows alive at once instead of B (the gradients accumulate in the loop's carry: XLA's accounting on
     SmolLM2 shows no second gradient-sized buffer).
-    batch["packing"] (optional; RLConfig.pack): a rl/packing.plan of the batch's mask; the loss's passes then
+    batch["packing"] (optional; RLConfig.pack): a rl/packing.pack of the batch's mask; the loss's passes then
     run over the packed completions (objectives.completion_logp): the same step up to float rounding."""
     keys = trainable_keys(group)
     pg = partial(O.pg_loss, clip_eps=ls.clip_eps, loss_agg=ls.loss_agg, beta=ls.beta, kl_estimator=ls.kl_estimator)
