@@ -44,12 +44,13 @@ def f64(lm):
     return jax.tree.map(lambda x: np.asarray(x, np.float64), lm.params)  # on the host: no compilation
 
 
-def tiny(family="gpt2", tied=True, d=16):
-    """A small model with random parameters drawn on the host (no compilation)."""
+def tiny(family="gpt2", tied=True, d=16, **config):
+    """A small model with random parameters drawn on the host (no compilation); `config`: ModelConfig fields
+    that replace the small defaults."""
     from ntkdyn.models.transformer import abstract_params
-    cfg = nd.ModelConfig(family=family, vocab_size=hf_models.V, d_model=d, n_layers=2, n_heads=2, n_kv_heads=2,
-                         d_ff=2 * d, max_positions=32, tie_word_embeddings=tied, qkv_bias=True, out_bias=True,
-                         activation="gelu_new")
+    cfg = nd.ModelConfig(**{**dict(family=family, vocab_size=hf_models.V, d_model=d, n_layers=2, n_heads=2,
+                                   n_kv_heads=2, d_ff=2 * d, max_positions=32, tie_word_embeddings=tied,
+                                   qkv_bias=True, out_bias=True, activation="gelu_new"), **config})
     rng = np.random.default_rng(3)
     params = jax.tree.map(lambda a: (rng.normal(0.0, 0.2, a.shape) + (a.ndim == 1)).astype(np.float32),
                           abstract_params(cfg))

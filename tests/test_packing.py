@@ -10,10 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import ntkdyn as nd
 from ntk_cases import tiny
 from rl_helpers import SMALL, assert_records_close, base_dir, easy_reward  # noqa: F401 (fixture)
-from ntkdyn.models.transformer import abstract_params
 from ntkdyn.optim import make_optimizer
 from ntkdyn.rl import ConfigError, RLConfig, objectives as O, packing, read_metrics, train_batch
 from ntkdyn.rl.step import LossSpec, opt_init, rl_update
@@ -26,7 +24,7 @@ def _mask(lengths, N):
 def test_plan_places_every_input_once_and_unpacks_back():
     lengths = [8, 1, 3, 8, 2, 5, 0, 4]
     N, B = 8, len(lengths)
-    pk = packing.plan(_mask(lengths, N), rows_multiple=1)
+    pk = packing.pack(_mask(lengths, N), rows_multiple=1)
     W = N - 1
     # first-fit decreasing: 7, 7, then 4 + 3 (K = 4 segments), then 2 + 1 ... in W = 7 slots
     assert pk.rows.shape[1] == packing.MAX_SEGMENTS and pk.src.shape[1] == W
@@ -54,26 +52,21 @@ def test_plan_places_every_input_once_and_unpacks_back():
 def test_plan_rounds_rows_and_checks_its_input():
     m = _mask([8, 8, 4, 3], 8)  # segments 7, 7, 3 + 2
     assert packing.needed_rows(m, rows_multiple=4) == 4 and packing.needed_rows(m, rows_multiple=1) == 3
-    assert packing.plan(m).rows.shape[0] == 4 and packing.plan(m, R=6).rows.shape[0] == 6
-    lanes = packing.plan_lanes(np.stack([m, _mask([2, 2, 2, 2], 8)]), rows_multiple=1)
+    assert packing.pack(m).rows.shape[0] == 4 and packing.pack(m, R=6).rows.shape[0] == 6
+    lanes = packing.pack_lanes(np.stack([m, _mask([2, 2, 2, 2], 8)]), rows_multiple=1)
     assert lanes.rows.shape == (2, 3, packing.MAX_SEGMENTS) and lanes.unpack.shape == (2, 4, 8)
     with pytest.raises(ValueError, match="need 3 rows"):
-        packing.plan(m, R=2)
+        packing.pack(m, R=2)
     with pytest.raises(ValueError, match="gaps"):
-        packing.plan(np.array([[1, 0, 1, 0]], np.float32))
+        packing.pack(np.array([[1, 0, 1, 0]], np.float32))
     with pytest.raises(ValueError, match="at least 2 tokens"):
-        packing.plan(np.ones((3, 1), np.float32))
+        packing.pack(np.ones((3, 1), np.float32))
 
 
 def _gemma_sliding():
-    cfg = nd.ModelConfig(family="gemma3", vocab_size=97, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1,
-                         head_dim=8, d_ff=32, max_positions=64, tie_word_embeddings=True, activation="gelu_new",
-                         qk_norm=True, sliding_window=3, layer_types=("sliding_attention", "full_attention"),
-                         rope_local_theta=10000.0, query_pre_attn_scalar=8.0)
-    rng = np.random.default_rng(5)
-    params = jax.tree.map(lambda a: (rng.normal(0.0, 0.2, a.shape) + (a.ndim == 1)).astype(np.float32),
-                          abstract_params(cfg))
-    return nd.LM(cfg, params)
+    return tiny("gemma3", True, n_kv_heads=1, head_dim=8, qk_norm=True, sliding_window=3,
+                layer_types=("sliding_attention", "full_attention"), rope_local_theta=10000.0,
+                query_pre_attn_scalar=8.0)
 
 
 MODELS = {"gpt2": lambda: tiny("gpt2", True), "gpt_neox": lambda: tiny("gpt_neox", False),
@@ -96,7 +89,7 @@ def _batch(rng, lengths, P=3, G=2, Tp=5, N=6, V=97):
 def test_packed_stats_and_gradients_equal_the_padded_pass(family):
     lm = MODELS[family]()
     b = _batch(np.random.default_rng(0), [6, 2, 4, 1, 3, 5])
-    pk = packing.Packing(*(jnp.asarray(a) for a in packing.plan(b["mask"], rows_multiple=1)))
+    pk = packing.Packing(*(jnp.asarray(a) for a in packing.pack(b["mask"], rows_multiple=1)))
     assert pk.rows.shape[0] < 6  # the plan does save rows here
 
     def run(params, pk, G):
@@ -122,7 +115,7 @@ def test_packed_rl_update_equals_padded():
     tx = make_optimizer("sgd", 1e-2)
     ls = LossSpec(1.0, 0.2, "seq_mean_token_mean", 0.0, "k3", False, 2)
     outs = []
-    for pk in (None, packing.plan(b["mask"])):
+    for pk in (None, packing.pack(b["mask"])):
         batch = {**b, **({} if pk is None else {"packing": pk})}
         new, _, m, logp = rl_update(lm.params, opt_init(lm.params, tx=tx), batch, jnp.zeros_like(b["mask"]), True,
                                     None, graphdef=lm.graphdef, cfg=lm.config, tx=tx, ls=ls, group="all")
