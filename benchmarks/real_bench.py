@@ -32,6 +32,12 @@ peak resident memory (VmHWM) is its own):
            against the best single-core float32 matmul measured in the same process. Prints a markdown table.
   xlaflags the XLA CPU dot settings of jaxlib 0.10 (XLA_CANDIDATES), each in its own process: GFLOP/s at the
            step's matmul shapes and the error against float64.
+  pages    what writing freshly allocated memory costs on this machine (no model): 1 GiB allocated, written,
+           written again and freed, after pauses of 0, 0, 1, 3 and 6 s. On a virtual machine whose balloon driver
+           reports free pages to the host, memory freed a few seconds ago is no longer backed and its first write
+           pays a host-level fault per page (~9 us against ~0.7 us measured on the 2-core Xeon of issue 28): the
+           RL update's temporaries (one ~1.5 GB buffer per XLA execution, mapped and unmapped every call) and
+           PyTorch's pay it every step. Records the allocator settings of the environment (rl_bench.machine).
   scaling  RL steps/s of `ntkdyn rl` on meshes (issue 24): the embedded default model (a tiny one: a real model's
            compilations on 4 forced devices would take most of the time; SCALING_ARGS) on 1 device without a mesh
            and with `--mesh data=1` (the cost of a mesh over one device), on 2 and 4 forced CPU devices
@@ -79,7 +85,7 @@ SHAPE = dict(family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads
              max_positions=2048, tie_word_embeddings=True, activation="silu", norm_eps=1e-5, rope_theta=100000.0)
 PROMPTS = ("The capital of France is", "Two plus three equals")
 SECTIONS = ("trace", "budget", "hutch", "subset", "onestep", "rl", "memory", "profile", "ops", "xlaflags",
-            "scaling")
+            "pages", "scaling")
 # (d): rl_bench's machinery with the issue's settings (8 prompts x 4 samples, 32 new tokens, one step per batch)
 RL_ARGS = ["--task", "mul", "--prompts", "8", "--group", "4", "--new", "32", "--steps", "6", "--trl-steps", "5",
            "--warmup", "2", "--rounds", "2", "--lr", "1e-5", "--score-truncated"]
@@ -897,10 +903,31 @@ def section_scaling():
             "cpu_count": os.cpu_count()}
 
 
+def section_pages(gib: float = 1.0, pauses=(0, 0, 1, 3, 6)) -> dict:
+    """Seconds to write `gib` GiB of freshly allocated float32 memory (first write: page faults included) and to
+    write it again, after each pause in `pauses` (seconds since the previous buffer was freed); the first write's
+    cost per 4 KiB page beyond the rewrite's."""
+    n = int(gib * 2**30) // 4
+    rows = []
+    for pause in pauses:
+        time.sleep(pause)
+        t = time.perf_counter()
+        a = np.empty(n, np.float32)
+        a.fill(1.0)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        a.fill(2.0)
+        again = time.perf_counter() - t
+        del a
+        rows.append({"pause_s": pause, "first_write_s": round(first, 3), "rewrite_s": round(again, 3),
+                     "us_per_page": round(max(first - again, 0.0) / (n * 4 / 4096) * 1e6, 2)})
+    return {"machine": machine(), "gib": gib, "writes": rows}
+
+
 def run_section(name):
     t0 = time.perf_counter()
-    if name == "scaling":  # every run its own ntkdyn rl process(es)
-        out = {"section": name, **section_scaling()}
+    if name in ("scaling", "pages"):  # no model: every run its own ntkdyn rl process(es), or plain memory
+        out = {"section": name, **globals()[f"section_{name}"]()}
         out.update(total_seconds=round(time.perf_counter() - t0, 1), load_average=os.getloadavg(), jax=jax.__version__)
         return out
     if name in ("rl", "memory", "profile", "ops", "xlaflags"):  # these load the model themselves (or need none)

@@ -39,9 +39,13 @@ SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "
               "amx_tile", "amx_bf16", "amx_int8")
 
 
+ALLOCATOR_ENV = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")  # the process's memory allocator and its settings
+
+
 def machine():
-    """The CPU model, its SIMD flags (of SIMD_FLAGS, from /proc/cpuinfo), the core count and the 1/5/15-min load
-    average, for every benchmark record."""
+    """The CPU model, its SIMD flags (of SIMD_FLAGS, from /proc/cpuinfo), the core count, the 1/5/15-min load
+    average and the allocator settings in the environment (ALLOCATOR_ENV, inherited by every child process: both
+    sides of a comparison), for every benchmark record."""
     model, flags = "", []
     try:
         with open("/proc/cpuinfo") as f:
@@ -54,7 +58,8 @@ def machine():
                     break
     except OSError:
         pass
-    return {"cpu": model or platform.processor() or platform.machine(), "cpu_flags": flags, "cores": os.cpu_count(), "load_average": os.getloadavg()}
+    return {"cpu": model or platform.processor() or platform.machine(), "cpu_flags": flags, "cores": os.cpu_count(),
+            "load_average": os.getloadavg(), "allocator": {k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ}}
 
 
 TRL_SCRIPT = r'''

@@ -1,5 +1,6 @@
 """benchmarks/real_bench.py's op-by-op profile (section ops): the FLOPs it reads from a compiled module's HLO and
-the seconds it attributes to XLA ops from a jax.profiler trace, checked on small programs against closed forms."""
+the seconds it attributes to XLA ops from a jax.profiler trace, checked on small programs against closed forms; and
+section pages' record (the first-write timings and the allocator settings of the environment)."""
 import os
 import sys
 
@@ -46,3 +47,13 @@ def test_op_profile_attributes_the_traced_seconds_to_the_instructions(tmp_path):
     assert all(r["seconds"] >= 0 and r["kind"] for r in prof["top"])
     with pytest.raises(RuntimeError, match="no perfetto trace"):
         RB.trace_events(str(tmp_path / "empty"))
+
+
+def test_section_pages_times_first_writes_and_records_the_allocator(monkeypatch):
+    monkeypatch.setenv("MALLOC_CONF", "dirty_decay_ms:-1")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    res = RB.section_pages(gib=1 / 64, pauses=(0, 0))
+    assert res["machine"]["allocator"] == {"MALLOC_CONF": "dirty_decay_ms:-1"}
+    assert [w["pause_s"] for w in res["writes"]] == [0, 0]
+    for w in res["writes"]:
+        assert w["first_write_s"] > 0 and w["rewrite_s"] > 0 and w["us_per_page"] >= 0
