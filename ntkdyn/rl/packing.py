@@ -93,18 +93,29 @@ def pack(mask, R: int | None = None, rows_multiple: int = ROWS_MULTIPLE,
     """The packing of a rollout mask (B, N) (1 on the generated tokens, EOS included, left-aligned) into R rows of
     N − 1 slots (R: needed_rows by default; a larger R pads with empty rows, as lanes need a common R).
     ValueError when N < 2 (nothing to pack), when the mask is not left-aligned, or when R is too small."""
+    mask, L, bins = _checked_bins(mask, max_segments)
+    return _layout(mask, L, bins, _rounded(len(bins), rows_multiple) if R is None else int(R), max_segments)
+
+
+def _checked_bins(mask, max_segments: int):
+    """(the mask as bool, each row's length L, the first-fit-decreasing bins) of a rollout mask (B, N); ValueError
+    when N < 2 or the mask is not left-aligned."""
     mask = np.asarray(mask) != 0
     if mask.ndim != 2 or mask.shape[1] < 2:
         raise ValueError(f"packing needs a rollout mask (rows, tokens) with at least 2 tokens; got shape "
                          f"{mask.shape}")
-    B, N = mask.shape
+    N = mask.shape[1]
     L = mask.sum(1)
     if not np.array_equal(mask, np.arange(N)[None, :] < L[:, None]):
         raise ValueError("packing needs each row's mask to be 1 on its first L tokens and 0 after them (a "
                          "completion up to and including its EOS); got a mask with gaps")
+    return mask, L, _bins(_segments(mask), N - 1, int(max_segments))
+
+
+def _layout(mask, L, bins, R: int, max_segments: int) -> Packing:
+    """The Packing of `bins` (of the checked mask with row lengths L) in R rows; ValueError when R is too small."""
+    B, N = mask.shape
     W, K = N - 1, int(max_segments)
-    bins = _bins(_segments(mask), W, K)
-    R = _rounded(len(bins), rows_multiple) if R is None else int(R)
     if R < len(bins):
         raise ValueError(f"packing into {R} rows: the completions need {len(bins)} rows of {W} slots")
     rows = np.full((R, K), -1, np.int32)
@@ -126,6 +137,6 @@ def pack(mask, R: int | None = None, rows_multiple: int = ROWS_MULTIPLE,
 def pack_lanes(masks, rows_multiple: int = ROWS_MULTIPLE, max_segments: int = MAX_SEGMENTS) -> Packing:
     """The plans of several lanes' masks (n, B, N) with one R (the largest any lane needs), stacked on a lane
     axis."""
-    R = max(needed_rows(m, rows_multiple, max_segments) for m in masks)
-    plans = [pack(m, R, rows_multiple, max_segments) for m in masks]
-    return Packing(*(np.stack(a) for a in zip(*plans)))
+    checked = [_checked_bins(m, max_segments) for m in masks]  # the bins once per lane
+    R = max(_rounded(len(bins), rows_multiple) for _, _, bins in checked)
+    return Packing(*(np.stack(a) for a in zip(*(_layout(*c, R, max_segments) for c in checked))))
