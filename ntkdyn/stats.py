@@ -21,6 +21,16 @@ a claim of several effects (a conjunction) is supported iff every part is, not s
 inconclusive (`combine`). "cannot show on this setting" is decided by the claim, not here.
 Seeds needed: the smallest n ≥ 2 with t_{0.975, n−1} · s/√n < |mean − threshold| (the observed mean and spread taken
 as the truth); None when mean = threshold or s is not finite.
+
+Same verdict on a rerun (`rerun`, `combine_rerun`; docs/claims.md, v3, "Verdict stability"): the probability of each
+verdict in an independent rerun of the same size (new seeds or items; another machine's rounding makes the seeds'
+trajectories part ways after the first flipped token, so a `--perturb` rerun is largely one), predicted from the
+observed mean m, spread s and n. The rerun's mean M' is drawn from the flat-prior predictive N(m, 2 s²/n) (the
+unknown true mean's uncertainty plus the rerun's own), its half-width is taken as the observed h = t_{0.975, n−1}·s/√n:
+  P(interval wholly above θ) = 1 − Φ((θ + h − m) / (s √(2/n))),   P(wholly below θ) = Φ((θ − h − m) / (s √(2/n))),
+mapped to supported / not supported by the claim's side, the rest inconclusive. For a conjunction the parts are taken
+as independent (they share seeds, so this is an approximation): P(supported) = Π P_i(supported), P(not supported) =
+1 − Π (1 − P_i(not supported)). A verdict with a low probability is one that another machine may move.
 """
 from __future__ import annotations
 
@@ -30,12 +40,13 @@ import math
 import numpy as np
 
 __all__ = ["SUPPORTED", "NOT_SUPPORTED", "INCONCLUSIVE", "CANNOT", "Effect", "t_cdf", "t_quantile", "t_interval",
-           "effect", "verdict", "items_needed", "combine"]
+           "effect", "verdict", "items_needed", "combine", "rerun", "combine_rerun", "FRAGILE"]
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 CANNOT = "cannot show on this setting"
 SIDES = ("above", "below")
 MAX_ITEMS = 100_000  # items_needed gives up (None) beyond this
+FRAGILE = 0.9  # a verdict whose probability on a rerun (`rerun`) is below this is marked as one a rerun may move
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -153,12 +164,50 @@ def items_needed(mean: float, s: float, threshold: float, level: float = 0.95) -
     return None
 
 
+def _phi(z: float) -> float:
+    """The standard normal CDF."""
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+
+def rerun(mean: float, s: float, n: int, threshold: float, side: str, level: float = 0.95) -> dict | None:
+    """{verdict: probability} of SUPPORTED, NOT_SUPPORTED and INCONCLUSIVE in an independent rerun with n items,
+    predicted from the observed mean and s (module docstring: the rerun's mean ~ N(mean, 2 s²/n), its half-width the
+    observed t_{(1+level)/2, n−1} · s/√n). s = 0: the observed verdict with probability 1. None when n < 2 or mean / s
+    is not finite."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if n < 2 or not (np.isfinite(mean) and np.isfinite(s)):
+        return None
+    se = s / math.sqrt(n)
+    if se == 0:
+        v = verdict(mean, mean, threshold, side)
+        return {k: float(k == v) for k in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)}
+    h = t_quantile(0.5 + level / 2.0, n - 1) * se
+    sd = math.sqrt(2.0) * se
+    high = 1.0 - _phi((threshold + h - mean) / sd)  # the rerun's interval wholly above the threshold
+    low = _phi((threshold - h - mean) / sd)  # wholly below
+    sup, nsup = (high, low) if side == "above" else (low, high)
+    return {SUPPORTED: sup, NOT_SUPPORTED: nsup, INCONCLUSIVE: max(0.0, 1.0 - sup - nsup)}
+
+
+def combine_rerun(parts) -> dict | None:
+    """The rerun probabilities of a conjunction from its parts' (`rerun` dicts, taken as independent): supported iff
+    every part is, not supported iff some part is (as `combine`). None when a part has none or there are no parts."""
+    parts = list(parts)
+    if not parts or any(p is None for p in parts):
+        return None
+    sup = float(np.prod([p[SUPPORTED] for p in parts]))
+    nsup = 1.0 - float(np.prod([1.0 - p[NOT_SUPPORTED] for p in parts]))
+    return {SUPPORTED: sup, NOT_SUPPORTED: nsup, INCONCLUSIVE: max(0.0, 1.0 - sup - nsup)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Effect:
     """One effect of a claim over its items: `name` (what is measured), `values` (one per item: seed or prompt),
     `threshold`, `side` ("above" / "below": where the claim puts the effect), `unit` ("seeds", "prompts",
-    "probes", ...). Derived: mean, the 95 % t interval (lo, hi), s, n, `verdict` and `needed` (items that would
-    decide it at the observed mean and spread; only for an inconclusive verdict)."""
+    "probes", ...). Derived: mean, the 95 % t interval (lo, hi), s, n, `verdict`, `needed` (items that would
+    decide it at the observed mean and spread; only for an inconclusive verdict) and `rerun` (each verdict's
+    probability in an independent rerun of the same size: `rerun`; None with fewer than 2 items)."""
 
     name: str
     values: tuple
@@ -172,6 +221,7 @@ class Effect:
     n: int = 0
     verdict: str = INCONCLUSIVE
     needed: int | None = None
+    rerun: dict | None = None
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -181,12 +231,13 @@ class Effect:
 
 def effect(name: str, values, threshold: float, side: str, unit: str = "seeds", level: float = 0.95) -> Effect:
     """An Effect of `values` (non-finite and None values dropped) against `threshold` on `side`: its mean, t
-    interval, verdict and, when inconclusive, the items needed."""
+    interval, verdict, when inconclusive the items needed, and the verdicts' probabilities on a rerun."""
     vals = tuple(float(x) for x in values if x is not None and np.isfinite(x))
     m, lo, hi, s, n = t_interval(vals, level)
     v = verdict(lo, hi, threshold, side) if n >= 2 else INCONCLUSIVE
     need = items_needed(m, s, threshold, level) if v == INCONCLUSIVE and n >= 2 else None
-    return Effect(name, vals, float(threshold), side, unit, m, lo, hi, s, n, v, need)
+    return Effect(name, vals, float(threshold), side, unit, m, lo, hi, s, n, v, need,
+                  rerun(m, s, n, threshold, side, level))
 
 
 def combine(verdicts) -> str:

@@ -1,5 +1,6 @@
-"""ntkdyn.reproduce.summary: the layout of summary.md (the v3 claims table with effect, CI, n, verdict and seeds
-needed; the earlier readings' table; one section per claim; the --perturb table; the feature table)."""
+"""ntkdyn.reproduce.summary: the layout of summary.md (the v3 claims table with effect, CI, n, verdict, seeds
+needed and the same verdict's probability on a rerun; the earlier readings' table; one section per claim; the
+--perturb table with the moved verdicts against the marked ones; the feature table)."""
 from ntkdyn import stats
 from ntkdyn.reproduce.summary import moved_verdicts, summary_markdown, write_summary
 
@@ -13,19 +14,26 @@ CLAIMS = [dict(n=1, claim="A.", numbers="x 1", holds=True, verdict="supported", 
 
 def _v3(n, values, threshold, side="above", unit="seeds"):
     e = stats.effect("CF-RL − RL", values, threshold, side, unit)
+    rerun = stats.combine_rerun([e.rerun])
     return dict(n=n, claim=f"claim {n}.", numbers="nums", verdict=e.verdict, note="", effects=[e.as_dict()],
-                n_items=e.n, unit=unit, needed=e.needed, earlier=False)
+                n_items=e.n, unit=unit, needed=e.needed, rerun=rerun, same_on_rerun=rerun[e.verdict], earlier=False)
 
 
 def test_v3_table_effect_ci_n_verdict_needed():
     sup, inc = _v3("7", [0.3, 0.31, 0.29, 0.3], 0.0), _v3("5", [0.05, -0.02, 0.11, 0.0, 0.06], 0.0)
     lines = summary_markdown([sup, inc] + CLAIMS, META).split("\n")
-    assert "| # | claim | effect: mean [95 % CI] (threshold) | n | verdict | seeds needed |" in lines
+    assert ("| # | claim | effect: mean [95 % CI] (threshold) | n | verdict | seeds needed | same verdict on a rerun |"
+            in lines)
     e = sup["effects"][0]
-    assert f"| 7 | claim 7. | CF-RL − RL: 0.300 [{e['lo']:.3f}, {e['hi']:.3f}] (> 0) | 4 seeds | **supported** |  |" \
-        in lines
+    assert sup["same_on_rerun"] > 0.999  # 0.3 with a spread of 0.008 over 4 seeds: any rerun supports it
+    assert (f"| 7 | claim 7. | CF-RL − RL: 0.300 [{e['lo']:.3f}, {e['hi']:.3f}] (> 0) | 4 seeds | **supported** |  | "
+            "100 % |") in lines
     row5 = next(line for line in lines if line.startswith("| 5 |"))
-    assert row5.endswith(f"| 5 seeds | **inconclusive** | {inc['needed']} seeds |") and inc["needed"] > 5
+    same = f"{100 * inc['same_on_rerun']:.0f} % (may move)"
+    assert row5.endswith(f"| 5 seeds | **inconclusive** | {inc['needed']} seeds | {same} |") and inc["needed"] > 5
+    r = inc["rerun"]
+    assert (f"supported {100 * r['supported']:.0f} %, not supported {100 * r['not supported']:.0f} %, inconclusive "
+            f"{100 * r['inconclusive']:.0f} %.") in "\n".join(lines)
     assert any(line.startswith(f"Inconclusive: about {inc['needed']} seeds would decide it") for line in lines)
     assert lines.index(row5) < next(j for j, line in enumerate(lines) if line.startswith("Earlier readings"))
 
@@ -37,10 +45,15 @@ def test_perturbed_table():
     md = summary_markdown([a, b], META, perturbed=[a, moved], perturb_meta=dict(change="XLA_FLAGS=x", minutes=2.0,
                                                                                   out="o/perturbed"))
     assert "**Verdicts that moved: 5.**" in md and "| 5 | supported | inconclusive ← moved |" in md
+    # neither was marked (both supported at any rerun): the move is named as unpredicted
+    assert "below 90 %): none; moved without that mark: 5." in md
     assert "| 7 | supported | supported |" in md and "XLA_FLAGS=x (2.0 minutes, into `o/perturbed`)" in md
     assert "**No verdict moved.**" in summary_markdown([a], META, perturbed=[a], perturb_meta={})
     md = summary_markdown([a], META, perturbed=[a], perturb_meta=dict(minutes=0.5, out="o", runs_reused=[4, 4]))
     assert "(0.5 minutes, into `o`; 4 of its 4 training runs were finished by an earlier invocation" in md
+    fragile = _v3("8", [0.05, -0.02, 0.11, 0.0, 0.06], 0.0)
+    md = summary_markdown([a, fragile], META, perturbed=[a, dict(fragile, verdict="supported")], perturb_meta={})
+    assert "below 90 %): 8; no v3 verdict moved without that mark." in md
 
 
 def test_summary_markdown():

@@ -1,5 +1,6 @@
 """ntkdyn.stats against references: the t distribution against scipy.stats.t, the interval against its formula
-with scipy's quantile, the verdict rule on hand-made records, items_needed against the closed form."""
+with scipy's quantile, the verdict rule on hand-made records, items_needed against the closed form, the rerun
+probabilities against a simulation of their model."""
 import math
 
 import numpy as np
@@ -70,3 +71,41 @@ def test_inconclusive_states_seeds_needed():
     ref = next(k for k in range(2, 10 ** 6)
                if scipy_stats.t.ppf(0.975, k - 1) * e.s / math.sqrt(k) < abs(e.mean))
     assert e.needed == ref > e.n
+
+
+@pytest.mark.parametrize("mean,s,n,threshold,side", [(-0.138, 0.164, 10, -0.05, "above"), (0.03, 0.04, 10, 0.0, "above"),
+                                                      (0.012, 0.05, 5, 0.05, "below"), (-0.5, 0.2, 3, 0.0, "below")])
+def test_rerun_probabilities_against_simulation(mean, s, n, threshold, side):
+    """The closed form against its model drawn: a true mean μ ~ N(mean, s²/n) (flat prior), a rerun's mean
+    M' ~ N(μ, s²/n), its interval M' ± t_{0.975, n−1} s/√n judged by stats.verdict."""
+    p = stats.rerun(mean, s, n, threshold, side)
+    assert sum(p.values()) == pytest.approx(1.0)
+    rng = np.random.default_rng(1)
+    se, draws = s / math.sqrt(n), 400_000
+    m2 = rng.normal(rng.normal(mean, se, draws), se)
+    h = scipy_stats.t.ppf(0.975, n - 1) * se
+    got = {v: 0 for v in p}
+    for lo, hi in zip(m2 - h, m2 + h):
+        got[stats.verdict(lo, hi, threshold, side)] += 1
+    for v in p:
+        assert got[v] / draws == pytest.approx(p[v], abs=0.004), v
+
+
+def test_rerun_edge_cases_and_conjunction():
+    S, N, I = stats.SUPPORTED, stats.NOT_SUPPORTED, stats.INCONCLUSIVE
+    assert stats.rerun(0.2, 0.0, 5, 0.0, "above") == {S: 1.0, N: 0.0, I: 0.0}  # no spread: the same verdict
+    assert stats.rerun(0.2, 0.0, 5, 0.5, "above") == {S: 0.0, N: 1.0, I: 0.0}
+    assert stats.rerun(0.2, 0.1, 1, 0.0, "above") is None and stats.rerun(math.nan, 0.1, 5, 0.0, "above") is None
+    with pytest.raises(ValueError, match="side"):
+        stats.rerun(0.2, 0.1, 5, 0.0, "up")
+    # far from the threshold: certain; on it (mean = threshold): never decided the claim's way more than half
+    assert stats.rerun(5.0, 0.1, 10, 0.0, "above")[S] == pytest.approx(1.0)
+    on = stats.rerun(0.0, 0.1, 10, 0.0, "above")
+    assert on[S] == pytest.approx(on[N]) and on[S] < 0.5
+    e = stats.effect("d", [0.05, -0.02, 0.11, 0.0, 0.06], 0.0, "above")
+    assert e.rerun == stats.rerun(e.mean, e.s, e.n, 0.0, "above") and e.as_dict()["rerun"] == e.rerun
+    a, b = {S: 0.9, N: 0.05, I: 0.05}, {S: 0.5, N: 0.2, I: 0.3}
+    c = stats.combine_rerun([a, b])  # independent parts: all supported / some not supported / the rest
+    assert c[S] == pytest.approx(0.45) and c[N] == pytest.approx(1 - 0.95 * 0.8)
+    assert c[I] == pytest.approx(1 - c[S] - c[N])
+    assert stats.combine_rerun([]) is None and stats.combine_rerun([a, None]) is None

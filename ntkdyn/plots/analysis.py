@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from ..stats import FRAGILE, rerun
 from .style import band, format_value, new_figure, no_data, recipe_color, recipe_label, save, styled
 
 __all__ = ["plot_feature_similarity", "feature_table_markdown", "plot_one_step", "plot_one_step_split",
@@ -358,7 +359,9 @@ VERDICT_COLORS = {"supported": "#2a9d4b", "not supported": "#c0392b", "inconclus
 def plot_claims(claim_lists: Mapping[str, Sequence[Mapping[str, Any]]], out, ncols: int = 4) -> list[str]:
     """The evidence of every v3 claim (fig_claims): one panel per effect (a claim of several effects has several
     panels, titled "claim: effect"), each model a row: its mean with the 95 % CI as an error bar, coloured by the
-    effect's verdict (VERDICT_COLORS), the threshold as a dashed vertical line and the claim's side shaded.
+    effect's verdict (VERDICT_COLORS), the threshold as a dashed vertical line and the claim's side shaded; an effect
+    whose verdict an independent rerun keeps with probability below stats.FRAGILE (its "rerun" record, or
+    stats.rerun of its mean, s and n for a record written before it had one) is labelled with that probability.
     `claim_lists`: {model label: the claim records of reproduce.claims.claims} (only records with "effects" are
     drawn; a model lacking an effect, or with an effect of fewer than 2 items, shows its point without a bar or
     "n/a"). Raises ValueError when no record has effects."""
@@ -398,6 +401,12 @@ def plot_claims(claim_lists: Mapping[str, Sequence[Mapping[str, Any]]], out, nco
                             color=color, ms=4, capsize=3, lw=1.4)
             else:
                 ax.plot([e["mean"]], [y], "o", color=color, ms=4)
+            r = e.get("rerun") or (rerun(e["mean"], e["s"], e["n"], e["threshold"], e["side"])
+                                    if "s" in e and e.get("n", 0) >= 2 else None)  # a record made before v3's rerun
+            same = None if r is None else r.get(e["verdict"])
+            if same is not None and same < FRAGILE:
+                ax.text(0.98, y + 0.25, f"rerun keeps it: {100 * same:.0f} %", transform=ax.get_yaxis_transform(),
+                        ha="right", va="bottom", fontsize=6, color="0.35")
         ax.set_yticks(range(len(models)))
         ax.set_yticklabels([f"{m} (n={effs[m]['n']})" if m in effs else m for m in reversed(models)], fontsize=7)
         ax.set_ylim(-0.7, len(models) - 0.3)
@@ -408,5 +417,6 @@ def plot_claims(claim_lists: Mapping[str, Sequence[Mapping[str, Any]]], out, nco
     handles = [ax.errorbar([], [], xerr=[], fmt="o", color=c, label=v) for v, c in VERDICT_COLORS.items()
                for ax in axes[:1]]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8,
-               title="mean and 95 % CI (t, over seeds or items); dashed: threshold; shaded: the claim's side")
+               title="mean and 95 % CI (t, over seeds or items); dashed: threshold; shaded: the claim's side; "
+                     f"a verdict a rerun keeps with under {100 * FRAGILE:.0f} % probability is labelled")
     return save(fig, out)

@@ -325,6 +325,9 @@ def effect_text(e: dict) -> str:
             f"claim {side} {e['threshold']:g}; {e['verdict']})")
 
 
+RULED = (S.SUPPORTED, S.NOT_SUPPORTED, S.INCONCLUSIVE)  # the verdicts of the interval rule (a rerun can predict)
+
+
 def _judge_v3(c: Claim, i: Inputs) -> dict:
     m = c.measure(c, i)
     effects = [e.as_dict() for e in m.effects]
@@ -336,10 +339,11 @@ def _judge_v3(c: Claim, i: Inputs) -> dict:
         verdict, note = S.combine(e["verdict"] for e in effects), ""
     needed = [e["needed"] for e in effects if e["verdict"] == S.INCONCLUSIVE]
     numbers = "; ".join([effect_text(e) for e in effects] + ([m.numbers] if m.numbers else []))
+    rerun = S.combine_rerun(e["rerun"] for e in effects) if verdict in RULED else None
     return dict(n=label(c), id=c.id, version=c.version, claim=c.text, numbers=numbers or "n/a", verdict=verdict,
                 note=note, effects=effects, n_items=min((e["n"] for e in effects), default=0), unit=c.unit,
                 needed=(None if verdict != S.INCONCLUSIVE or None in needed else max(needed, default=None)),
-                earlier=False)
+                rerun=rerun, same_on_rerun=None if rerun is None else rerun[verdict], earlier=False)
 
 
 def _passk_of_seed(passk, seed):
@@ -377,8 +381,10 @@ def claims(runs_root, features, one_step, passk=None) -> list[dict]:
 
     A v3 record: n, id, version, claim, numbers, verdict (supported / not supported / inconclusive / cannot show on
     this setting / not measured), note, effects (ntkdyn.stats.Effect dicts: name, values, threshold, side, unit,
-    mean, lo, hi, s, n, verdict, needed), n_items, unit, needed (items that would decide an inconclusive claim at
-    the observed effects; None otherwise), earlier=False. An earlier reading (v2, v1): ClaimResult.as_dict plus
+    mean, lo, hi, s, n, verdict, needed, rerun), n_items, unit, needed (items that would decide an inconclusive claim
+    at the observed effects; None otherwise), rerun (each verdict's probability in an independent rerun of the same
+    size, stats.combine_rerun of the effects'; None for cannot show / not measured), same_on_rerun (rerun[verdict]),
+    earlier=False. An earlier reading (v2, v1): ClaimResult.as_dict plus
     id, version, per_seed (each seed's runs judged alone), verdict_mean, verdict (robust_verdict), earlier=True."""
     R = load_runs(runs_root)
     i = Inputs(R.get("rl", []), R.get("cf-rl", []), R.get("lp-ft", []), features, one_step or {}, passk)

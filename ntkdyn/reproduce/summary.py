@@ -1,16 +1,18 @@
-"""`summary.md` of a reproduction: the claims' table (v3: effect, 95 % CI, n, verdict, seeds needed), the earlier
-readings (v2, v1) in a table of their own, each claim with its numbers and note, the machine-noise check
-(`--perturb`: both verdict tables) and the base model's feature table (the paper's Table 1 analogue)."""
+"""`summary.md` of a reproduction: the claims' table (v3: effect, 95 % CI, n, verdict, seeds needed, the predicted
+probability of the same verdict on a rerun), the earlier readings (v2, v1) in a table of their own, each claim with
+its numbers and note, the machine-noise check (`--perturb`: both verdict tables, and which moved verdicts had been
+marked as ones a rerun may move) and the base model's feature table (the paper's Table 1 analogue)."""
 from __future__ import annotations
 
 from ..io import write_text
+from ..stats import FRAGILE
 from ..plots.analysis import feature_table_markdown
 
 __all__ = ["summary_markdown", "write_summary", "table_cell", "moved_verdicts"]
 
 _HEAD = ["| # | claim | verdict | on the mean | per seed |", "|---|---|---|---|---|"]
-_HEAD_V3 = ["| # | claim | effect: mean [95 % CI] (threshold) | n | verdict | seeds needed |",
-            "|---|---|---|---|---|---|"]
+_HEAD_V3 = ["| # | claim | effect: mean [95 % CI] (threshold) | n | verdict | seeds needed | same verdict on a rerun |",
+            "|---|---|---|---|---|---|---|"]
 
 
 def table_cell(text: str) -> str:
@@ -35,7 +37,16 @@ def _row_v3(c) -> str:
                        f"({'>' if e['side'] == 'above' else '<'} {e['threshold']:g})" for e in c["effects"]) or "—"
     n = f"{c['n_items']} {c['unit']}" if c["effects"] else "—"
     need = "" if c.get("needed") is None else f"{c['needed']} {c['unit']}"
-    return f"| {c['n']} | {table_cell(c['claim'])} | {effs} | {n} | **{c['verdict']}** | {need} |"
+    return (f"| {c['n']} | {table_cell(c['claim'])} | {effs} | {n} | **{c['verdict']}** | {need} | "
+            f"{_same(c)} |")
+
+
+def _same(c) -> str:
+    """The predicted probability of the same verdict on a rerun, in percent, marked when below FRAGILE."""
+    p = c.get("same_on_rerun")
+    if p is None:
+        return ""
+    return f"{100 * p:.0f} %" + (" (may move)" if p < FRAGILE else "")
 
 
 def moved_verdicts(claim_list, perturbed) -> list[str]:
@@ -47,12 +58,19 @@ def moved_verdicts(claim_list, perturbed) -> list[str]:
 def _perturb_section(claim_list, perturbed, perturb_meta) -> list[str]:
     moved = moved_verdicts(claim_list, perturbed)
     other = {c["n"]: c["verdict"] for c in perturbed}
+    main = {c["n"]: c for c in claim_list if not c.get("earlier")}
+    flagged = [n for n, c in main.items() if c.get("same_on_rerun") is not None and c["same_on_rerun"] < FRAGILE]
+    unpredicted = [n for n in moved if n in main and n not in flagged]
     lines = ["## Machine-noise check (`--perturb`)", "",
              f"The pipeline was rerun in a child process with {perturb_meta.get('change', 'a float-rounding change')}"
              f" ({perturb_meta.get('minutes', float('nan')):.1f} minutes, into `{perturb_meta.get('out', '?')}`"
              f"{_reused(perturb_meta)}): "
              "the same experiment with other float rounding. "
-             + ("**No verdict moved.**" if not moved else f"**Verdicts that moved: {', '.join(moved)}.**"), "",
+             + ("**No verdict moved.**" if not moved else f"**Verdicts that moved: {', '.join(moved)}.**")
+             + f" Marked in advance as ones a rerun may move (same verdict on a rerun below {100 * FRAGILE:.0f} %): "
+             + (", ".join(flagged) or "none") + "; "
+             + (f"moved without that mark: {', '.join(unpredicted)}." if unpredicted else
+                "no v3 verdict moved without that mark."), "",
              "| # | this run | perturbed run |", "|---|---|---|"]
     lines += [f"| {c['n']} | {c['verdict']} | {other.get(c['n'], 'absent')}{' ← moved' if c['n'] in moved else ''} |"
               for c in claim_list]
@@ -67,6 +85,12 @@ def _section(c) -> list[str]:
     if c.get("needed") is not None:
         lines += [f"Inconclusive: about {c['needed']} {c['unit']} would decide it at the observed effects and "
                   "spread (t_{0.975, n−1} · s/√n < |mean − threshold|).", ""]
+    if c.get("rerun"):
+        r = c["rerun"]
+        lines += [f"On an independent rerun of the same size (new {c['unit']}; predicted from the observed effects "
+                  "and spread, the parts taken as independent): supported {:.0f} %, not supported {:.0f} %, "
+                  "inconclusive {:.0f} %.".format(*(100 * r[k] for k in ("supported", "not supported",
+                                                                         "inconclusive"))), ""]
     if c["note"]:
         lines += [f"Note: {c['note']}.", ""]
     return lines
@@ -109,7 +133,10 @@ def summary_markdown(claim_list, meta, perturbed=None, perturb_meta=None) -> str
              "sequence / update / probe, with a 95 % Student-t interval over those items; *supported* when the "
              "interval lies wholly on the claim's side of its threshold, *not supported* when wholly on the other "
              "side, *inconclusive* otherwise (with the seeds or items that would decide it at the observed effect "
-             "and spread); a claim of several effects needs all of them. *cannot show on this setting* when the "
+             "and spread); a claim of several effects needs all of them. The last column predicts, from the observed "
+             "effects and spread, how likely an independent rerun of the same size (new seeds, or another machine's "
+             "rounding) reaches the same verdict; below 90 % the verdict is marked as one a rerun may move. "
+             "*cannot show on this setting* when the "
              "setting cannot tell the claim from its negation (the reason is given). [A] the paper's abstract, [P] "
              "its body, [N] ntkdyn's own extension.", ""]
     main = [c for c in claim_list if not c.get("earlier")]
