@@ -10,6 +10,7 @@ import numpy as np
 from . import hf
 from .config import ModelConfig, read_config
 from .padding import pad_left
+from .quantize import WEIGHT_TYPES, int8_weights
 from .sampling import Generation, sample
 from .tokenizer import CharTokenizer, eos_ids_of, load_tokenizer
 from .transformer import features, graphdef_for, head_logits, init_params
@@ -71,15 +72,20 @@ class LM:
     # ------------------------------------------------------------------ sampling
     def generate(self, prompt_ids, max_new_tokens: int, *, prompt_mask=None, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float = 1.0, stop_token=None, seed: int = 0,
-                 key=None, params=None, shared_prompts: int = 1) -> Generation:
+                 key=None, params=None, shared_prompts: int = 1, weights: str = "float32") -> Generation:
         """Sample continuations with a KV cache. `prompt_ids`: (B, Tp) left-padded array (with `prompt_mask`, 1 on
         real tokens) or a list of token lists of different lengths (left-padded here). temperature=0 is greedy.
         stop_token: an id or a sequence of ids (a row stops at the first of them; -1 or [] never stops); default:
         the config's eos_token_id plus the tokenizer's EOS ids (tokenizer.eos_ids_of). shared_prompts = G > 1:
         the rows come in consecutive groups of G identical prompts (several samples per prompt), and each prompt
-        is prefilled once (checked here; the samples equal G = 1's up to float rounding of the logits). Returns
-        Generation(tokens, logp, logp_model, mask)."""
+        is prefilled once (checked here; the samples equal G = 1's up to float rounding of the logits).
+        weights="int8": the sampler reads int8 weights with per-column scales (models/quantize.py: up to ~2x the
+        float32 decode on an AVX-512 VNNI CPU, an approximation of the float32 policy: its logp and logp_model are
+        the int8 model's); the conversion is cached for the LM's own params. Returns Generation(tokens, logp,
+        logp_model, mask)."""
         _check_sampling(max_new_tokens, temperature, top_k, top_p)
+        if weights not in WEIGHT_TYPES:
+            raise ValueError(f"weights={weights!r}; expected one of {WEIGHT_TYPES}")
         if not isinstance(prompt_ids, (np.ndarray, jax.Array)) and not len(prompt_ids):
             raise ValueError("prompt_ids holds no prompt; expected at least one list of token ids")
         ids, mask = pad_left(prompt_ids, self.config.pad_token_id or 0) if prompt_mask is None else (
@@ -93,11 +99,23 @@ class LM:
                            np.int64).reshape(-1)
         stops = jnp.asarray(stops if stops.size else [-1], jnp.int32)  # (S,)
         key = jax.random.key(seed) if key is None else key
-        return sample(self.graphdef, self.config, self.params if params is None else params, jnp.asarray(ids),
+        graphdef, params = self.graphdef, self.params if params is None else params
+        if weights == "int8":
+            graphdef, params = self.int8_weights(params)
+        return sample(graphdef, self.config, params, jnp.asarray(ids),
                       jnp.asarray(mask), key, max_new_tokens=int(max_new_tokens),
                       temperature=float(temperature), top_k=top_k, top_p=float(top_p), stop_token=stops,
                       pad_id=int(self.config.pad_token_id or 0), greedy=temperature == 0,
                       shared_prompts=int(shared_prompts))
+
+    def int8_weights(self, params=None):
+        """(graphdef, params) with int8 weights for sampling (quantize.int8_weights), converted once per params
+        object (the last one is kept)."""
+        params = self.params if params is None else params
+        cached = getattr(self, "_int8", None)
+        if cached is None or cached[0] is not params:
+            self._int8 = cached = (params, int8_weights(self.config, params))
+        return cached[1]
 
     # ------------------------------------------------------------------ files
     def save(self, path: str, params=None) -> str:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import ModelConfig
+from .quantize import int8_matmul
 
 _INIT = jax.nn.initializers.normal(0.02)
 EMBED = ("embed",)  # the Taps key of the looked-up embedding rows x (after GPT-2's positions, before Gemma's √d)
@@ -99,7 +100,8 @@ def narrow(x, w):
 
 class Dense(nnx.Module):
     """x @ kernel (+ bias); kernel stored (in, out). With 16-bit params (a bfloat16 compute dtype: cast_params)
-    x enters the product in the kernel's type."""
+    x enters the product in the kernel's type; an int8 kernel (the sampler's weights, quantize.int8_graphdef) is
+    multiplied by quantize.int8_matmul with its per-column `kernel_scale`."""
 
     def __init__(self, d_in, d_out, bias, rngs):
         self.kernel = _param(rngs, (d_in, d_out))
@@ -107,10 +109,14 @@ class Dense(nnx.Module):
 
     def __call__(self, x, taps=None):
         w = self.kernel[...]
-        # as one (rows, in) @ (in, out) product: on 3-d x, XLA:CPU's backward pass wrote the SwiGLU's gradient
-        # transposed from inside its elementwise fusion, ~7x slower than such fusions in row order
-        # (benchmarks/RESULTS.md, issue 28); the same values up to float rounding
-        y = (narrow(x, w).reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
+        if w.dtype == jnp.int8:  # the sampler's int8 weights (models/quantize.py): kernel_scale per output column
+            y = int8_matmul(x2, w, self.kernel_scale[...]).reshape(*x.shape[:-1], w.shape[-1])
+        else:
+            # as one (rows, in) @ (in, out) product: on 3-d x, XLA:CPU's backward pass wrote the SwiGLU's gradient
+            # transposed from inside its elementwise fusion, ~7x slower than such fusions in row order
+            # (benchmarks/RESULTS.md, issue 28); the same values up to float rounding
+            y = (narrow(x, w).reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
         y = y + self.bias[...] if self.bias is not None else y
         return y if taps is None else taps.dense(x, y)
 
@@ -357,8 +363,11 @@ def apply_head(head, h, w_t=None):
     out in float32. w_t: W.T (d, V), taken by a caller that applies the head at every step of a loop once,
     outside it (the sampler): inside the loop XLA folds the transpose into the product, and XLA:CPU's matmul
     read the weight in that form about half as fast at decode batch sizes (issue 28); the same values up to
-    float rounding."""
+    float rounding. A head with "Wq" (int8 weights for sampling) multiplies by those instead."""
     W = head["W"]
+    if "Wq" in head:  # the sampler's int8 head (quantize.int8_params): W.T as int8 with per-column scales
+        z = int8_matmul(h, head["Wq"], head["Wq_scale"])
+        return z + head["b"] if "b" in head else z
     w_t = W.T if w_t is None else w_t
     if jnp.dtype(W.dtype).itemsize == 2:
         z = jnp.matmul(narrow(h, W), w_t, preferred_element_type=jnp.float32)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..evaluation import score, split_completions
 from ..models.padding import pad_left
+from ..models.quantize import int8_graphdef, int8_params_jit
 from ..models.sampling import sample
 from ..examples import make_examples
 from ..models.tokenizer import encode_prompt, pad_id_of
@@ -67,12 +68,17 @@ def _sample_lane(params, ids, mask, key, temperature, stop, *, graphdef, cfg, ma
                   top_k=None, top_p=1.0, stop_token=stop, pad_id=pad_id, greedy=False, shared_prompts=group)
 
 
-def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1, chunk: int | None = None):
+def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1, chunk: int | None = None,
+            weights: str = "float32"):
     """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params` of every lane;
     rows in consecutive groups of `group` share a prompt, prefilled once. chunk: the lanes this many at a time
-    (Lanes.map; None: all at once)."""
-    fn = lanes.map(_sample_lane, dict(graphdef=ctx.lm.graphdef, cfg=ctx.cfg, max_new_tokens=int(ctx.c.max_new_tokens),
-                                 pad_id=ctx.pad, group=int(group)), in_axes=(0, 0, 0, 0, None, None), chunk=chunk)
+    (Lanes.map; None: all at once). weights: what the sampler reads ("int8": RLConfig.sample_weights)."""
+    graphdef = ctx.lm.graphdef
+    if weights == "int8":  # quantized by a program of its own, once per rollout (inside the sampler's program
+        # XLA:CPU fused the conversion into the decode loop and redid it at every token: 2x slower than float32)
+        graphdef, params = int8_graphdef(ctx.cfg), lanes.map(int8_params_jit)(params)
+    fn = lanes.map(_sample_lane, dict(graphdef=graphdef, cfg=ctx.cfg, max_new_tokens=int(ctx.c.max_new_tokens),
+                                      pad_id=ctx.pad, group=int(group)), in_axes=(0, 0, 0, 0, None, None), chunk=chunk)
     return fn(params, ids, mask, keys, float(temperature), np.asarray(ctx.eos or (-1,), np.int32))
 
 
@@ -219,7 +225,7 @@ def rl_step(ctxs, lanes, stage, stage_step, step, update, params, opt_state, bas
     ids, pmask = prompt_batch(ctx, lanes, [[r["prompt"] for r in rw for _ in range(G)] for rw in rows])
     clock.done("prompts", ids, pmask)
     gen = rollout(ctx, lanes, params, ids, pmask, lane_keys(ctxs, lanes, stage.stage_id, stage_step), c.temperature,
-                  group=G)
+                  group=G, weights=c.sample_weights)
     clock.done("sample", gen)
     tokens, mask = to_host((gen.tokens, gen.mask))
     n_up = update_length(mask, int(c.max_new_tokens), UPDATE_BUCKET)
