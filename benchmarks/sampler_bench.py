@@ -4,12 +4,19 @@ weights and prompts. Prints one ratio from one run.
     python benchmarks/sampler_bench.py [--batch 32] [--new 64] [--repeats 3]          # a random small gpt_neox
     python benchmarks/sampler_bench.py --model smollm2-135m-instruct --batch 8         # a real checkpoint
     python benchmarks/sampler_bench.py --model smollm2-135m-instruct --batch 8 --narrow  # weight types at decode
+    python benchmarks/sampler_bench.py --model smollm2-135m-instruct --batch 8 --weights int8   # the int8 sampler
+
+--weights int8: ntkdyn's sampler reads int8 weights (models/quantize.py; lm.generate(weights="int8")); the float32
+sampler is timed beside it, and the int8 model's next-token distributions are compared with float32's on the
+float32 sampler's sequences (teacher-forced, every prompt and completion position): the share of positions whose
+argmax agrees, and KL(float32 || int8) in nats (mean, 99th percentile, max).
 
 --narrow (no transformers side): what a decode step's weight reads cost in each weight type on this backend, at the
 model's own matrix shapes and --batch rows: one jitted pass of x (batch, n_in) @ W over every matrix of the model
 (the weight-bound part of a decode step) with W in float32, bfloat16 (x too), bfloat16 converted to float32 in
-the program, and int8 with per-column float32 scales; and one sum over every float32 weight (a pure read: the
-bandwidth bound of float32 decoding). Each as ms per step, GB/s of weights read, and the ratio to float32 — a
+the program, int8 with per-column float32 scales (converted to float32 in the program), int8 with the activations
+quantized to int8 too (the int8 sampler's product, models/quantize.int8_matmul); and one sum over every float32
+weight (a pure read: the bandwidth bound of float32 decoding). Each as ms per step, GB/s of weights read, and the ratio to float32 — a
 narrower weight type helps the sampler only where this ratio is well below 1.
 
 With --model (a directory, a .gguf file or a known name), both sides load the same converted Hugging Face
@@ -40,6 +47,8 @@ def main(argv=None):
                     "the random gpt_neox of --d-model / --layers")
     ap.add_argument("--narrow", action="store_true", help="time a decode step's weight reads per weight type "
                     "(float32, bfloat16, int8) at the model's shapes instead of the sampler comparison")
+    ap.add_argument("--weights", default="float32", choices=("float32", "int8"),
+                    help="the weights ntkdyn's sampler reads (int8: also times float32 and compares distributions)")
     args = ap.parse_args(argv)
 
     lm, path = _models(args)
@@ -50,9 +59,10 @@ def main(argv=None):
     prompts = np.random.RandomState(0).randint(3, V, (args.batch, args.prompt_len)).astype(np.int32)
     n_tokens = args.batch * args.new
 
-    def ours(seed):
-        g = lm.generate(prompts, args.new, temperature=1.0, seed=seed, stop_token=-1)
+    def ours(seed, weights=args.weights):
+        g = lm.generate(prompts, args.new, temperature=1.0, seed=seed, stop_token=-1, weights=weights)
         jax.block_until_ready(g.tokens)
+        return g
 
     def theirs(seed):
         torch.manual_seed(seed)
@@ -71,19 +81,46 @@ def main(argv=None):
         return float(np.median(ts))
 
     t_ours, t_hf = timed(ours), timed(theirs)
+    t_f32 = timed(lambda seed: ours(seed, "float32")) if args.weights != "float32" else t_ours
     c = lm.config
     print(f"model: {args.model or c.family} d={c.d_model} L={c.n_layers} V={V} params={lm.num_params:,}; "
           f"batch {args.batch}, "
           f"prompt {args.prompt_len}, {args.new} new tokens; torch threads {torch.get_num_threads()}, "
           f"jax devices {jax.devices()}")
-    print(f"ntkdyn       {n_tokens / t_ours:10.0f} tokens/s  ({t_ours * 1e3:.1f} ms)")
+    print(f"ntkdyn ({args.weights}) {n_tokens / t_ours:10.0f} tokens/s  ({t_ours * 1e3:.1f} ms)")
+    if args.weights != "float32":
+        print(f"ntkdyn (float32) {n_tokens / t_f32:10.0f} tokens/s  ({t_f32 * 1e3:.1f} ms)")
     print(f"transformers {n_tokens / t_hf:10.0f} tokens/s  ({t_hf * 1e3:.1f} ms)")
-    print(f"ratio ntkdyn / transformers: {t_hf / t_ours:.2f}x")
+    print(f"ratio ntkdyn ({args.weights}) / transformers: {t_hf / t_ours:.2f}x")
+    if args.weights != "float32":
+        print(f"ratio ntkdyn (float32) / transformers: {t_hf / t_f32:.2f}x; {args.weights} / float32: "
+              f"{t_f32 / t_ours:.2f}x")
+        agree, kl = distribution_gap(lm, prompts, ours(0, "float32").tokens)
+        print(f"{args.weights} vs float32 next-token distributions on {kl.size} positions of the float32 samples: "
+              f"argmax agrees at {agree:.4f}; KL(float32 || {args.weights}) mean {kl.mean():.2e}, 99th percentile "
+              f"{np.percentile(kl, 99):.2e}, max {kl.max():.2e} nats")
+
+
+def distribution_gap(lm, prompts, tokens):
+    """(share of positions where the int8 model's argmax equals float32's, KL(float32 || int8) per position) over
+    every position of prompts + tokens, teacher-forced through both models."""
+    from ntkdyn.models.transformer import features, head_logits
+
+    ids = jax.numpy.asarray(np.concatenate([prompts, np.asarray(tokens)], 1), jax.numpy.int32)
+    qgraphdef, qparams = lm.int8_weights()
+    lp32 = jax.nn.log_softmax(lm.logits(ids), -1)
+    lp8 = jax.nn.log_softmax(head_logits(lm.config, qparams["head"], features(qgraphdef, lm.config, qparams, ids)[0]),
+                             -1)
+    kl = np.asarray(jax.numpy.sum(jax.numpy.exp(lp32) * (lp32 - lp8), -1), np.float64).ravel()
+    agree = float(np.mean(np.asarray(lp32.argmax(-1) == lp8.argmax(-1))))
+    return agree, kl
 
 
 def narrow_types(lm, batch, repeats):
     """Print ms per pass of x @ W over every weight matrix of `lm` (see the module docstring) per weight type."""
     import jax.numpy as jnp
+
+    from ntkdyn.models.quantize import int8_matmul, quantize_columns
 
     mats = [np.asarray(w, np.float32) for w in jax.tree.leaves(lm.params) if np.ndim(w) == 2]
     nbytes = sum(m.size for m in mats) * 4
@@ -102,17 +139,17 @@ def narrow_types(lm, batch, repeats):
     def int8(ws, xs):
         return sum(jnp.sum((xs[q.shape[0]] @ q.astype(jnp.float32)) * s) for q, s in ws)
 
+    def int8_int8(ws, xs):  # the int8 sampler's product: activations quantized per row (two levels), s8 x s8 -> s32
+        return sum(jnp.sum(int8_matmul(xs[q.shape[0]], q, s)) for q, s in ws)
+
     def read(ws, xs):
         return sum(jnp.sum(w) for w in ws)
-
-    def quantized(m):
-        s = np.abs(m).max(0) / 127 + 1e-12
-        return jnp.asarray(np.round(m / s), jnp.int8), jnp.asarray(s, jnp.float32)
 
     cases = [("float32 weights", f32, [jnp.asarray(m) for m in mats], 4),
              ("bfloat16 weights and x", bf16, [jnp.asarray(m, jnp.bfloat16) for m in mats], 2),
              ("bfloat16 weights -> float32", bf16_to_f32, [jnp.asarray(m, jnp.bfloat16) for m in mats], 2),
-             ("int8 weights + scales", int8, [quantized(m) for m in mats], 1),
+             ("int8 weights + scales", int8, [quantize_columns(m) for m in mats], 1),
+             ("int8 weights, int8 x (sampler)", int8_int8, [quantize_columns(m) for m in mats], 1),
              ("read float32 weights (sum)", read, [jnp.asarray(m) for m in mats], 4)]
     print(f"{len(mats)} weight matrices, {nbytes / 1e6:.0f} MB in float32; {batch} rows; jax {jax.__version__} on "
           f"{jax.devices()[0].platform}")
