@@ -51,6 +51,17 @@ ARCH = {"GPT2Config": "GPT2LMHeadModel", "GPTNeoXConfig": "GPTNeoXForCausalLM", 
         "Gemma2Config": "Gemma2ForCausalLM"}
 
 
+# one tiny model per family (Gemma 3 with a soft-capped head: the nonlinear head_logits too), tied and untied heads
+EVERY_FAMILY = ["gpt2", "neox_parallel", "llama_gqa", "qwen3", "gemma3_softcap"]
+
+
+def loaded(root: str, names=EVERY_FAMILY) -> dict:
+    """{name: the ntkdyn LM of build(name, root)} for every name."""
+    import ntkdyn as nd
+
+    return {n: nd.load(build(n, root)[0]) for n in names}
+
+
 def build(name: str, root: str, seed: int = 0):
     """Build, randomise (larger init so logits are not flat) and save one tiny model; returns (dir, torch model)."""
     cfg_cls, kw = {**SPECS, **SOFTCAP}[name]

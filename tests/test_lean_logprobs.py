@@ -20,8 +20,7 @@ from ntkdyn.rl import objectives as O
 from ntkdyn.rl.config import ConfigError
 from ntkdyn.rl.step import LossSpec
 
-# every family (Gemma 3 with a soft-capped head: the nonlinear head_logits too), tied and untied heads
-FAMILIES = ["gpt2", "neox_parallel", "llama_gqa", "qwen3", "gemma3_softcap"]
+FAMILIES = hf_models.EVERY_FAMILY
 T = 0.7  # a rollout temperature != 1: "logp" and "logp_model" differ
 
 
@@ -48,8 +47,7 @@ def _loss(st, b):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("lean"))
-    return {f: nd.load(hf_models.build(f, root)[0]) for f in FAMILIES}
+    return hf_models.loaded(str(tmp_path_factory.mktemp("lean")), FAMILIES)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,6 +1,6 @@
 """int8 weights for sampling (models/quantize.py; issue #23): the per-column weight quantization and the two-level
 activation quantization against their error bounds in float64; on tiny Hugging Face models of every family the
-int8 model's next-token distributions against float32's (KL and argmax), and lm.generate(weights="int8")."""
+int8 model's next-token distributions against float32's (KL and argmax), lm.generate(weights="int8") and RL rollouts with RLConfig.sample_weights="int8"."""
 from __future__ import annotations
 
 import jax
@@ -10,11 +10,10 @@ import pytest
 from rl_helpers import SMALL, assert_records_close, base_dir, easy_reward  # noqa: F401 (fixture)
 
 import hf_models
-import ntkdyn as nd
 from ntkdyn.models.quantize import int8_matmul, int8_weights, quantize_columns
 from ntkdyn.models.transformer import features, head_logits
 
-FAMILIES = ["gpt2", "neox_parallel", "llama_gqa", "qwen3", "gemma3_softcap"]
+FAMILIES = hf_models.EVERY_FAMILY
 
 
 def test_quantize_columns_within_half_a_step():
@@ -51,8 +50,7 @@ def test_int8_matmul_against_float64():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("quantize"))
-    return {f: nd.load(hf_models.build(f, root)[0]) for f in FAMILIES}
+    return hf_models.loaded(str(tmp_path_factory.mktemp("quantize")), FAMILIES)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -109,14 +109,15 @@ class Dense(nnx.Module):
 
     def __call__(self, x, taps=None):
         w = self.kernel[...]
+        # as one (rows, in) @ (in, out) product: on 3-d x, XLA:CPU's backward pass wrote the SwiGLU's gradient
+        # transposed from inside its elementwise fusion, ~7x slower than such fusions in row order
+        # (benchmarks/RESULTS.md, issue 28); the same values up to float rounding
         x2 = x.reshape(-1, x.shape[-1])
         if w.dtype == jnp.int8:  # the sampler's int8 weights (models/quantize.py): kernel_scale per output column
-            y = int8_matmul(x2, w, self.kernel_scale[...]).reshape(*x.shape[:-1], w.shape[-1])
+            y = int8_matmul(x2, w, self.kernel_scale[...])
         else:
-            # as one (rows, in) @ (in, out) product: on 3-d x, XLA:CPU's backward pass wrote the SwiGLU's gradient
-            # transposed from inside its elementwise fusion, ~7x slower than such fusions in row order
-            # (benchmarks/RESULTS.md, issue 28); the same values up to float rounding
-            y = (narrow(x, w).reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+            y = narrow(x2, w) @ w
+        y = y.reshape(*x.shape[:-1], w.shape[-1])
         y = y + self.bias[...] if self.bias is not None else y
         return y if taps is None else taps.dense(x, y)
 

@@ -5,8 +5,8 @@ marked as ones a rerun may move) and the base model's feature table (the paper's
 from __future__ import annotations
 
 from ..io import write_text
-from ..stats import FRAGILE
 from ..plots.analysis import feature_table_markdown
+from ..stats import FRAGILE
 
 __all__ = ["summary_markdown", "write_summary", "table_cell", "moved_verdicts"]
 
@@ -135,7 +135,8 @@ def summary_markdown(claim_list, meta, perturbed=None, perturb_meta=None) -> str
              "side, *inconclusive* otherwise (with the seeds or items that would decide it at the observed effect "
              "and spread); a claim of several effects needs all of them. The last column predicts, from the observed "
              "effects and spread, how likely an independent rerun of the same size (new seeds, or another machine's "
-             "rounding) reaches the same verdict; below 90 % the verdict is marked as one a rerun may move. "
+             f"rounding) reaches the same verdict; below {100 * FRAGILE:.0f} % the verdict is marked as one a rerun "
+             "may move. "
              "*cannot show on this setting* when the "
              "setting cannot tell the claim from its negation (the reason is given). [A] the paper's abstract, [P] "
              "its body, [N] ntkdyn's own extension.", ""]
