@@ -16,8 +16,8 @@ model's own matrix shapes and --batch rows: one jitted pass of x (batch, n_in) @
 (the weight-bound part of a decode step) with W in float32, bfloat16 (x too), bfloat16 converted to float32 in
 the program, int8 with per-column float32 scales (converted to float32 in the program), int8 with the activations
 quantized to int8 too (the int8 sampler's product, models/quantize.int8_matmul); and one sum over every float32
-weight (a pure read: the bandwidth bound of float32 decoding). Each as ms per step, GB/s of weights read, and the ratio to float32 — a
-narrower weight type helps the sampler only where this ratio is well below 1.
+weight (a pure read: the bandwidth bound of float32 decoding). Each as ms per step, GB/s of weights read, and the
+ratio to float32 — a narrower weight type helps the sampler only where this ratio is well below 1.
 
 With --model (a directory, a .gguf file or a known name), both sides load the same converted Hugging Face
 directory (transformers opens it with AutoModelForCausalLM, float32); prompts are random ids of the vocabulary.

@@ -1,6 +1,7 @@
 """int8 weights for sampling (models/quantize.py; issue #23): the per-column weight quantization and the two-level
 activation quantization against their error bounds in float64; on tiny Hugging Face models of every family the
-int8 model's next-token distributions against float32's (KL and argmax), lm.generate(weights="int8") and RL rollouts with RLConfig.sample_weights="int8"."""
+int8 model's next-token distributions against float32's (KL and argmax), lm.generate(weights="int8") and RL
+rollouts with RLConfig.sample_weights="int8"."""
 from __future__ import annotations
 
 import jax

@@ -73,7 +73,8 @@ def test_inconclusive_states_seeds_needed():
     assert e.needed == ref > e.n
 
 
-@pytest.mark.parametrize("mean,s,n,threshold,side", [(-0.138, 0.164, 10, -0.05, "above"), (0.03, 0.04, 10, 0.0, "above"),
+@pytest.mark.parametrize("mean,s,n,threshold,side", [(-0.138, 0.164, 10, -0.05, "above"),
+                                                      (0.03, 0.04, 10, 0.0, "above"),
                                                       (0.012, 0.05, 5, 0.05, "below"), (-0.5, 0.2, 3, 0.0, "below")])
 def test_rerun_probabilities_against_simulation(mean, s, n, threshold, side):
     """The closed form against its model drawn: a true mean μ ~ N(mean, s²/n) (flat prior), a rerun's mean

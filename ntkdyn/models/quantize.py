@@ -4,8 +4,9 @@ column, the activations quantized per row at run time, the products in int8 with
 Why: decoding at a handful of rows reads every weight once per token, so a float32 sampler is bound by the time to
 read 4 bytes per parameter. XLA:CPU (jaxlib 0.10) computes an s8 × s8 → s32 dot through its YNNPACK fusion: at 8
 rows, one pass over SmolLM2-135M's matrices took 19 ms in int8 against 46 ms in float32 on an AVX-512 VNNI / AMX
-Xeon (benchmarks/RESULTS.md); bfloat16 weights, or int8 weights converted to float32, were 3-4.5x slower there. Only the sampler uses these weights: the log-probabilities a trainer learns from are
-recomputed in float32 from the float32 parameters, as before.
+Xeon (benchmarks/RESULTS.md); bfloat16 weights, or int8 weights converted to float32, were 3-4.5x slower there.
+Only the sampler uses these weights: the log-probabilities a trainer learns from are recomputed in float32 from the
+float32 parameters, as before.
 
     qgraphdef, qparams = int8_weights(cfg, params)
     sample(qgraphdef, cfg, qparams, ...)             # what lm.generate(..., weights="int8") does
@@ -16,8 +17,8 @@ u_i b_i with a_i = round(x_i / t_i), t_i = max|x_i| / 127, and b_i the same roun
 (u_i = max|x_i − t_i a_i| / 127 ≤ t_i / 254): with one level the outlier channels of a real model's activations
 (SmolLM2) took the next-token KL to float32 to ~0.08 nats, with two ~7e-3. Both levels enter one product as stacked
 rows (the weights are read once): y_ij = s_j (t_i Σ_k a_ik q_kj + u_i Σ_k b_ik q_kj). A zero column or row keeps
-scale 1 (its q is 0). The embedding table (also the tied head's input side), norms, biases, attention and the KV cache stay
-float32.
+scale 1 (its q is 0). The embedding table (also the tied head's input side), norms, biases, attention and the KV
+cache stay float32.
 """
 from __future__ import annotations
 
@@ -33,30 +34,30 @@ __all__ = ["WEIGHT_TYPES", "int8_matmul", "quantize_columns", "int8_weights", "i
 WEIGHT_TYPES = ("float32", "int8")  # what a sampler may read its weights as
 
 
+def _int8(x, axis: int):
+    """(q, t): x as int8 q with one float32 scale t = max|x| / 127 per slice along `axis` (kept as a size-1 axis;
+    1 where the slice is all zero), x ≈ q · t."""
+    t = jnp.max(jnp.abs(x), axis=axis, keepdims=True) / 127.0
+    t = jnp.where(t > 0, t, 1.0)
+    return jnp.clip(jnp.round(x / t), -127, 127).astype(jnp.int8), t
+
+
 def quantize_columns(w):
     """(q, s): w (in, out) as int8 q with per-column float32 scales s (out,), w ≈ q · s."""
-    w = jnp.asarray(w, jnp.float32)
-    s = jnp.max(jnp.abs(w), axis=0) / 127.0
-    s = jnp.where(s > 0, s, 1.0)
-    return jnp.clip(jnp.round(w / s), -127, 127).astype(jnp.int8), s
+    q, s = _int8(jnp.asarray(w, jnp.float32), axis=0)
+    return q, s[0]
 
 
 def int8_matmul(x, q, s):
     """x (rows, in) float @ (q (in, out) int8 · s (out,)): x quantized per row in two int8 levels (the module
     docstring), both through one int8 product with int32 accumulation, rescaled to float32."""
     x = x.astype(jnp.float32)
-    x1, t1 = _rows_int8(x)
-    x2, t2 = _rows_int8(x - x1.astype(jnp.float32) * t1)  # the rounding residual, quantized again
+    x1, t1 = _int8(x, axis=-1)
+    x2, t2 = _int8(x - x1.astype(jnp.float32) * t1, axis=-1)  # the rounding residual, quantized again
     n = x.shape[-2]
     acc = jax.lax.dot_general(jnp.concatenate([x1, x2], -2), q, (((x.ndim - 1,), (0,)), ((), ())),
                               preferred_element_type=jnp.int32).astype(jnp.float32)
     return (acc[..., :n, :] * t1 + acc[..., n:, :] * t2) * s
-
-
-def _rows_int8(x):
-    t = jnp.max(jnp.abs(x), axis=-1, keepdims=True) / 127.0
-    t = jnp.where(t > 0, t, 1.0)
-    return jnp.clip(jnp.round(x / t), -127, 127).astype(jnp.int8), t
 
 
 def _is_dense(d) -> bool:

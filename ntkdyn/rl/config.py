@@ -13,8 +13,8 @@ import numpy as np
 
 from .. import tasks as _tasks
 from ..io import is_finite_number, read_json
-from ..models.tokenizer import CHAT_CHOICES
 from ..models.quantize import WEIGHT_TYPES
+from ..models.tokenizer import CHAT_CHOICES
 from ..models.transformer import COMPUTE_DTYPES
 from ..optim import OPTIMIZERS
 from ..options import choices_of, option
