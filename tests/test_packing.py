@@ -109,13 +109,30 @@ def test_packed_stats_and_gradients_equal_the_padded_pass(family):
         np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=2e-4, atol=1e-5 * scale)
 
 
-def test_packed_rl_update_equals_padded():
+def _micro_plans(mask, M, G):
+    """rl/rollout._packing's plans of one lane's rollout mask in M micro-batches of groups of G (rows_multiple 1)."""
+    from types import SimpleNamespace
+
+    from ntkdyn.rl import rollout
+    from ntkdyn.rl.lanes import Lanes
+
+    ctx = SimpleNamespace(loss_spec=SimpleNamespace(micro_batches=M), c=SimpleNamespace(group_size=G),
+                          sh=SimpleNamespace(size=1, batch=lambda a, **kw: jnp.asarray(a)))
+    return rollout._packing(ctx, Lanes(1), mask)
+
+
+@pytest.mark.parametrize("micro", [1, 2])
+def test_packed_rl_update_equals_padded(micro):
+    """One update packed against padded: in one batch, and in 2 micro-batches of two groups each (a plan per
+    micro-batch, rl/rollout._packing's, 2 rows for 4: against the padded micro-batches)."""
     lm = tiny("llama", True)
-    b = _batch(np.random.default_rng(1), [6, 1, 2, 6, 3, 4])
+    b = _batch(np.random.default_rng(1), [6, 1, 2, 6, 3, 4, 2, 2], P=4)
     tx = make_optimizer("sgd", 1e-2)
-    ls = LossSpec(1.0, 0.2, "seq_mean_token_mean", 0.0, "k3", False, 2)
+    ls = LossSpec(1.0, 0.2, "seq_mean_token_mean", 0.0, "k3", False, 2, micro_batches=micro)
+    plan = packing.pack(b["mask"]) if micro == 1 else _micro_plans(b["mask"], micro, 2)
+    assert plan.rows.shape[:-1] == ((4,) if micro == 1 else (micro, 2))
     outs = []
-    for pk in (None, packing.pack(b["mask"])):
+    for pk in (None, plan):
         batch = {**b, **({} if pk is None else {"packing": pk})}
         new, _, m, logp = rl_update(lm.params, opt_init(lm.params, tx=tx), batch, jnp.zeros_like(b["mask"]), True,
                                     None, graphdef=lm.graphdef, cfg=lm.config, tx=tx, ls=ls, group="all")
@@ -127,20 +144,23 @@ def test_packed_rl_update_equals_padded():
         np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
-def test_config_rejects_pack_with_remat_or_micro_batches():
+def test_config_rejects_pack_with_remat():
     assert RLConfig(out="x", pack=True).pack is True
+    assert RLConfig(out="x", pack=True, micro_batches=2, prompts_per_step=4).micro_batches == 2
     with pytest.raises(ConfigError, match=r"RLConfig.pack=True: .*remat"):
         RLConfig(out="x", pack=True, remat=True)
-    with pytest.raises(ConfigError, match=r"RLConfig.pack=True: .*micro_batches"):
-        RLConfig(out="x", pack=True, micro_batches=2, prompts_per_step=4)
     with pytest.raises(ConfigError, match=r"RLConfig.pack='yes': expected True or False"):
         RLConfig(out="x", pack="yes")
 
 
-def test_batched_run_packed_equals_the_run_padded(base_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("micro", [1, 2])
+def test_batched_run_packed_equals_the_run_padded(base_dir, tmp_path, monkeypatch, micro):
     """Two seeds as lanes (one packed row count for both), two PPO iterations and the KL term's reference
-    log-probs (ref_logp) packed: the records equal the padded runs' to float rounding. The base model's "sum"
-    completions take 4-8 tokens, so the update runs at 16 columns (its bucket raised) for packing to save rows."""
+    log-probs (ref_logp) packed: the records equal the padded runs' to float rounding; with 2 micro-batches, one
+    plan per micro-batch (lanes × micro-batches × rows; ref_logp too) against the padded micro-batches
+    (micro-batches against one batch: test_rl_micro_batches). The base model's
+    "sum" completions take 4-8 tokens, so the update runs at 16 columns (its bucket raised) for packing to save
+    rows."""
     from ntkdyn.rl import rollout
 
     used = []
@@ -151,17 +171,20 @@ def test_batched_run_packed_equals_the_run_padded(base_dir, tmp_path, monkeypatc
                    **dict(SMALL, eval_every=0, probe_every=0, max_new_tokens=16))
     recs = {}
     for pack in (False, True):
-        runs = [cfg.replace(seed=s, out=str(tmp_path / f"p{pack}-s{s}"), pack=pack) for s in (1, 2)]
+        runs = [cfg.replace(seed=s, out=str(tmp_path / f"p{pack}-s{s}"), pack=pack, micro_batches=micro)
+                for s in (1, 2)]
         train_batch(runs, progress=False, reward_fn=easy_reward)
         recs[pack] = [read_metrics(c.out) for c in runs]
-    assert len(used) == 3 and all(p is not None and p.rows.shape[1] < 16 for p in used)  # packing saved rows
+    B = SMALL["prompts_per_step"] * SMALL["group_size"] // micro  # the rows of one plan
+    assert len(used) == 3 and all(p is not None for p in used)
+    assert all(p.rows.shape[:-2] == ((2, micro) if micro > 1 else (2,)) and p.rows.shape[-2] < B for p in used)
     for a, b in zip(recs[False], recs[True]):
         assert len(a) == 4
         assert_records_close(a, b)
 
 
 def test_trainer_rounds_packed_rows_to_quarters_of_the_batch():
-    assert [packing.rows_multiple(B) for B in (4, 16, 32, 64, 30)] == [4, 4, 8, 16, 8]
+    assert [packing.rows_multiple(B) for B in (4, 8, 16, 32, 64, 30)] == [2, 2, 4, 8, 16, 8]
     assert packing.rows_multiple(32, devices=3) == 24 and packing.rows_multiple(16, devices=8) == 8
 
 
@@ -175,12 +198,14 @@ rollout._packing = lambda *a: used.append(real(*a)) or used[-1]
 cfg = RLConfig.from_dict(json.loads(sys.argv[1]))
 train(cfg.replace(out=sys.argv[2] + "/padded"), progress=False)
 train(cfg.replace(out=sys.argv[2] + "/packed", pack=True, mesh="data=4"), progress=False)
+train(cfg.replace(out=sys.argv[2] + "/micro", pack=True, mesh="data=4", micro_batches=2), progress=False)
 print("ROWS", json.dumps([None if p is None else list(p.rows.shape) for p in used]))
 """
 
 
 def test_packed_run_on_a_mesh_equals_the_padded_run_on_one_device(base_dir, tmp_path):
-    """The packed rows split over 4 devices (a multiple of them: rows_multiple) against one device, padded."""
+    """The packed rows split over 4 devices (a multiple of them: rows_multiple), in one batch and in 2
+    micro-batches (a plan per micro-batch, its rows split), against one device, padded."""
     import json
     import os
     import subprocess
@@ -193,5 +218,8 @@ def test_packed_run_on_a_mesh_equals_the_padded_run_on_one_device(base_dir, tmp_
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = json.loads([x for x in p.stdout.splitlines() if x.startswith("ROWS ")][-1][5:])
-    assert len(rows) == 2 and all(r is not None and r[0] < 16 and r[0] % 4 == 0 for r in rows), rows
+    micro = [r for r in rows[2:] if r is not None]  # a plan that saves no rows runs padded
+    assert len(rows) == 4 and all(r is not None and r[0] < 16 and r[0] % 4 == 0 for r in rows[:2]), rows
+    assert micro and all(r[0] == 2 and r[1] < 8 and r[1] % 4 == 0 for r in micro), rows
     assert_records_close(read_metrics(str(tmp_path / "padded")), read_metrics(str(tmp_path / "packed")))
+    assert_records_close(read_metrics(str(tmp_path / "padded")), read_metrics(str(tmp_path / "micro")))

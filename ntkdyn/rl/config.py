@@ -103,7 +103,7 @@ class RLConfig:
     pack: bool = option(False, "the update's completions packed end to end into fewer rows (rl/packing.py), so "
                         "its forward and backward passes skip the padding after each EOS: the same step up to float "
                         "rounding, faster when completion lengths vary; each distinct packed row count compiles once "
-                        "(not with remat or micro_batches > 1)")
+                        "(not with remat; with micro_batches, each micro-batch packed on its own)")
     dtype: str = option("float32", "compute dtype of the update's forward and backward passes (and of the KL "
                         "term's reference log-probs): bfloat16 casts the params for them (matmul operands in "
                         "bfloat16; master weights, gradients, optimizer state, norms, softmax and logits stay "
@@ -235,9 +235,9 @@ def _validate(c: RLConfig):
     for key in ("resume", "overwrite", "score_truncated", "claim6", "remat", "pack"):
         if not isinstance(getattr(c, key), bool):
             raise _bad(key, getattr(c, key), "True or False")
-    if c.pack and (c.remat or c.micro_batches > 1):
-        raise _bad("pack", c.pack, "False with remat=True or micro_batches > 1 (the packed update runs whole "
-                                   "batches through the prompts' cache, which neither takes); set one of them")
+    if c.pack and c.remat:
+        raise _bad("pack", c.pack, "False with remat=True (the packed update runs through the prompts' cache, which "
+                                   "remat does not take); set one of them")
     if c.mesh is not None:
         try:
             parse_mesh(c.mesh, "RLConfig.mesh")

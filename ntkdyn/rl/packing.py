@@ -14,7 +14,9 @@ The plan is host-side numpy built from the rollout mask (which the step already 
 arrays enter the jitted update as part of the batch. R is data-dependent, so each distinct (R, W) compiles once
 (JAX's persistent cache keeps them for later runs). A compile of SmolLM2's update takes ~17 s on a 2-core CPU,
 more than packing saves per step, so the trainer rounds R up to a multiple of a quarter of the batch
-(`rows_multiple`): at most three packed shapes per update length (a plan that saves no quarter runs padded).
+(`rows_multiple`): at most three packed shapes per update length (a plan that saves no quarter runs padded). With
+micro-batches (RLConfig.micro_batches) each micro-batch of whole groups is packed on its own (its plan's indices
+local to it, every plan with one R, rounded to a quarter of the micro-batch: rl/rollout._packing).
 """
 from __future__ import annotations
 
@@ -26,12 +28,13 @@ import numpy as np
 __all__ = ["MAX_SEGMENTS", "ROWS_MULTIPLE", "Packing", "needed_rows", "rows_multiple", "pack", "pack_lanes"]
 
 MAX_SEGMENTS = 4  # segments (hence prompts' keys) per packed row
-ROWS_MULTIPLE = 4  # the plan's default rounding of the packed rows (the trainer's: rows_multiple)
+ROWS_MULTIPLE = 2  # the plan's default rounding of the packed rows, and the trainer's least (rows_multiple)
 
 
 def rows_multiple(batch_rows: int, devices: int = 1) -> int:
-    """The trainer's rounding of the packed rows: a quarter of the batch (rounded up), at least ROWS_MULTIPLE,
-    and a multiple of the devices the rows are split over."""
+    """The trainer's rounding of the packed rows of one plan over `batch_rows` rows (the batch, or one
+    micro-batch): a quarter of them (rounded up), at least ROWS_MULTIPLE, and a multiple of the devices the rows
+    are split over."""
     return math.lcm(max(ROWS_MULTIPLE, -(-int(batch_rows) // 4)), int(devices))
 
 

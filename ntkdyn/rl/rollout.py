@@ -26,7 +26,7 @@ from ..tasks.rewards import RewardError
 from . import checkpoint, packing
 from .config import TrainingError
 from .context import reference_answer
-from .step import group_advantages, ref_logp, step_key
+from .step import group_advantages, micro_batches, ref_logp, step_key
 from .sharding import to_host
 
 __all__ = ["stage_rows", "prompt_batch", "rollout", "lane_keys", "rewards", "dry_run", "rl_step", "lp_step",
@@ -180,14 +180,23 @@ def update_length(mask, max_new_tokens: int, bucket: int = UPDATE_BUCKET) -> int
 
 def _packing(ctx, lanes, mask):
     """The update's packing.Packing of the rollout mask (every lane: one row count), placed like the batch; None
-    when packing saves no rows (or the update has fewer than 2 tokens), and the padded update runs."""
+    when packing saves no rows (or the update has fewer than 2 tokens), and the padded update runs. With
+    micro-batches (RLConfig.micro_batches = M > 1) one plan per micro-batch (step.micro_batches' rows, its indices
+    local to the micro-batch), stacked on an axis of M after the lane axis, every plan with one row count."""
     m = np.asarray(mask) if lanes.n > 1 else np.asarray(mask)[None]
     if m.shape[-1] < 2:
         return None
-    pk = packing.pack_lanes(m, rows_multiple=packing.rows_multiple(m.shape[1], ctx.sh.size))
-    if pk.rows.shape[1] >= m.shape[1]:
+    n, B, N = m.shape
+    M = ctx.loss_spec.micro_batches
+    if M > 1:
+        m = np.asarray(micro_batches(jnp.asarray(m).swapaxes(0, 1), M, ctx.c.group_size)).transpose(2, 0, 1, 3)
+    m = m.reshape(n * M, B // M, N)
+    pk = packing.pack_lanes(m, rows_multiple=packing.rows_multiple(B // M, ctx.sh.size))
+    if pk.rows.shape[1] >= B // M:
         return None
-    return packing.Packing(*(ctx.sh.batch(a if lanes.n > 1 else a[0], lanes=lanes.n > 1) for a in pk))
+    lead = (n,) if M == 1 else (n, M)
+    pk = [a.reshape(*lead, *a.shape[1:]) for a in pk]
+    return packing.Packing(*(ctx.sh.batch(a if lanes.n > 1 else a[0], lanes=lanes.n > 1, micro=M > 1) for a in pk))
 
 
 class _Phases:

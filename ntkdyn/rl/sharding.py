@@ -139,11 +139,12 @@ class Sharding:
         os_ = jax.tree.map(lambda x: self.param_sharding(np.shape(x), lanes), opt_state)
         return jax.jit(update, out_shardings=(ps, os_) + (None,) * (n_out - 2), donate_argnums=donate)
 
-    def batch(self, x, lanes: bool = False):
-        """x with its batch axis (the leading one, or the second after a lane axis) split over the batch axes."""
+    def batch(self, x, lanes: bool = False, micro: bool = False):
+        """x with its batch axis split over the batch axes: the leading one, or the one after a lane axis
+        (`lanes`) and/or a micro-batch axis (`micro`: a packing plan per micro-batch, rl/rollout._packing)."""
         if self.mesh is None:
             return jnp.asarray(x)
-        spec = self._P(None, self.axis) if lanes else self._P(self.axis)
+        spec = self._P(*(None,) * (int(lanes) + int(micro)), self.axis)
         return self._put(np.asarray(x), self._NS(self.mesh, spec))
 
     def replicate(self, tree):

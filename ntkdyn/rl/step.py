@@ -109,8 +109,9 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
     so their gradients sum to the whole batch's: the same step up to float rounding, with the activations of
     B / M rows alive at once instead of B (the gradients accumulate in the loop's carry: XLA's accounting on
     SmolLM2 shows no second gradient-sized buffer).
-    batch["packing"] (optional; RLConfig.pack): a rl/packing.pack of the batch's mask; the loss's passes then
-    run over the packed completions (objectives.completion_logp): the same step up to float rounding."""
+    batch["packing"] (optional; RLConfig.pack): a rl/packing.pack of the batch's mask, or with micro-batches one
+    plan per micro-batch stacked on a leading axis of M (rl/rollout._packing); the loss's passes then run over the
+    packed completions (objectives.completion_logp): the same step up to float rounding."""
     keys = trainable_keys(group)
     pg = partial(O.pg_loss, clip_eps=ls.clip_eps, loss_agg=ls.loss_agg, beta=ls.beta, kl_estimator=ls.kl_estimator)
 
@@ -137,7 +138,9 @@ def rl_update(params, opt_state, batch, logp_old, on_policy, logp_ref, *, graphd
             (_, (_, st_mb)), g_mb = grad_fn(train_p, frozen_p, mb, norm)
             return jax.tree.map(jnp.add, acc, g_mb), st_mb
 
-        g, st = jax.lax.scan(one, jax.tree.map(jnp.zeros_like, train_p), micro_batches(rows, ls.micro_batches, G))
+        plans = {} if "packing" not in rows else {"packing": rows.pop("packing")}  # already one per micro-batch
+        g, st = jax.lax.scan(one, jax.tree.map(jnp.zeros_like, train_p),
+                             {**micro_batches(rows, ls.micro_batches, G), **plans})
         st = merge_micro_batches(st, G)
         loss, aux = pg(st["logp"], jnp.where(on_policy, st["logp"], logp_old), batch["adv"], batch["mask"],
                        logp_ref=logp_ref)
@@ -168,12 +171,22 @@ def ref_logp(params, ids, pmask, completion, packing=None, *, graphdef, cfg, tem
              shared_prompts=1, compute_dtype="float32"):
     """log π_ref of the completion tokens (π_ref: the starting model) at the rollout temperature (the head in
     chunks of `chunk` tokens; rows in consecutive groups of `shared_prompts` share a prompt, which runs once;
-    packing: the batch's rl/packing plan or None: objectives.completion_logp), computed in the update's compute
-    dtype (transformer.cast_params)."""
+    packing: the batch's rl/packing plan, its plans per micro-batch (a leading axis of M: rl/rollout._packing),
+    or None: objectives.completion_logp), computed in the update's compute dtype (transformer.cast_params)."""
     params = cast_params(params, compute_dtype)
-    return O.completion_logp(graphdef, cfg, params, ids, pmask, completion, temperature=temperature,
-                             with_model_stats=False, chunk=chunk, shared_prompts=shared_prompts,
-                             packing=packing)["logp"]
+
+    def logp(ids, pmask, completion, packing):
+        return O.completion_logp(graphdef, cfg, params, ids, pmask, completion, temperature=temperature,
+                                 with_model_stats=False, chunk=chunk, shared_prompts=shared_prompts,
+                                 packing=packing)["logp"]
+
+    if packing is None or packing.rows.ndim == 2:
+        return logp(ids, pmask, completion, packing)
+    # a plan per micro-batch (rl/rollout._packing): the micro-batches one after the other, as rl_update runs them
+    # (the same passes, so π_ref = π bit for bit where the parameters are equal)
+    G = max(int(shared_prompts), 1)
+    mb = micro_batches((ids, pmask, completion), packing.rows.shape[0], G)
+    return merge_micro_batches(jax.lax.map(lambda x: logp(*x), (*mb, packing)), G)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "cfg", "chunk", "shared_prompts"))
