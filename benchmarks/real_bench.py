@@ -20,12 +20,12 @@ peak resident memory (VmHWM) is its own):
   memory   the peak resident memory of (d)'s RL steps, each in its own process: ntkdyn plain, with `--remat`
            (each layer rematerialised in the update's backward pass), with `--micro-batches 8` (the update in 8
            micro-batches) and with both, and TRL's GRPOTrainer; each peak's ratio to TRL's, and s/step.
-  profile  one RL step of (d)'s settings phase by phase (rl_step's phases: sampling, transfer, rewards, reference
-           log-probs, update = forward/backward + optimizer, metrics), each with its FLOPs (op_flops: projections,
-           MLP, attention, head) and achieved GFLOP/s, every op class beside the standalone rate of its matmul shape;
-           before (update over all max_new_tokens columns) and after (rollout.update_length), each step against the
-           compute bound measured in the same run (bound_flops over the best float32 matmul rate). Also prints a
-           markdown table.
+  profile  RL steps of (d)'s settings phase by phase (rl_step's phases: sampling, transfer, rewards, reference
+           log-probs, update = forward/backward + optimizer, metrics), each with its FLOPs (op_flops, update_ops:
+           projections, MLP, attention, head) and achieved GFLOP/s, every op class beside the standalone rate of its
+           matmul shape; before (update over all max_new_tokens columns) and after (rollout.update_length; and
+           packed in micro-batches, RL_NTKDYN), each step against the compute bound measured in the same run
+           (bound_flops over the best float32 matmul rate). Also prints a markdown table.
   ops      the update of (d)'s settings XLA op by XLA op: one execution of the compiled rl_update traced with
            jax.profiler on one core and one XLA thread (a subprocess pinned to one CPU, OPS_FLAGS), every op's
            seconds beside its FLOPs read from the module's HLO (hlo_table, op_profile), the matmuls' achieved rate
@@ -419,20 +419,46 @@ def _profile_config(path, steps):
                     out=os.path.join(tempfile.gettempdir(), "ntkdyn_profile"), score_truncated=True)
 
 
-def _phase_ops(cfg, P, G, Tp, N, n_up, longest, chunk):
+def update_ops(cfg, P, G, Tp, n_up, chunk, rows=None, micro=1, segments=None):
+    """Matmul FLOPs per op class of the update (rl_update's value_and_grad: every product of the forward pass 3x,
+    forward and its two backward products) at a batch of P prompts x G completions cut to n_up columns, run in
+    `micro` micro-batches of P / micro prompts. Each micro-batch runs its prompts once and then its completions'
+    n_up - 1 inputs: padded (rows None: B / micro rows over Tp + n_up - 1 key slots, the prompts into a cache as
+    long; objectives._shared_prompt_features) or packed into `rows` rows in all, `rows / micro` per micro-batch
+    (rl/packing: `segments` prompts' keys, Tp each, then the row's own n_up - 1 slots; the prompts into a cache of
+    Tp; objectives._packed_stats). The head runs over the micro-batch's B / micro first tokens plus its input slots
+    (padded: B / micro x n_up), in logprobs.head_stats' equal chunks (padded to a multiple of them) and 4x when it
+    runs in chunks (their forward rematerialised), else 3x. segments: None is packing.MAX_SEGMENTS."""
+    from ntkdyn.rl.packing import MAX_SEGMENTS
+
+    segments = MAX_SEGMENTS if segments is None else segments
+    Pm = P // micro
+    Bm, W = Pm * G, n_up - 1
+    if rows is None:
+        slots = Tp + W
+        prompt, comp, n_head = op_flops(cfg, Pm * Tp, slots, 0), op_flops(cfg, Bm * W, slots, 0), Bm * n_up
+    else:
+        Rm = rows // micro
+        prompt, comp, n_head = op_flops(cfg, Pm * Tp, Tp, 0), op_flops(cfg, Rm * W, segments * Tp + W, 0), Bm + Rm * W
+    out = {k: 3 * micro * (prompt[k] + comp[k]) for k in prompt}
+    if chunk and n_head > chunk:
+        k = -(-n_head // chunk)
+        out["head"] = 4 * micro * op_flops(cfg, 0, 0, k * -(-n_head // k))["head"]
+    else:
+        out["head"] = 3 * micro * op_flops(cfg, 0, 0, n_head)["head"]
+    return out
+
+
+def _phase_ops(cfg, P, G, Tp, N, n_up, longest, chunk, rows=None, micro=1):
     """FLOPs per op class of the sampler and of the update (rl_step's work at this batch): the sampler prefills
     P prompts once (shared prompts) and runs `longest` decode steps of B rows over Tp + N cache slots, the head
-    at every row of every step; the update runs the P prompts once and B completions of n_up tokens forward and
-    backward (3x), the head (chunked, rematerialised: 4x) at B·n_up tokens padded to the chunk."""
+    at every row of every step; the update: update_ops (padded, or packed into `rows` rows; `micro`
+    micro-batches)."""
     B = P * G
     pre = op_flops(cfg, P * Tp, Tp + N, B)
     dec = op_flops(cfg, B * longest, Tp + N, B * longest)
     sample = {k: pre[k] + dec[k] for k in pre}
-    fwd = op_flops(cfg, P * Tp + B * (n_up - 1), Tp + n_up - 1, 0)
-    n_head = B * n_up if chunk == 0 or chunk >= B * n_up else -(-B * n_up // chunk) * chunk
-    update = {k: 3 * v for k, v in fwd.items()}
-    update["head"] = 4 * op_flops(cfg, 0, 0, n_head)["head"]
-    return {"sample": sample, "update": update}
+    return {"sample": sample, "update": update_ops(cfg, P, G, Tp, n_up, chunk, rows, micro)}
 
 
 def _op_rates(cfg, B, update_tokens, chunk):
@@ -452,8 +478,8 @@ def _op_rates(cfg, B, update_tokens, chunk):
 
 def _profile_run(ctx, bucket, steps):
     """rl_step `steps` times from the starting model with the update's completion bucket `bucket` (the padded
-    update: bucket = max_new_tokens): per step its phases' seconds, the update length and the longest completion;
-    and the last step's rollout batch."""
+    update: bucket = max_new_tokens): per step its phases' seconds, the update length, the longest completion and
+    the packed rows of the update in all (None: padded); and the last step's rollout batch."""
     import functools
 
     from ntkdyn.rl import rollout
@@ -474,7 +500,9 @@ def _profile_run(ctx, bucket, steps):
                 [ctx], L, stage, s, s, update, params, opt_state, baselines, phases=ph)
             total = time.perf_counter() - t
             m = np.asarray(batch["mask"])
+            pk = batch.get("packing")
             recs.append({"step_s": total, "phases": ph, "n_update": int(m.shape[-1]),
+                         "rows": None if pk is None else int(np.prod(pk.rows.shape[:-1])),
                          "longest": int(m.sum(-1).max()), "mean_length": float(outs[0]["completions/mean_length"]),
                          "reward": float(outs[0]["reward"]), "loss": float(outs[0]["loss"])})
     finally:
@@ -540,36 +568,55 @@ def _update_parts(ctx, batch, reps=3) -> dict:
     return out
 
 
-def section_profile(path, steps=4):
-    """One RL step of (d)'s settings on SmolLM2, phase by phase (rl_step's own phases, each synchronised):
-    seconds, FLOPs and achieved GFLOP/s, and per op class of the sampler and the update (FLOPs, the standalone
-    rate of its matmul shape, the time at that rate), before (update over all max_new_tokens columns) and after
-    (update over the completions cut to rollout.update_length); against the compute bound measured here; and the
-    update taken apart on the last batch (_update_parts: forward, backward, optimizer)."""
-    from ntkdyn.rl.context import on_devices, resolve
+def _profile_runs():
+    """section_profile's runs: (label, update bucket, RLConfig changes). Before: the update over all
+    max_new_tokens columns; the default: over the completions cut to rollout.update_length; the rl section's
+    settings (RL_NTKDYN): packed completions in micro-batches."""
     from ntkdyn.rl.rollout import UPDATE_BUCKET
+
+    N = int(dict(zip(RL_ARGS[::2], RL_ARGS[1::2]))["--new"])
+    micro = int(RL_NTKDYN[RL_NTKDYN.index("--micro-batches") + 1])
+    return [("padded", N, {}), ("bucketed", UPDATE_BUCKET, {}),
+            ("packed", UPDATE_BUCKET, {"pack": "--pack" in RL_NTKDYN, "micro_batches": micro})]
+
+
+def section_profile(path, steps=6):
+    """RL steps of (d)'s settings on SmolLM2, phase by phase (rl_step's own phases, each synchronised): seconds,
+    FLOPs and achieved GFLOP/s, and per op class of the sampler and the update (FLOPs, the standalone rate of its
+    matmul shape, the time at that rate), for each of _profile_runs (before: the update over all max_new_tokens
+    columns; after: over the completions cut to rollout.update_length, and packed in micro-batches as the rl
+    section runs it); `steps` steps from the starting model each, the first (compiling) left out, medians of the
+    rest (a packed row count seen first compiles in its step too); against the compute bound measured here; and
+    the bucketed update taken apart on its last batch (_update_parts: forward, backward, optimizer)."""
+    import dataclasses
+
+    from ntkdyn.rl.context import on_devices, resolve
     from ntkdyn.rl.trainer import enable_compile_cache
 
     if not os.path.isdir(path):
         raise SystemExit(f"section profile needs the real checkpoint directory {path}: ntkdyn fetch {NAME}")
     c = _profile_config(path, steps)
     enable_compile_cache()
-    ctx = on_devices(resolve(c))
-    cfg, P, G, N, chunk = ctx.cfg, c.prompts_per_step, c.group_size, c.max_new_tokens, ctx.loss_spec.logit_chunk
     rates = matmul_rates()
     peak = peak_rate(rates)
-    n_params = ctx.lm.num_params
-    out = {"machine": machine(), "matmul_rates": rates, "peak_gflops": peak, "batch": [P, G], "Tp": ctx.Tp,
-           "max_new_tokens": N, "params": n_params, "steps": steps, "warm_steps": steps - 1}
-    for label, bucket in (("padded", N), ("bucketed", UPDATE_BUCKET)):
+    out = {"machine": machine(), "matmul_rates": rates, "peak_gflops": peak, "steps": steps, "warm_steps": steps - 1,
+           "runs": []}
+    for label, bucket, changes in _profile_runs():
+        ctx = on_devices(resolve(dataclasses.replace(c, **changes)))
+        cfg, P, G, N, chunk = ctx.cfg, c.prompts_per_step, c.group_size, c.max_new_tokens, ctx.loss_spec.logit_chunk
+        micro = ctx.loss_spec.micro_batches
+        out.update(batch=[P, G], Tp=ctx.Tp, max_new_tokens=N, params=ctx.lm.num_params)
         recs, last_batch = _profile_run(ctx, bucket, steps)
         warm = recs[1:]
         step_s = statistics.median(r["step_s"] for r in warm)
         phases = {k: statistics.median(r["phases"].get(k, 0.0) for r in warm) for k in warm[0]["phases"]}
+        per_step = [_phase_ops(cfg, P, G, ctx.Tp, N, r["n_update"], r["longest"], chunk, r["rows"], micro)
+                    for r in warm]  # each warm step's work, then their mean
+        ops = {ph: {op: statistics.mean(o[ph][op] for o in per_step) for op in per_step[0][ph]}
+               for ph in per_step[0]}
         n_up = max(r["n_update"] for r in warm)
-        longest = max(r["longest"] for r in warm)
-        ops = _phase_ops(cfg, P, G, ctx.Tp, N, n_up, longest, chunk)
-        op_rates = _op_rates(cfg, P * G, P * ctx.Tp + P * G * n_up, chunk)
+        rows = statistics.median(P * G if r["rows"] is None else r["rows"] for r in warm)
+        op_rates = _op_rates(cfg, P * G, int(rows) * (n_up - 1) // micro, chunk)
         table = []
         for ph, secs in phases.items():
             fl = sum(ops[ph].values()) if ph in ops else 0.0
@@ -583,22 +630,23 @@ def section_profile(path, steps=4):
                               for op, f in sorted(ops[ph].items(), key=lambda x: -x[1])]
             table.append(row)
         work = sum(sum(v.values()) for v in ops.values())
-        bound = bound_flops(n_params, P * G, ctx.Tp, N)
-        out[label] = {"update_bucket": bucket, "step_s_median": round(step_s, 3),
-                      "first_step_s": round(recs[0]["step_s"], 2), "n_update": [r["n_update"] for r in recs],
-                      "longest": [r["longest"] for r in recs], "mean_length": [r["mean_length"] for r in recs],
-                      "loss": [r["loss"] for r in recs], "reward": [r["reward"] for r in recs],
-                      "phases": table, "work_gflop": round(work / 1e9, 1),
-                      "work_gflops_achieved": round(work / step_s / 1e9, 1),
-                      "bound_gflop": round(bound / 1e9, 1), "bound_s": round(bound / 1e9 / peak, 3),
-                      "step_over_bound": round(step_s / (bound / 1e9 / peak), 3)}
-    out["update_parts"] = _update_parts(ctx, last_batch)
+        bound = bound_flops(ctx.lm.num_params, P * G, ctx.Tp, N)
+        out["runs"].append(
+            {"label": label, "update_bucket": bucket, "changes": changes, "step_s_median": round(step_s, 3),
+             "first_step_s": round(recs[0]["step_s"], 2), "step_s": [round(r["step_s"], 2) for r in recs],
+             "n_update": [r["n_update"] for r in recs], "rows": [r["rows"] for r in recs],
+             "longest": [r["longest"] for r in recs], "mean_length": [r["mean_length"] for r in recs],
+             "loss": [r["loss"] for r in recs], "reward": [r["reward"] for r in recs],
+             "phases": table, "work_gflop": round(work / 1e9, 1), "work_gflops_achieved": round(work / step_s / 1e9, 1),
+             "bound_gflop": round(bound / 1e9, 1), "bound_s": round(bound / 1e9 / peak, 3),
+             "step_over_bound": round(step_s / (bound / 1e9 / peak), 3)})
+        if label == "bucketed":
+            out["update_parts"] = _update_parts(ctx, last_batch)
     out["bound"] = ("the issue's step FLOPs (6·params·B·(Tp+N) for the update + 2·params·B·N for the decode) at "
                     "peak_gflops, the best float32 matmul rate measured in this run (XLA or NumPy)")
-    out["speedup"] = round(out["padded"]["step_s_median"] / out["bucketed"]["step_s_median"], 3)
+    first = out["runs"][0]["step_s_median"]
+    out["speedup"] = {r["label"]: round(first / r["step_s_median"], 3) for r in out["runs"][1:]}
     return out
-
-
 
 
 # ----------------------------------------------------------------------------- the update, XLA op by XLA op
@@ -820,16 +868,16 @@ def section_xlaflags(path=None):
 
 
 def profile_table(res) -> str:
-    """A markdown table of section_profile's result: per phase and op class, before (padded) and after (bucketed),
-    and each step's time against the compute bound."""
+    """A markdown table of section_profile's result: per run (before: padded; after: bucketed, packed), phase and
+    op class, and each run's step time against the compute bound."""
     lines = [f"CPU {res['machine']['cpu']} ({res['machine']['cores']} cores; {' '.join(res['machine']['cpu_flags'])}), "
              f"load average {res['machine']['load_average'][0]:.1f} at the start; best float32 matmul "
              f"{res['peak_gflops']} GFLOP/s; Tp {res['Tp']}, N {res['max_new_tokens']}, batch {res['batch'][0]} x "
              f"{res['batch'][1]}", "",
              "| run | phase / op | seconds | share | GFLOP | GFLOP/s achieved | op shape (m, k, n) "
              "| standalone GFLOP/s | s at that rate |", "|---|---|---|---|---|---|---|---|---|"]
-    for label in ("padded", "bucketed"):
-        r = res[label]
+    for r in res["runs"]:
+        label = r["label"]
         for ph in r["phases"]:
             if ph["seconds"] < 0.0005 and "gflop" not in ph:
                 continue
@@ -838,9 +886,10 @@ def profile_table(res) -> str:
             for o in ph.get("ops", []):
                 lines.append(f"| {label} | {ph['phase']}: {o['op']} | | | {o['gflop']} | | {o['shape'] or ''} | "
                              f"{o['standalone_gflops'] or ''} | {o['seconds_at_that_rate'] or ''} |")
+        rows = "" if not any(r["rows"]) else f", packed rows {r['rows']}"
         lines.append(f"| {label} | **step** (median of {res['warm_steps']}) | **{r['step_s_median']:.2f}** | | "
-                     f"{r['work_gflop']} | {r['work_gflops_achieved']} | update length {r['n_update']}, longest "
-                     f"{r['longest']} | bound {r['bound_gflop']} GFLOP = {r['bound_s']:.2f} s | "
+                     f"{r['work_gflop']} | {r['work_gflops_achieved']} | update length {r['n_update']}{rows}, "
+                     f"longest {r['longest']} | bound {r['bound_gflop']} GFLOP = {r['bound_s']:.2f} s | "
                      f"**step / bound {r['step_over_bound']:.2f}** |")
     u = res.get("update_parts")
     if u:

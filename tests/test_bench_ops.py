@@ -57,3 +57,45 @@ def test_section_pages_times_first_writes_and_records_the_allocator(monkeypatch)
     assert [w["pause_s"] for w in res["writes"]] == [0, 0]
     for w in res["writes"]:
         assert w["first_write_s"] > 0 and w["rewrite_s"] > 0 and w["us_per_page"] >= 0
+
+
+def test_update_ops_counts_the_products_of_the_compiled_update():
+    """section profile's update FLOPs (update_ops) against the dots of the compiled rl_update (hlo_table), on a
+    tiny llama: padded and packed in one batch equal exactly; in 2 micro-batches the module holds one scan body
+    (its dots counted once: half); with the head in chunks it holds one chunk's four products (forward,
+    rematerialised forward, two backward) inside a loop over the chunks."""
+    import numpy as np
+    from ntk_cases import tiny
+    from test_packing import _batch, _micro_plans
+
+    from ntkdyn.optim import make_optimizer
+    from ntkdyn.rl import packing
+    from ntkdyn.rl.step import LossSpec, opt_init, rl_update
+
+    lm = tiny("llama", True, d=32, n_heads=4, n_kv_heads=2)
+    P, G, Tp, N = 4, 2, 5, 6
+    b = _batch(np.random.default_rng(1), [6, 1, 2, 6, 3, 4, 2, 2], P=P)
+    tx = make_optimizer("sgd", 1e-2)
+
+    def hlo_flops(micro, packed, chunk):
+        ls = LossSpec(1.0, 0.2, "seq_mean_token_mean", 0.0, "k3", False, G, micro_batches=micro, logit_chunk=chunk)
+        plan = (packing.pack(b["mask"]) if micro == 1 else _micro_plans(b["mask"], micro, G)) if packed else None
+        batch = {**b, **({} if plan is None else {"packing": plan})}
+        f = jax.jit(lambda p, s, bt: rl_update(p, s, bt, jnp.zeros_like(b["mask"]), True, None, graphdef=lm.graphdef,
+                                               cfg=lm.config, tx=tx, ls=ls, group="all"))
+        table = RB.hlo_table(f.lower(lm.params, opt_init(lm.params, tx=tx), batch).compile().as_text())
+        rows = None if plan is None else int(np.prod(plan.rows.shape[:-1]))
+        return sum(i["flops"] for i in _dots(table)), RB.update_ops(lm.config, P, G, Tp, N, chunk, rows, micro)
+
+    for packed in (False, True):
+        hlo, ops = hlo_flops(1, packed, 0)
+        assert hlo == sum(ops.values())
+        hlo2, ops2 = hlo_flops(2, packed, 0)
+        assert ops2 == ops and 2 * hlo2 == sum(ops.values())
+    hlo, ops = hlo_flops(1, True, 0)
+    assert ops["head"] < hlo_flops(1, False, 0)[1]["head"]  # packing: fewer head tokens
+    hlo, ops = hlo_flops(1, False, 8)  # 8 x 6 head tokens: 6 chunks of 8
+    rest = sum(v for k, v in ops.items() if k != "head")
+    assert ops["head"] == 6 * (hlo - rest) > 0
+    hlo, ops = hlo_flops(1, False, 10)  # 48 tokens in chunks of <= 10: 5 equal chunks of 10 (2 padding rows)
+    assert ops["head"] == 5 * (hlo - rest) and ops["head"] == 4 * 2 * 50 * 32 * lm.config.vocab_size
