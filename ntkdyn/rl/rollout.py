@@ -63,22 +63,25 @@ def prompt_batch(ctx, lanes, prompts):
     return ctx.sh.batch(ids, lanes=lanes.n > 1), ctx.sh.batch(mask, lanes=lanes.n > 1)
 
 
-def _sample_lane(params, ids, mask, key, temperature, stop, *, graphdef, cfg, max_new_tokens, pad_id, group):
+def _sample_lane(params, ids, mask, key, temperature, stop, *, graphdef, cfg, max_new_tokens, pad_id, group,
+                 compact):
     return sample(graphdef, cfg, params, ids, mask, key, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_k=None, top_p=1.0, stop_token=stop, pad_id=pad_id, greedy=False, shared_prompts=group)
+                  top_k=None, top_p=1.0, stop_token=stop, pad_id=pad_id, greedy=False, shared_prompts=group,
+                  compact=compact)
 
 
 def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1, chunk: int | None = None,
             weights: str = "float32"):
     """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params` of every lane;
-    rows in consecutive groups of `group` share a prompt, prefilled once. chunk: the lanes this many at a time
-    (Lanes.map; None: all at once). weights: what the sampler reads ("int8": RLConfig.sample_weights)."""
+    rows in consecutive groups of `group` share a prompt, prefilled once; on one device the decode drops finished
+    rows (sampling.sample's compact). chunk: the lanes this many at a time (Lanes.map; None: all at once). weights: what the sampler reads ("int8": RLConfig.sample_weights)."""
     graphdef = ctx.lm.graphdef
     if weights == "int8":  # quantized by a program of its own, once per rollout (inside the sampler's program
         # XLA:CPU fused the conversion into the decode loop and redid it at every token: 2x slower than float32)
         graphdef, params = int8_graphdef(ctx.cfg), lanes.map(int8_params_jit)(params)
     fn = lanes.map(_sample_lane, dict(graphdef=graphdef, cfg=ctx.cfg, max_new_tokens=int(ctx.c.max_new_tokens),
-                                      pad_id=ctx.pad, group=int(group)), in_axes=(0, 0, 0, 0, None, None), chunk=chunk)
+                                      pad_id=ctx.pad, group=int(group),
+                                      compact=ctx.sh.size == 1), in_axes=(0, 0, 0, 0, None, None), chunk=chunk)
     return fn(params, ids, mask, keys, float(temperature), np.asarray(ctx.eos or (-1,), np.int32))
 
 
