@@ -452,7 +452,8 @@ def update_ops(cfg, P, G, Tp, n_up, chunk, rows=None, micro=1, segments=None):
 def _phase_ops(cfg, P, G, Tp, N, n_up, longest, chunk, rows=None, micro=1):
     """FLOPs per op class of the sampler and of the update (rl_step's work at this batch): the sampler prefills
     P prompts once (shared prompts) and runs `longest` decode steps of B rows over Tp + N cache slots, the head
-    at every row of every step; the update: update_ops (padded, or packed into `rows` rows; `micro`
+    at every row of every step (the full loop's work: the decode that drops finished rows, sampling.sample's
+    compact, does less, so the sampler's achieved rate overstates); the update: update_ops (padded, or packed into `rows` rows; `micro`
     micro-batches)."""
     B = P * G
     pre = op_flops(cfg, P * Tp, Tp + N, B)

@@ -74,7 +74,8 @@ def rollout(ctx, lanes, params, ids, mask, keys, temperature, group: int = 1, ch
             weights: str = "float32"):
     """Sample c.max_new_tokens tokens per row (stopping at any EOS id) from the policy `params` of every lane;
     rows in consecutive groups of `group` share a prompt, prefilled once; on one device the decode drops finished
-    rows (sampling.sample's compact). chunk: the lanes this many at a time (Lanes.map; None: all at once). weights: what the sampler reads ("int8": RLConfig.sample_weights)."""
+    rows (sampling.sample's compact). chunk: the lanes this many at a time (Lanes.map; None: all at once).
+    weights: what the sampler reads ("int8": RLConfig.sample_weights)."""
     graphdef = ctx.lm.graphdef
     if weights == "int8":  # quantized by a program of its own, once per rollout (inside the sampler's program
         # XLA:CPU fused the conversion into the decode loop and redid it at every token: 2x slower than float32)
