@@ -804,7 +804,8 @@ def section_ops(path):
 
 def ops_table(res) -> str:
     """A markdown table of section_ops' result."""
-    lines = [f"CPU {res['machine']['cpu']}, one core and one XLA thread; update over {res['batch'][0]} completions "
+    m = res["machine"]
+    lines = [f"CPU {m['cpu']} ({m['cpu_id']}), one core and one XLA thread; update over {res['batch'][0]} completions "
              f"x {res['batch'][1]} tokens (prompts Tp {res['Tp']} once per group); traced execution {res['wall_s']} s "
              f"(warm untraced {res['update_warm_s']}), ops {res['ops_s']} s: matmuls {res['matmul_s']} s for "
              f"{res['matmul_gflop']} GFLOP ({res['matmul_gflops']} GFLOP/s; best single-core float32 matmul here "
@@ -871,8 +872,9 @@ def section_xlaflags(path=None):
 def profile_table(res) -> str:
     """A markdown table of section_profile's result: per run (before: padded; after: bucketed, packed), phase and
     op class, and each run's step time against the compute bound."""
-    lines = [f"CPU {res['machine']['cpu']} ({res['machine']['cores']} cores; {' '.join(res['machine']['cpu_flags'])}), "
-             f"load average {res['machine']['load_average'][0]:.1f} at the start; best float32 matmul "
+    m = res["machine"]
+    lines = [f"CPU {m['cpu']} ({m['cpu_id']}; {m['cores']} cores; {' '.join(m['cpu_flags'])}), "
+             f"load average {m['load_average'][0]:.1f} at the start; best float32 matmul "
              f"{res['peak_gflops']} GFLOP/s; Tp {res['Tp']}, N {res['max_new_tokens']}, batch {res['batch'][0]} x "
              f"{res['batch'][1]}", "",
              "| run | phase / op | seconds | share | GFLOP | GFLOP/s achieved | op shape (m, k, n) "
@@ -970,7 +972,7 @@ def section_pages(gib: float = 1.0, pauses=(0, 0, 1, 3, 6)) -> dict:
         a.fill(2.0)
         again = time.perf_counter() - t
         del a
-        rows.append({"pause_s": pause, "first_write_s": round(first, 3), "rewrite_s": round(again, 3),
+        rows.append({"pause_s": pause, "first_write_s": round(first, 5), "rewrite_s": round(again, 5),
                      "us_per_page": round(max(first - again, 0.0) / (n * 4 / 4096) * 1e6, 2)})
     return {"machine": machine(), "gib": gib, "writes": rows}
 

@@ -42,24 +42,31 @@ SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "
 ALLOCATOR_ENV = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES")  # the process's memory allocator and its settings
 
 
-def machine():
-    """The CPU model, its SIMD flags (of SIMD_FLAGS, from /proc/cpuinfo), the core count, the 1/5/15-min load
-    average and the allocator settings in the environment (ALLOCATOR_ENV, inherited by every child process: both
-    sides of a comparison), for every benchmark record."""
-    model, flags = "", []
+def machine(cpuinfo: str = "/proc/cpuinfo"):
+    """The CPU model, its vendor's family / model / stepping numbers (a virtual machine may show only "AMD EPYC" as
+    the model name, which hides the generation: family 25 is Zen 3/4, 26 Zen 5), its SIMD flags (of SIMD_FLAGS, from
+    /proc/cpuinfo), the core count, the 1/5/15-min load average and the allocator settings in the environment
+    (ALLOCATOR_ENV, inherited by every child process: both sides of a comparison), for every benchmark record.
+    The first processor's lines of `cpuinfo` are read."""
+    info, flags = {}, []
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model", "stepping") and key not in info:
+                    info[key] = value.strip()
+                elif key == "flags":
+                    have = set(value.split())
                     flags = [x for x in SIMD_FLAGS if x in have]
                     break
     except OSError:
         pass
-    return {"cpu": model or platform.processor() or platform.machine(), "cpu_flags": flags, "cores": os.cpu_count(),
-            "load_average": os.getloadavg(), "allocator": {k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ}}
+    return {"cpu": info.get("model name") or platform.processor() or platform.machine(),
+            "cpu_id": "family {} model {} stepping {}".format(*(info.get(k, "?") for k in ("cpu family", "model",
+                                                                                          "stepping"))),
+            "cpu_flags": flags, "cores": os.cpu_count(), "load_average": os.getloadavg(),
+            "allocator": {k: os.environ[k] for k in ALLOCATOR_ENV if k in os.environ}}
 
 
 TRL_SCRIPT = r'''
@@ -323,7 +330,7 @@ ids ntkdyn {m['eos_ids']}, TRL {m['trl_eos_ids']}; {'completions without EOS sco
 {a.prompts * a.group} completions per step, the same prompts in the same order on both sides (checked in TRL's reward
 calls), max_new_tokens {a.new}, temperature 1, GRPO advantages,
 seq-mean-token-mean loss, beta 0, one optimizer step per batch (Adam / AdamW, lr {a.lr}, constant, grad clip 1),
-{m['machine']['cpu']} CPU ({' '.join(m['machine']['cpu_flags'])}) with {os.cpu_count()} cores, float32, {a.rounds} interleaved round(s) of
+{m['machine']['cpu']} CPU ({m['machine']['cpu_id']}; {' '.join(m['machine']['cpu_flags'])}) with {os.cpu_count()} cores, float32, {a.rounds} interleaved round(s) of
 each in one run (1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end; the benchmark alone makes
 about 1-2 on this machine, more means other processes shared the cores). Steady state: median over the steps after
 the first {a.warmup} of each round.

@@ -59,6 +59,19 @@ def test_section_pages_times_first_writes_and_records_the_allocator(monkeypatch)
         assert w["first_write_s"] > 0 and w["rewrite_s"] > 0 and w["us_per_page"] >= 0
 
 
+def test_machine_records_the_cpu_its_generation_and_its_simd_flags(tmp_path):
+    # a virtual machine's /proc/cpuinfo that names only "AMD EPYC": family and model tell Zen 4 from Zen 5
+    info = tmp_path / "cpuinfo"
+    processor = ("processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                 "model name\t: AMD EPYC\nstepping\t: 1\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 vaes\n\n")
+    info.write_text(processor.format(0) + processor.format(1).replace("AMD EPYC", "other"))
+    m = RB.machine(str(info))
+    assert m["cpu"] == "AMD EPYC" and m["cpu_id"] == "family 25 model 17 stepping 1"
+    assert m["cpu_flags"] == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert m["cores"] == os.cpu_count() and len(m["load_average"]) == 3
+    assert RB.machine(str(tmp_path / "absent"))["cpu_id"] == "family ? model ? stepping ?"
+
+
 def test_update_ops_counts_the_products_of_the_compiled_update():
     """section profile's update FLOPs (update_ops) against the dots of the compiled rl_update (hlo_table), on a
     tiny llama: padded and packed in one batch equal exactly; in 2 micro-batches the module holds one scan body
