@@ -180,7 +180,12 @@ def test_batched_run_packed_equals_the_run_padded(base_dir, tmp_path, monkeypatc
     assert all(p.rows.shape[:-2] == ((2, micro) if micro > 1 else (2,)) and p.rows.shape[-2] < B for p in used)
     for a, b in zip(recs[False], recs[True]):
         assert len(a) == 4
-        assert_records_close(a, b)
+        # float rounding that compounds: the two programs round differently (other row counts, other matmul
+        # blockings), seed 2's first update has a mean KL of ~42 nats (k3 = e^Δ - Δ - 1 amplifies the log-probs'
+        # rounding) and Adam turns gradient rounding into parameter steps, so on a Zen 4 CPU the records differed by
+        # 1.4e-5 relative at step 1 and up to 3.3e-4 (KL), 1.7e-4 (loss, ~0.02 from O(1) terms) at step 3, where the
+        # Xeon's had stayed under 1e-5; a wrong plan or reference moves them by 1e-2 and more (docs/rl.md)
+        assert_records_close(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_trainer_rounds_packed_rows_to_quarters_of_the_batch():
